@@ -1,0 +1,42 @@
+"""Pydantic models: the single source of truth for configs, records and the store layout."""
+
+from .base import StrictModel
+from .config import (
+    FusionConfig,
+    FusionMode,
+    IntensityConfig,
+    MaskerConfig,
+    MaskerKind,
+    Modality,
+    PromptConfig,
+    RandomWalkerConfig,
+    RoundConfig,
+    RuntimeConfig,
+    SamConfig,
+    SamFamily,
+    SamType,
+    StudentInferenceConfig,
+    first_validation_error,
+    load_round_config,
+)
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    InputError,
+    RoundError,
+    SemisamError,
+    StoreError,
+)
+from .layout import CONFIDENCE_SCALE, SCHEMA_VERSION, output_path, round_path, validate_volume_id, volume_path
+from .records import RoundMeta, RoundStatus, VolumeMeta, VolumeRecord, VolumeStats, VolumeStatus, utcnow
+from .student import StudentSpec
+
+__all__ = [
+    "StrictModel", "FusionConfig", "FusionMode", "IntensityConfig", "MaskerConfig", "MaskerKind",
+    "Modality", "PromptConfig", "RandomWalkerConfig", "RoundConfig", "RuntimeConfig", "SamConfig",
+    "SamFamily", "SamType", "StudentInferenceConfig", "first_validation_error",
+    "load_round_config", "CheckpointError", "ConfigError", "InputError", "RoundError",
+    "SemisamError", "StoreError", "CONFIDENCE_SCALE", "SCHEMA_VERSION", "output_path",
+    "round_path", "validate_volume_id", "volume_path", "RoundMeta", "RoundStatus", "VolumeMeta",
+    "VolumeRecord", "VolumeStats", "VolumeStatus", "utcnow", "StudentSpec",
+]

@@ -1,0 +1,196 @@
+"""Round configuration: the single source of truth for what a `run-round` does.
+
+Every field has a default, so a user's config file names only what it changes. Loaded from
+JSON/YAML-free JSON files (``--config FILE``) and stored verbatim in ``rounds/<r>`` attributes.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from .base import StrictModel
+from .errors import ConfigError
+
+
+class MaskerKind(str, Enum):
+    """Which prompted masker turns prompts into slice masks."""
+
+    sam = "sam"
+    random_walker = "random_walker"
+
+
+class SamType(str, Enum):
+    """segment-anything registry keys."""
+
+    vit_b = "vit_b"
+    vit_l = "vit_l"
+    vit_h = "vit_h"
+
+
+class SamFamily(str, Enum):
+    """Preprocessing family: the original SAM or MedSAM (same architecture, other inputs)."""
+
+    sam = "sam"
+    medsam = "medsam"
+
+
+class Modality(str, Enum):
+    """Intensity windowing rule for turning a slice into SAM's 8-bit RGB input."""
+
+    mr = "mr"  # percentile window per volume
+    ct = "ct"  # fixed level/width in HU
+
+
+class FusionMode(str, Enum):
+    """How the pseudo-label combines masker and student."""
+
+    masker_on_prompted = "masker_on_prompted"  # masker on prompted slices, student elsewhere
+    intersection = "intersection"  # masker AND student on prompted slices, student elsewhere
+    union = "union"  # masker OR student on prompted slices, student elsewhere
+
+
+class IntensityConfig(StrictModel):
+    """Window applied to each volume before SAM sees it (mapped to [0, 255])."""
+
+    modality: Modality = Modality.mr
+    percentile_low: float = Field(0.5, ge=0, lt=100)
+    percentile_high: float = Field(99.5, gt=0, le=100)
+    ct_level: float = 40.0
+    ct_width: float = Field(400.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "IntensityConfig":
+        if self.percentile_low >= self.percentile_high:
+            raise ValueError(
+                f"percentile_low must be < percentile_high, got {self.percentile_low} >= "
+                f"{self.percentile_high}"
+            )
+        return self
+
+
+class PromptConfig(StrictModel):
+    """How the student's probability map becomes per-slice prompts."""
+
+    slice_axis: int = Field(2, ge=0, le=2, description="volume axis the slices are taken along")
+    threshold: float = Field(0.5, gt=0, lt=1, description="student foreground probability cut")
+    largest_component: bool = Field(True, description="keep only the largest 3D component")
+    min_slice_pixels: int = Field(4, ge=1, description="fewer foreground pixels: slice skipped")
+    box_margin: int = Field(5, ge=0, description="box expansion in pixels on each side")
+    positive_points: int = Field(1, ge=0, le=16, description="points at interior maxima")
+    negative_points: int = Field(0, ge=0, le=16, description="points in the box, off the mask")
+    mask_prompt: bool = Field(False, description="pass the student's low-res logits to SAM")
+
+
+class SamConfig(StrictModel):
+    """segment-anything masker settings."""
+
+    checkpoint: Path | None = Field(None, description="state-dict .pth; None = random weights")
+    model_type: SamType = SamType.vit_b
+    family: SamFamily = SamFamily.sam
+    batch_size: int = Field(8, ge=1, le=256, description="slices per encoder batch")
+    dtype: str = Field("float32", pattern="^(float32|bfloat16|float16)$")
+    multimask_output: bool = False
+    sdpa: bool = Field(True, description="encoder attention through scaled_dot_product_attention")
+    compile: bool = Field(False, description="torch.compile the encoder")
+    compile_cache_dir: Path | None = None
+
+
+class RandomWalkerConfig(StrictModel):
+    """Weight-free masker (scikit-image random walker seeded by the prompts)."""
+
+    beta: float = Field(130.0, gt=0)
+    seed_radius: int = Field(2, ge=0, description="disk radius around positive points, pixels")
+    background_band: int = Field(3, ge=1, description="seed band outside the box, pixels")
+    core_fraction: float = Field(
+        0.0, ge=0, le=1, description="also seed the inner fraction of the mask prompt as fg"
+    )
+
+
+class MaskerConfig(StrictModel):
+    kind: MaskerKind = MaskerKind.random_walker
+    sam: SamConfig = Field(default_factory=SamConfig)
+    random_walker: RandomWalkerConfig = Field(default_factory=RandomWalkerConfig)
+
+
+class FusionConfig(StrictModel):
+    mode: FusionMode = FusionMode.masker_on_prompted
+    masker_threshold: float = Field(0.5, gt=0, lt=1)
+
+
+class StudentInferenceConfig(StrictModel):
+    """Sliding-window inference of the student over one volume."""
+
+    overlap: float = Field(0.25, ge=0, lt=1)
+    sw_batch_size: int = Field(2, ge=1)
+    mode: str = Field("gaussian", pattern="^(constant|gaussian)$")
+
+
+class RuntimeConfig(StrictModel):
+    """Where and how the round runs; excluded from the round fingerprint."""
+
+    workers: int = Field(1, ge=1, description="Ray actors")
+    gpus_per_worker: float = Field(0.0, ge=0)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    tasks_in_flight: int = Field(2, ge=1, description="volumes queued per worker")
+    max_attempts: int = Field(3, ge=1, description="tries per volume before it is failed")
+    device: str = Field("auto", pattern="^(auto|cpu|cuda)$")
+    torch_threads: int = Field(1, ge=1, description="intra-op threads per worker on CPU")
+
+
+class RoundConfig(StrictModel):
+    """Everything a round needs besides the store and the student checkpoint path."""
+
+    prompts: PromptConfig = Field(default_factory=PromptConfig)
+    intensity: IntensityConfig = Field(default_factory=IntensityConfig)
+    masker: MaskerConfig = Field(default_factory=MaskerConfig)
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
+    student: StudentInferenceConfig = Field(default_factory=StudentInferenceConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    seed: int = 0
+
+    def fingerprint_payload(self) -> dict:
+        """The parts that change outputs (runtime placement does not)."""
+        data = self.model_dump(mode="json", exclude={"runtime"})
+        # the checkpoint path may move between machines; its sha256 is fingerprinted instead
+        data["masker"]["sam"].pop("checkpoint", None)
+        data["masker"]["sam"].pop("compile_cache_dir", None)
+        return data
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError(f"seed must be >= 0, got {v}")
+        return v
+
+
+def load_round_config(path: Path | None) -> RoundConfig:
+    """Read a JSON config file into a validated `RoundConfig`.
+
+    Raises:
+        ConfigError: one line naming the file and the first bad field.
+    """
+    if path is None:
+        return RoundConfig()
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable JSON config ({exc})") from None
+    try:
+        return RoundConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {first_validation_error(exc)}") from None
+
+
+def first_validation_error(exc: ValidationError) -> str:
+    """`field.sub: message` of a pydantic error, on one line."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+    return f"field '{loc}': {err['msg']}"

@@ -1,0 +1,93 @@
+"""Records written into the store: per-volume metadata, per-volume round results, round state."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import Enum
+
+from pydantic import Field
+
+from .base import StrictModel
+
+
+def utcnow() -> str:
+    """ISO-8601 UTC timestamp, second resolution."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+class VolumeMeta(StrictModel):
+    """Attributes of ``volumes/<id>``: where the volume came from and its geometry.
+
+    ``affine`` maps voxel indices (i, j, k) to world millimetres (4x4, RAS as nibabel reports it);
+    ``spacing`` is the voxel size in mm along the array axes.
+    """
+
+    volume_id: str
+    source: str = Field(description="path of the file it was ingested from")
+    source_format: str = Field(description="nifti | nrrd | h5 | npy")
+    sha256: str = Field(description="sha256 of the source file bytes (image file)")
+    label_sha256: str | None = None
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    affine: list[list[float]]
+    image_dtype: str
+    labeled: bool = False
+    ingested_at: str = Field(default_factory=utcnow)
+
+
+class VolumeStatus(str, Enum):
+    done = "done"
+    failed = "failed"
+    pending = "pending"
+
+
+class VolumeStats(StrictModel):
+    """Per-volume statistics of one round."""
+
+    slices_total: int = 0
+    slices_prompted: int = 0
+    foreground_voxels: int = 0
+    foreground_fraction: float = 0.0
+    mean_confidence: float = 0.0
+    student_sam_dice: float | None = Field(
+        None, description="Dice of student vs masker on prompted slices (None if none prompted)"
+    )
+
+
+class VolumeRecord(StrictModel):
+    """``rounds/<r>/records/<id>`` attributes. ``status=done`` is written last."""
+
+    volume_id: str
+    status: VolumeStatus
+    attempt: int = 1
+    error: str | None = None
+    timings_s: dict[str, float] = Field(default_factory=dict)
+    stats: VolumeStats | None = None
+    checksums: dict[str, str] = Field(
+        default_factory=dict, description="array name -> sha256 of its C-order bytes"
+    )
+    node: str | None = None
+    worker_pid: int | None = None
+    finished_at: str = Field(default_factory=utcnow)
+
+
+class RoundStatus(str, Enum):
+    running = "running"
+    finished = "finished"
+    finished_with_failures = "finished_with_failures"
+
+
+class RoundMeta(StrictModel):
+    """``rounds/<r>`` attributes: the validated config that produced the round and its inputs."""
+
+    round: int
+    config: dict
+    fingerprint: str
+    student_checkpoint: str
+    student_sha256: str
+    sam_checkpoint: str | None = None
+    sam_sha256: str | None = None
+    status: RoundStatus = RoundStatus.running
+    created_at: str = Field(default_factory=utcnow)
+    finished_at: str | None = None
+    semisam_version: str = "0.1.0"

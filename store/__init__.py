@@ -1,0 +1,23 @@
+"""Zarr store access shared by the pipeline, the workers and the training stage."""
+
+from .handle import open_store
+from .rounds import (
+    array_sha256,
+    clear_record,
+    list_rounds,
+    read_output,
+    read_record,
+    read_round_meta,
+    volume_status,
+    write_outputs,
+    write_record,
+    write_round_meta,
+)
+from .volumes import list_metas, list_volumes, read_image, read_label, read_meta, slice_chunks, write_volume
+
+__all__ = [
+    "open_store", "array_sha256", "clear_record", "list_rounds", "read_output", "read_record",
+    "read_round_meta", "volume_status", "write_outputs", "write_record", "write_round_meta",
+    "list_metas", "list_volumes", "read_image", "read_label", "read_meta", "slice_chunks",
+    "write_volume",
+]

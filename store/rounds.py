@@ -1,0 +1,113 @@
+"""Rounds in the store: round metadata, per-volume outputs and records.
+
+A volume's outputs are written by exactly one worker, whole arrays at a time; its record with
+``status=done`` is written after both arrays, so a volume without a done record is redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import zarr
+
+from semisam.schemas import (
+    RoundMeta,
+    VolumeRecord,
+    VolumeStatus,
+    output_path,
+    round_path,
+)
+
+from .volumes import slice_chunks
+
+
+def array_sha256(data: np.ndarray) -> str:
+    """sha256 of an array's C-order bytes (dtype and shape are not hashed)."""
+    return hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
+
+
+def list_rounds(root: zarr.Group) -> list[int]:
+    if "rounds" not in root:
+        return []
+    return sorted(int(k) for k in root["rounds"].group_keys() if k.isdigit())
+
+
+def read_round_meta(root: zarr.Group, round_index: int) -> RoundMeta | None:
+    path = round_path(round_index)
+    if path not in root:
+        return None
+    attrs = dict(root[path].attrs)
+    return RoundMeta.model_validate(attrs["meta"]) if "meta" in attrs else None
+
+
+def write_round_meta(root: zarr.Group, meta: RoundMeta) -> None:
+    group = root.require_group(round_path(meta.round))
+    for kind in ("pseudo_label", "confidence", "records"):
+        group.require_group(kind)
+    group.attrs.update({"meta": meta.model_dump(mode="json")})
+
+
+def read_record(root: zarr.Group, round_index: int, volume_id: str) -> VolumeRecord | None:
+    """The volume's record, or None when absent or unreadable (treated as pending)."""
+    path = output_path(round_index, "records", volume_id)
+    try:
+        if path not in root:
+            return None
+        attrs = dict(root[path].attrs)
+        return VolumeRecord.model_validate(attrs["record"])
+    except Exception:  # noqa: BLE001 - a torn record (killed mid-write) counts as pending
+        return None
+
+
+def write_record(root: zarr.Group, round_index: int, record: VolumeRecord) -> None:
+    group = root.require_group(output_path(round_index, "records", record.volume_id))
+    group.attrs.update({"record": record.model_dump(mode="json")})
+
+
+def clear_record(root: zarr.Group, round_index: int, volume_id: str) -> None:
+    """Forget a volume's record before it is (re)written, so a torn attempt stays pending."""
+    path = output_path(round_index, "records", volume_id)
+    if path in root:
+        del root[path]
+
+
+def volume_status(root: zarr.Group, round_index: int, volume_id: str) -> VolumeStatus:
+    record = read_record(root, round_index, volume_id)
+    return VolumeStatus.pending if record is None else record.status
+
+
+def write_outputs(
+    root: zarr.Group,
+    round_index: int,
+    volume_id: str,
+    pseudo_label: np.ndarray,
+    confidence: np.ndarray,
+    slice_axis: int,
+) -> dict[str, str]:
+    """Write both output arrays of one volume (overwriting any earlier attempt).
+
+    Args:
+        pseudo_label: ``XxYxZ`` uint8 {0,1}.
+        confidence: ``XxYxZ`` uint8, value/255 = confidence.
+
+    Returns:
+        ``{"pseudo_label": sha256, "confidence": sha256}`` of what was written.
+    """
+    if pseudo_label.dtype != np.uint8 or confidence.dtype != np.uint8:
+        raise TypeError("pseudo_label and confidence must be uint8")
+    chunks = slice_chunks(pseudo_label.shape, slice_axis)
+    checksums = {}
+    for kind, data in (("pseudo_label", pseudo_label), ("confidence", confidence)):
+        path = output_path(round_index, kind, volume_id)
+        parent, name = path.rsplit("/", 1)
+        root.require_group(parent).create_array(name, data=data, chunks=chunks, overwrite=True)
+        checksums[kind] = array_sha256(data)
+    return checksums
+
+
+def read_output(root: zarr.Group, round_index: int, kind: str, volume_id: str) -> np.ndarray | None:
+    path = output_path(round_index, kind, volume_id)
+    if path not in root:
+        return None
+    return np.asarray(root[path][...])

@@ -1,0 +1,86 @@
+"""Volumes in the store: ``volumes/<id>/image``, ``volumes/<id>/label`` and their metadata."""
+
+from __future__ import annotations
+
+import numpy as np
+import zarr
+
+from semisam.schemas import InputError, StoreError, VolumeMeta, validate_volume_id, volume_path
+
+
+def slice_chunks(shape: tuple[int, ...], slice_axis: int = 2, slices_per_chunk: int = 8) -> tuple[int, ...]:
+    """Chunk shape: whole planes, ``slices_per_chunk`` planes along ``slice_axis``."""
+    chunks = list(shape)
+    chunks[slice_axis] = max(1, min(shape[slice_axis], slices_per_chunk))
+    return tuple(int(c) for c in chunks)
+
+
+def list_volumes(root: zarr.Group) -> list[str]:
+    """Sorted ids of every ingested volume."""
+    if "volumes" not in root:
+        return []
+    return sorted(root["volumes"].group_keys())
+
+
+def read_meta(root: zarr.Group, volume_id: str) -> VolumeMeta:
+    """The `VolumeMeta` of one volume. Raises `StoreError` if it is absent or unreadable."""
+    path = volume_path(volume_id)
+    try:
+        attrs = dict(root[path].attrs)
+        return VolumeMeta.model_validate(attrs["meta"])
+    except KeyError:
+        raise StoreError(f"volume '{volume_id}': not in the store (or ingest did not finish)") from None
+
+
+def list_metas(root: zarr.Group) -> list[VolumeMeta]:
+    """Metadata of every fully ingested volume (ids without metadata are skipped)."""
+    metas = []
+    for vid in list_volumes(root):
+        attrs = dict(root[volume_path(vid)].attrs)
+        if "meta" in attrs:
+            metas.append(VolumeMeta.model_validate(attrs["meta"]))
+    return metas
+
+
+def read_image(root: zarr.Group, volume_id: str) -> np.ndarray:
+    """``XxYxZ`` float32 image."""
+    return np.asarray(root[f"{volume_path(volume_id)}/image"][...], dtype=np.float32)
+
+
+def read_label(root: zarr.Group, volume_id: str) -> np.ndarray | None:
+    """``XxYxZ`` uint8 label, or None for an unlabeled volume."""
+    path = f"{volume_path(volume_id)}/label"
+    if path not in root:
+        return None
+    return np.asarray(root[path][...], dtype=np.uint8)
+
+
+def write_volume(
+    root: zarr.Group,
+    meta: VolumeMeta,
+    image: np.ndarray,
+    label: np.ndarray | None,
+) -> None:
+    """Write one volume. Metadata (which marks it ingested) goes last.
+
+    Args:
+        image: ``XxYxZ`` float32.
+        label: ``XxYxZ`` uint8 {0,1} or None.
+    """
+    validate_volume_id(meta.volume_id)
+    if image.ndim != 3:
+        raise InputError(f"volume '{meta.volume_id}': image must be 3D, got shape {image.shape}")
+    if label is not None and label.shape != image.shape:
+        raise InputError(
+            f"volume '{meta.volume_id}': label shape {label.shape} differs from image {image.shape}"
+        )
+    group = root.require_group(volume_path(meta.volume_id))
+    if "meta" in group.attrs:  # re-ingest: unmark until the new arrays are in place
+        del group.attrs["meta"]
+    chunks = slice_chunks(image.shape)
+    group.create_array("image", data=image.astype(np.float32, copy=False), chunks=chunks, overwrite=True)
+    if label is not None:
+        group.create_array("label", data=label.astype(np.uint8, copy=False), chunks=chunks, overwrite=True)
+    elif "label" in group:
+        del group["label"]
+    group.attrs.update({"meta": meta.model_dump(mode="json")})

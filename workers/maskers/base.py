@@ -1,0 +1,55 @@
+"""The `Masker` contract: prompts on 2D slices in, per-pixel foreground probability out."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SlicePrompt:
+    """Prompts for one slice, in that slice's own pixel frame.
+
+    Attributes:
+        index: slice index along the round's slice axis.
+        box: ``(4,)`` float32, XYXY in pixels; x is the column (second array axis of the slice),
+            y the row (first axis). Inclusive pixel extents as float coordinates.
+        points: ``(P, 2)`` float32 XY pixels (P may be 0).
+        point_labels: ``(P,)`` int64, 1 = foreground, 0 = background.
+        mask_logits: optional ``HxW`` float32 student logits in the slice frame.
+    """
+
+    index: int
+    box: np.ndarray
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
+    point_labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    mask_logits: np.ndarray | None = None
+
+
+class Masker(ABC):
+    """Turns prompted slices into foreground probabilities.
+
+    Implementations load their model once (in ``__init__``) and are then called for many
+    volumes. They must be deterministic for identical inputs.
+    """
+
+    name: str = "masker"
+
+    @abstractmethod
+    def mask_slices(self, slices: np.ndarray, prompts: Sequence[SlicePrompt]) -> np.ndarray:
+        """Segment each slice given its prompts.
+
+        Args:
+            slices: ``NxHxW`` uint8 in [0, 255], the windowed intensities, one per prompt.
+            prompts: N prompts, ``prompts[i]`` belongs to ``slices[i]``.
+
+        Returns:
+            ``NxHxW`` float32 foreground probability in [0, 1].
+        """
+
+    def describe(self) -> dict:
+        """Short JSON-able description for logs and records."""
+        return {"name": self.name}
