@@ -61,6 +61,7 @@ class VolumeRecord(StrictModel):
     status: VolumeStatus
     attempt: int = 1
     error: str | None = None
+    retryable: bool = Field(False, description="failure may pass on another attempt")
     timings_s: dict[str, float] = Field(default_factory=dict)
     stats: VolumeStats | None = None
     checksums: dict[str, str] = Field(

@@ -46,11 +46,11 @@ def open_store(store: str | Path, *, create: bool = False, read_only: bool = Fal
                 raise StoreError(f"{location}: store path is not writable ({exc.strerror})") from None
     mode = "r" if read_only else "a"
     try:
-        root = zarr.open_group(store=location, mode=mode)
+        root = zarr.open_group(store=location, mode=mode, use_consolidated=False)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError):
         if not create:
             raise StoreError(f"{location}: no semisam store here (run `semisam ingest` first)") from None
-        root = zarr.open_group(store=location, mode="a")
+        root = zarr.open_group(store=location, mode="a", use_consolidated=False)
     except PermissionError as exc:
         raise StoreError(f"{location}: store is not accessible ({exc})") from None
     except Exception as exc:  # zarr raises several types for a non-store directory

@@ -1,0 +1,138 @@
+"""Round bookkeeping in the store: fingerprint, start/resume checks, pending work, finish."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zarr
+
+from semisam.schemas import (
+    CheckpointError,
+    RoundConfig,
+    RoundError,
+    RoundMeta,
+    RoundStatus,
+    VolumeStatus,
+    utcnow,
+)
+from semisam.store import (
+    clear_record,
+    list_metas,
+    read_record,
+    read_round_meta,
+    write_round_meta,
+)
+
+log = logging.getLogger(__name__)
+
+
+def sha256_file(path: Path, block: int = 1 << 20) -> str:
+    """sha256 of a file's bytes. Raises `CheckpointError` if it cannot be read."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(block):
+                h.update(chunk)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: checkpoint file not found") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({exc.strerror})") from None
+    return h.hexdigest()
+
+
+def round_fingerprint(config: RoundConfig, student_sha: str, sam_sha: str | None) -> str:
+    """sha256 over the output-relevant config and the checkpoint hashes."""
+    payload = {"config": config.fingerprint_payload(), "student": student_sha, "sam": sam_sha}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class RoundPlan:
+    """What a (re)run of a round has to do."""
+
+    meta: RoundMeta
+    todo: list[str]
+    done: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    resumed: bool = False
+
+
+def plan_round(
+    root: zarr.Group,
+    round_index: int,
+    config: RoundConfig,
+    student_checkpoint: Path,
+    force: bool = False,
+    retry_failed: bool = False,
+) -> RoundPlan:
+    """Create or resume round ``round_index`` and list the volumes still to process.
+
+    Done volumes are skipped; failed ones are skipped unless ``retry_failed``; everything
+    else (never started, or started without a done record) is to do. A different fingerprint
+    than the stored one is refused unless ``force``, which restarts the round from scratch.
+
+    Raises:
+        RoundError: fingerprint mismatch without ``force``, or no unlabeled volumes.
+    """
+    student_sha = sha256_file(student_checkpoint)
+    sam_ckpt = config.masker.sam.checkpoint if config.masker.kind.value == "sam" else None
+    sam_sha = sha256_file(sam_ckpt) if sam_ckpt else None
+    fingerprint = round_fingerprint(config, student_sha, sam_sha)
+    volumes = [m.volume_id for m in list_metas(root) if not m.labeled]
+    if not volumes:
+        raise RoundError("store has no unlabeled volumes: nothing to pseudo-label")
+
+    existing = read_round_meta(root, round_index)
+    resumed = existing is not None
+    if existing is not None and existing.fingerprint != fingerprint:
+        if not force:
+            raise RoundError(
+                f"round {round_index} exists with another config/checkpoints (fingerprint "
+                f"{existing.fingerprint[:12]} != {fingerprint[:12]}); use --force to redo it"
+            )
+        log.warning("round %d: --force, fingerprint changed: redoing every volume", round_index)
+        for vid in volumes:
+            clear_record(root, round_index, vid)
+        resumed = False
+    meta = RoundMeta(
+        round=round_index,
+        config=config.model_dump(mode="json"),
+        fingerprint=fingerprint,
+        student_checkpoint=str(student_checkpoint),
+        student_sha256=student_sha,
+        sam_checkpoint=str(sam_ckpt) if sam_ckpt else None,
+        sam_sha256=sam_sha,
+        created_at=existing.created_at if resumed and existing else utcnow(),
+    )
+    write_round_meta(root, meta)
+    plan = RoundPlan(meta=meta, todo=[], resumed=resumed)
+    for vid in volumes:
+        record = read_record(root, round_index, vid)
+        if record is not None and record.status == VolumeStatus.done:
+            plan.done.append(vid)
+        elif record is not None and record.status == VolumeStatus.failed and not retry_failed:
+            plan.failed.append(vid)
+        else:
+            plan.todo.append(vid)
+    if plan.done:
+        log.info("round %d: skipping %d volumes already done", round_index, len(plan.done))
+    if plan.failed:
+        log.info("round %d: skipping %d volumes that failed before (use --retry-failed): %s",
+                 round_index, len(plan.failed), ", ".join(plan.failed[:5]))
+    return plan
+
+
+def finish_round(root: zarr.Group, store: str, meta: RoundMeta, any_failed: bool) -> RoundMeta:
+    """Mark the round finished and consolidate the store's metadata once."""
+    meta.status = RoundStatus.finished_with_failures if any_failed else RoundStatus.finished
+    meta.finished_at = utcnow()
+    write_round_meta(root, meta)
+    try:
+        zarr.consolidate_metadata(store)
+    except Exception as exc:  # noqa: BLE001 - consolidation is an optimisation only
+        log.warning("could not consolidate metadata of %s: %s", store, exc)
+    return meta

@@ -1,0 +1,73 @@
+"""Round summaries read back from the store (used by run-round and inspect)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import zarr
+from pydantic import Field
+
+from semisam.schemas import StrictModel, VolumeStatus
+from semisam.store import list_metas, read_record, read_round_meta
+
+
+class VolumeRow(StrictModel):
+    """One line of a round table."""
+
+    volume_id: str
+    status: VolumeStatus
+    error: str | None = None
+    attempt: int = 0
+    node: str | None = None
+    slices_prompted: int | None = None
+    slices_total: int | None = None
+    foreground_fraction: float | None = None
+    mean_confidence: float | None = None
+    student_sam_dice: float | None = None
+    seconds: float | None = None
+
+
+class RoundSummary(StrictModel):
+    round: int
+    status: str | None = None
+    fingerprint: str | None = None
+    total: int
+    done: int
+    failed: int
+    pending: int
+    skipped: int = Field(0, description="volumes found done/failed and not redone by this run")
+    seconds: float = 0.0
+    per_node: dict[str, int] = Field(default_factory=dict)
+    volumes: list[VolumeRow] = Field(default_factory=list)
+
+
+def volume_row(root: zarr.Group, round_index: int, volume_id: str) -> VolumeRow:
+    record = read_record(root, round_index, volume_id)
+    if record is None:
+        return VolumeRow(volume_id=volume_id, status=VolumeStatus.pending)
+    row = VolumeRow(volume_id=volume_id, status=record.status, error=record.error,
+                    attempt=record.attempt, node=record.node,
+                    seconds=round(sum(record.timings_s.values()), 3) if record.timings_s else None)
+    if record.stats is not None:
+        s = record.stats
+        row.slices_prompted, row.slices_total = s.slices_prompted, s.slices_total
+        row.foreground_fraction, row.mean_confidence = s.foreground_fraction, s.mean_confidence
+        row.student_sam_dice = s.student_sam_dice
+    return row
+
+
+def summarize_round(root: zarr.Group, round_index: int, seconds: float = 0.0,
+                    skipped: int = 0) -> RoundSummary:
+    """Counts and per-volume rows of round ``round_index`` over the store's unlabeled volumes."""
+    meta = read_round_meta(root, round_index)
+    rows = [volume_row(root, round_index, m.volume_id) for m in list_metas(root) if not m.labeled]
+    counts = Counter(r.status for r in rows)
+    per_node = Counter(r.node or "?" for r in rows if r.status == VolumeStatus.done)
+    return RoundSummary(
+        round=round_index,
+        status=meta.status.value if meta else None,
+        fingerprint=meta.fingerprint if meta else None,
+        total=len(rows), done=counts[VolumeStatus.done], failed=counts[VolumeStatus.failed],
+        pending=counts[VolumeStatus.pending], skipped=skipped, seconds=round(seconds, 3),
+        per_node=dict(per_node), volumes=rows,
+    )

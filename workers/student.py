@@ -1,0 +1,137 @@
+"""The student network: build, save/load checkpoints, sliding-window probability maps.
+
+Checkpoint format (a plain dict, loadable with ``torch.load(..., weights_only=True)``)::
+
+    {"format": "semisam-student", "version": 1, "spec": StudentSpec (JSON dict),
+     "state_dict": {...}, "meta": {...free JSON: iterations, store fingerprint, ...}}
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from monai.networks.nets import UNet
+from pydantic import ValidationError
+
+from semisam.schemas import CheckpointError, StudentInferenceConfig, StudentSpec, first_validation_error
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "semisam-student"
+CHECKPOINT_VERSION = 1
+
+
+def build_student(spec: StudentSpec) -> torch.nn.Module:
+    """A MONAI 3D UNet: ``Bx1xXxYxZ`` z-scored input -> ``Bx{out_channels}xXxYxZ`` logits."""
+    return UNet(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=spec.out_channels,
+        channels=spec.channels,
+        strides=spec.strides,
+        num_res_units=spec.num_res_units,
+        dropout=spec.dropout,
+    )
+
+
+def save_student(path: Path, model: torch.nn.Module, spec: StudentSpec, meta: dict | None = None) -> None:
+    """Write a student checkpoint atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "spec": spec.model_dump(mode="json"),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": meta or {},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def read_checkpoint(path: Path) -> dict:
+    """``torch.load`` an untrusted file with ``weights_only=True``; one-line errors naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else "unpickling failed"
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            msg = "refused: holds objects other than tensors (loaded with weights_only=True)"
+        raise CheckpointError(f"{path}: {msg}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
+
+
+def load_student(path: Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, StudentSpec, dict]:
+    """Load a student checkpoint written by `save_student`.
+
+    Returns:
+        ``(model in eval mode on device, spec, meta)``.
+
+    Raises:
+        CheckpointError: missing, unreadable, unsafe, or not a semisam student checkpoint.
+    """
+    payload = read_checkpoint(path)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a semisam student checkpoint (no 'format: {CHECKPOINT_FORMAT}')")
+    if payload.get("version", 0) > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: student checkpoint version {payload['version']} is newer than supported")
+    try:
+        spec = StudentSpec.model_validate(payload["spec"])
+    except (KeyError, ValidationError) as exc:
+        detail = first_validation_error(exc) if isinstance(exc, ValidationError) else "missing 'spec'"
+        raise CheckpointError(f"{path}: invalid student spec ({detail})") from None
+    model = build_student(spec)
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except (KeyError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "missing 'state_dict'"
+        raise CheckpointError(f"{path}: weights do not fit the spec ({first})") from None
+    return model.to(device).eval(), spec, dict(payload.get("meta", {}))
+
+
+def zscore(image: np.ndarray) -> np.ndarray:
+    """Per-volume z-score of an ``XxYxZ`` image (constant volumes become zeros)."""
+    image = image.astype(np.float32, copy=False)
+    std = float(image.std())
+    return (image - float(image.mean())) / (std if std > 0 else 1.0)
+
+
+@torch.inference_mode()
+def predict_probability(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    spec: StudentSpec,
+    config: StudentInferenceConfig,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """Foreground probability of one volume by sliding-window inference.
+
+    Args:
+        image: ``XxYxZ`` float32 raw intensities (normalised here as the spec says).
+
+    Returns:
+        ``XxYxZ`` float32 in [0, 1]: softmax probability of class 1.
+    """
+    x = torch.from_numpy(zscore(image))[None, None].to(device)
+    logits = sliding_window_inference(
+        x,
+        roi_size=spec.patch_size,
+        sw_batch_size=config.sw_batch_size,
+        predictor=model,
+        overlap=config.overlap,
+        mode=config.mode,
+    )
+    prob = torch.softmax(logits.float(), dim=1)[0, 1]
+    return prob.cpu().numpy().astype(np.float32)

@@ -1,0 +1,134 @@
+"""One volume, end to end, inside a worker: student -> prompts -> masker -> fusion -> store.
+
+No Ray here: `VolumeProcessor` is what a Ray actor wraps, and what unit tests call directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from semisam.schemas import InputError, RoundConfig, SemisamError, VolumeRecord, VolumeStatus
+from semisam.store import clear_record, open_store, read_image, write_outputs, write_record
+
+from .fusion import fuse
+from .intensity import window_volume
+from .localization import foreground_mask, slice_prompts, stack_slices
+from .maskers import Masker, build_masker
+from .student import load_student, predict_probability
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def check_image(volume_id: str, image: np.ndarray) -> None:
+    """Reject volumes no worker can use (the store may hold data written by other tools)."""
+    if image.ndim != 3 or 0 in image.shape:
+        raise InputError(f"volume '{volume_id}': image must be a non-empty 3D array, got {image.shape}")
+    bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
+    if bad:
+        raise InputError(f"volume '{volume_id}': image has {bad} NaN/Inf voxels")
+
+
+class VolumeProcessor:
+    """Holds the student and the masker of a round and processes volumes one at a time.
+
+    Args:
+        store: store location (local path or URL).
+        round_index: round being produced.
+        config: validated round config.
+        student_checkpoint: student checkpoint path.
+        masker: an already built masker (tests); default builds ``config.masker``.
+    """
+
+    def __init__(
+        self,
+        store: str,
+        round_index: int,
+        config: RoundConfig,
+        student_checkpoint: Path,
+        masker: Masker | None = None,
+    ) -> None:
+        self.store = str(store)
+        self.round = round_index
+        self.config = config
+        self.device = resolve_device(config.runtime.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(config.runtime.torch_threads)
+        torch.manual_seed(config.seed)
+        self.student, self.spec, _ = load_student(student_checkpoint, self.device)
+        self.masker = masker or build_masker(config.masker, self.device)
+        self.root = open_store(self.store)
+        self.node = socket.gethostname()
+
+    def process(self, volume_id: str, attempt: int = 1) -> VolumeRecord:
+        """Produce and store one volume's outputs; never raises for a bad volume.
+
+        Returns:
+            The record written: ``done`` (after both arrays are stored) or ``failed`` with the
+            one-line reason.
+        """
+        clear_record(self.root, self.round, volume_id)
+        try:
+            record = self._run(volume_id, attempt)
+        except SemisamError as exc:
+            record = self._failed(volume_id, attempt, str(exc))
+        except (ValueError, RuntimeError, OSError, MemoryError) as exc:
+            log.exception("volume %s failed", volume_id)
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            record = self._failed(volume_id, attempt, f"volume '{volume_id}': {type(exc).__name__}: {first}")
+            record.retryable = True
+        write_record(self.root, self.round, record)
+        return record
+
+    def _failed(self, volume_id: str, attempt: int, reason: str) -> VolumeRecord:
+        return VolumeRecord(volume_id=volume_id, status=VolumeStatus.failed, attempt=attempt,
+                            error=reason, node=self.node, worker_pid=os.getpid())
+
+    def _run(self, volume_id: str, attempt: int) -> VolumeRecord:
+        cfg = self.config
+        axis = cfg.prompts.slice_axis
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        image = read_image(self.root, volume_id)
+        check_image(volume_id, image)
+        timings["read"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        prob = predict_probability(self.student, image, self.spec, cfg.student, self.device)
+        timings["student"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        mask = foreground_mask(prob, cfg.prompts)
+        prompts = slice_prompts(mask, prob, cfg.prompts)
+        timings["prompts"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        indices = [p.index for p in prompts]
+        masker_prob = None
+        if prompts:
+            slices = stack_slices(window_volume(image, cfg.intensity), indices, axis)
+            masker_prob = self.masker.mask_slices(slices, prompts)
+        timings["masker"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        fused = fuse(prob, masker_prob, indices, cfg.fusion, axis)
+        checksums = write_outputs(self.root, self.round, volume_id, fused.pseudo_label,
+                                  fused.confidence, axis)
+        timings["write"] = time.perf_counter() - t
+        return VolumeRecord(
+            volume_id=volume_id, status=VolumeStatus.done, attempt=attempt, timings_s=timings,
+            stats=fused.stats, checksums=checksums, node=self.node, worker_pid=os.getpid(),
+        )
