@@ -1,0 +1,66 @@
+"""Shared fixtures: phantom stores and a small trained student (built once per session)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from semisam.pipeline.phantoms import make_phantom
+from semisam.schemas import StudentSpec, VolumeMeta
+from semisam.store import open_store, write_volume
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+torch.set_num_threads(2)
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+PHANTOM_SHAPE = (48, 48, 32)
+SPACING = (0.8, 0.9, 2.0)
+TEST_SPEC = StudentSpec(channels=(8, 16, 32), strides=(2, 2), patch_size=(32, 32, 32), num_res_units=1)
+
+
+def phantom_affine() -> np.ndarray:
+    a = np.diag([*SPACING, 1.0])
+    a[:3, 3] = [12.0, -7.0, 3.5]
+    return a
+
+
+def build_phantom_store(path: Path, count: int, labeled: int, seed: int = 0) -> Path:
+    """A store of ``count`` phantoms written straight through the store API (no ingest)."""
+    root = open_store(path, create=True)
+    for i in range(count):
+        image, label = make_phantom(PHANTOM_SHAPE, seed=seed * 100 + i)
+        meta = VolumeMeta(volume_id=f"ph{i:02d}", source=f"phantom:{seed}:{i}", source_format="npy",
+                          sha256=f"{seed}-{i}", shape=image.shape, spacing=SPACING,
+                          affine=phantom_affine().tolist(), image_dtype="float32", labeled=i < labeled)
+        write_volume(root, meta, image, label if i < labeled else None)
+        if i >= labeled:  # hidden truth for quality checks
+            root[f"volumes/{meta.volume_id}"].create_array("reference", data=label, overwrite=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_student(tmp_path_factory) -> Path:
+    """A small student trained for a few steps on 3 labeled phantoms (~10 s on 2 cores)."""
+    from semisam.training import fit_supervised
+
+    base = tmp_path_factory.mktemp("student")
+    store = build_phantom_store(base / "train.zarr", count=3, labeled=3, seed=7)
+    return fit_supervised(store, base / "student.pt", spec=TEST_SPEC, iterations=40, seed=0)
+
+
+@pytest.fixture(scope="session")
+def phantom_store_template(tmp_path_factory) -> Path:
+    """6 phantoms, 2 labeled. Copy it (``phantom_store``) before writing rounds into it."""
+    return build_phantom_store(tmp_path_factory.mktemp("tpl") / "store.zarr", count=6, labeled=2)
+
+
+@pytest.fixture
+def phantom_store(phantom_store_template, tmp_path) -> Path:
+    dst = tmp_path / "store.zarr"
+    shutil.copytree(phantom_store_template, dst)
+    return dst

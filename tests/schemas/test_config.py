@@ -1,0 +1,59 @@
+import json
+
+import pytest
+
+from semisam.schemas import ConfigError, InputError, RoundConfig, load_round_config, validate_volume_id
+
+
+def test_defaults_validate_and_round_trip():
+    cfg = RoundConfig()
+    again = RoundConfig.model_validate(json.loads(cfg.model_dump_json()))
+    assert again == cfg
+
+
+def test_unknown_field_names_file_and_field(tmp_path):
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"prompts": {"box_margn": 3}}))
+    with pytest.raises(ConfigError) as exc:
+        load_round_config(path)
+    msg = str(exc.value)
+    assert str(path) in msg and "prompts.box_margn" in msg and "\n" not in msg
+
+
+def test_wrong_type_names_field(tmp_path):
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"runtime": {"workers": "many"}}))
+    with pytest.raises(ConfigError, match="runtime.workers"):
+        load_round_config(path)
+
+
+def test_not_json(tmp_path):
+    path = tmp_path / "cfg.json"
+    path.write_text("{nope")
+    with pytest.raises(ConfigError, match="not a readable JSON config"):
+        load_round_config(path)
+
+
+def test_percentiles_must_be_ordered():
+    with pytest.raises(ValueError, match="percentile_low must be < percentile_high"):
+        RoundConfig.model_validate({"intensity": {"percentile_low": 99, "percentile_high": 1}})
+
+
+def test_fingerprint_ignores_runtime_and_paths():
+    a, b = RoundConfig(), RoundConfig()
+    b.runtime.workers = 7
+    b.masker.sam.checkpoint = "/somewhere/else.pth"
+    assert a.fingerprint_payload() == b.fingerprint_payload()
+    b.prompts.box_margin = 9
+    assert a.fingerprint_payload() != b.fingerprint_payload()
+
+
+@pytest.mark.parametrize("bad", ["a/b", "..", "a..b", "x\x01y", "", ".hidden", "a b", "a\\b"])
+def test_unsafe_volume_ids_rejected(bad):
+    with pytest.raises(InputError, match="not a safe path segment"):
+        validate_volume_id(bad)
+
+
+@pytest.mark.parametrize("good", ["la_001", "A4R1S23KR0KU2WSYHK2X", "hippocampus_001", "v-1.2"])
+def test_safe_volume_ids_pass(good):
+    assert validate_volume_id(good) == good

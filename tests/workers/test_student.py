@@ -1,0 +1,60 @@
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from semisam.schemas import CheckpointError, StudentInferenceConfig
+from semisam.workers.student import build_student, load_student, predict_probability, save_student
+from tests.conftest import TEST_SPEC
+
+
+def test_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = build_student(TEST_SPEC)
+    save_student(tmp_path / "s.pt", model, TEST_SPEC, {"iterations": 3})
+    loaded, spec, meta = load_student(tmp_path / "s.pt")
+    assert spec == TEST_SPEC and meta["iterations"] == 3
+    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_probability_map_shape_and_range(tmp_path):
+    model = build_student(TEST_SPEC).eval()
+    img = np.random.default_rng(0).normal(size=(40, 36, 20)).astype(np.float32)
+    prob = predict_probability(model, img, TEST_SPEC, StudentInferenceConfig())
+    assert prob.shape == img.shape and prob.dtype == np.float32
+    assert 0.0 <= prob.min() and prob.max() <= 1.0
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_student(tmp_path / "absent.pt")
+
+
+def test_corrupt_file(tmp_path):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError, match=str(path)):
+        load_student(path)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch pwned-by-checkpoint",))
+
+
+def test_code_executing_pickle_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "semisam-student", "x": _Evil()}, path, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_student(path)
+    assert not (tmp_path / "pwned-by-checkpoint").exists()
+
+
+def test_not_a_student_checkpoint(tmp_path):
+    torch.save({"a": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a semisam student checkpoint"):
+        load_student(tmp_path / "other.pt")
