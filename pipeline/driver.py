@@ -102,13 +102,17 @@ class Dispatcher:
         self._finish(record)
 
     def run(self) -> dict[str, VolumeRecord]:
-        """Dispatch until every volume is done or failed."""
-        self._fill()
-        while self.inflight:
-            ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=1.0)
-            for ref in ready:
-                self._collect(ref)
+        """Dispatch until every volume is done or failed; the actors are released at the end."""
+        try:
             self._fill()
+            while self.inflight:
+                ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=1.0)
+                for ref in ready:
+                    self._collect(ref)
+                self._fill()
+        finally:
+            for actor in self.actors:
+                ray.kill(actor, no_restart=True)
         return self.records
 
 

@@ -84,12 +84,14 @@ def write_outputs(
     pseudo_label: np.ndarray,
     confidence: np.ndarray,
     slice_axis: int,
+    attrs: dict | None = None,
 ) -> dict[str, str]:
     """Write both output arrays of one volume (overwriting any earlier attempt).
 
     Args:
         pseudo_label: ``XxYxZ`` uint8 {0,1}.
         confidence: ``XxYxZ`` uint8, value/255 = confidence.
+        attrs: attributes copied onto both arrays (geometry of the source volume).
 
     Returns:
         ``{"pseudo_label": sha256, "confidence": sha256}`` of what was written.
@@ -101,7 +103,10 @@ def write_outputs(
     for kind, data in (("pseudo_label", pseudo_label), ("confidence", confidence)):
         path = output_path(round_index, kind, volume_id)
         parent, name = path.rsplit("/", 1)
-        root.require_group(parent).create_array(name, data=data, chunks=chunks, overwrite=True)
+        extra = {"encoding": "uint8, value/255 = confidence in [0, 1]"} if kind == "confidence" else {}
+        root.require_group(parent).create_array(
+            name, data=data, chunks=chunks, overwrite=True, attributes={**(attrs or {}), **extra}
+        )
         checksums[kind] = array_sha256(data)
     return checksums
 

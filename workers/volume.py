@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from semisam.schemas import InputError, RoundConfig, SemisamError, VolumeRecord, VolumeStatus
-from semisam.store import clear_record, open_store, read_image, write_outputs, write_record
+from semisam.store import clear_record, open_store, read_image, read_meta, write_outputs, write_record
 
 from .fusion import fuse
 from .intensity import window_volume
@@ -102,6 +102,7 @@ class VolumeProcessor:
         axis = cfg.prompts.slice_axis
         timings: dict[str, float] = {}
         t = time.perf_counter()
+        meta = read_meta(self.root, volume_id)
         image = read_image(self.root, volume_id)
         check_image(volume_id, image)
         timings["read"] = time.perf_counter() - t
@@ -125,8 +126,10 @@ class VolumeProcessor:
 
         t = time.perf_counter()
         fused = fuse(prob, masker_prob, indices, cfg.fusion, axis)
+        geometry = {"volume_id": volume_id, "spacing": list(meta.spacing), "affine": meta.affine,
+                    "source": meta.source, "round": self.round}
         checksums = write_outputs(self.root, self.round, volume_id, fused.pseudo_label,
-                                  fused.confidence, axis)
+                                  fused.confidence, axis, attrs=geometry)
         timings["write"] = time.perf_counter() - t
         return VolumeRecord(
             volume_id=volume_id, status=VolumeStatus.done, attempt=attempt, timings_s=timings,

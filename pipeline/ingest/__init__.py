@@ -1,0 +1,24 @@
+"""Ingest: read NIfTI / NRRD / h5 / npy volumes, validate them and write them into the store."""
+
+from .ingest import (
+    IngestReport,
+    IngestStatus,
+    VolumeIngest,
+    collect_sources,
+    ingest,
+    load_labeled_ids,
+)
+from .readers import LoadedVolume, read_label, read_volume, volume_id_for
+
+__all__ = [
+    "IngestReport",
+    "IngestStatus",
+    "LoadedVolume",
+    "VolumeIngest",
+    "collect_sources",
+    "ingest",
+    "load_labeled_ids",
+    "read_label",
+    "read_volume",
+    "volume_id_for",
+]

@@ -1,0 +1,364 @@
+"""``semisam ingest``: read input volumes and write them into the Zarr store.
+
+Per volume, in this order (metadata last, so a volume is complete exactly when it has metadata):
+
+1. an existing ``meta`` attribute of ``volumes/<id>`` is removed (re-ingest with ``overwrite``);
+2. ``volumes/<id>/reference`` (uint8 ground truth of a volume that has a label but is ingested
+   as unlabeled) is written, or a stale one deleted;
+3. `semisam.store.write_volume` writes ``image``, ``label`` (labeled volumes only) and then the
+   `VolumeMeta`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from enum import Enum
+from pathlib import Path
+
+import h5py
+import numpy as np
+import zarr
+from pydantic import Field
+from semisam.schemas import (
+    InputError,
+    SemisamError,
+    StrictModel,
+    VolumeMeta,
+    validate_volume_id,
+    volume_path,
+)
+from semisam.store import open_store, read_meta, slice_chunks, write_volume
+
+from .readers import LoadedVolume, file_sha256, read_label, read_volume, volume_id_for
+from .validate import check_label_shape, display_path, input_error, split_suffix
+
+log = logging.getLogger(__name__)
+
+REFERENCE_ARRAY = "reference"  # volumes/<id>/reference: ground truth kept for evaluation only
+
+
+class IngestStatus(str, Enum):
+    added = "added"
+    unchanged = "unchanged"
+    replaced = "replaced"
+    failed = "failed"
+
+
+class VolumeIngest(StrictModel):
+    """Outcome for one source file."""
+
+    volume_id: str
+    source: str
+    status: IngestStatus
+    labeled: bool = False
+    has_reference: bool = False
+    reason: str | None = None
+
+
+class IngestReport(StrictModel):
+    """Outcome of one `ingest` call, one entry per source file in the order processed."""
+
+    store: str
+    volumes: list[VolumeIngest] = Field(default_factory=list)
+    missing_labeled: list[str] = Field(
+        default_factory=list, description="ids in the labeled list that matched no source file"
+    )
+
+    def count(self, status: IngestStatus | str) -> int:
+        """Number of volumes with ``status``."""
+        return sum(1 for v in self.volumes if v.status == IngestStatus(status))
+
+    @property
+    def failed(self) -> list[VolumeIngest]:
+        return [v for v in self.volumes if v.status == IngestStatus.failed]
+
+    @property
+    def ok(self) -> bool:
+        """True when no volume failed."""
+        return not self.failed
+
+
+def collect_sources(sources: Iterable[Path | str]) -> list[Path]:
+    """Expand directories (every supported, non-hidden file directly inside, sorted by name).
+
+    Files named explicitly are kept whatever their suffix (an unsupported one fails later, on its
+    own); duplicates (same resolved path) are dropped.
+    """
+    files: list[Path] = []
+    seen: set[Path] = set()
+    for source in sources:
+        source = Path(source)
+        if source.is_dir():
+            found = sorted(
+                p
+                for p in source.iterdir()
+                if p.is_file() and not p.name.startswith(".") and split_suffix(p) is not None
+            )
+            if not found:
+                log.warning("%s: directory holds no supported volume files", display_path(source))
+        else:
+            found = [source]
+        for path in found:
+            key = path.resolve()
+            if key not in seen:
+                seen.add(key)
+                files.append(path)
+    return files
+
+
+def load_labeled_ids(labeled: set[str] | Iterable[str] | Path | str | None) -> set[str] | None:
+    """The labeled ids: a collection of ids, or a text file with one id per line ('#' comments).
+
+    Raises:
+        InputError: unreadable list file, or an id that is not a safe path segment.
+    """
+    if labeled is None:
+        return None
+    if isinstance(labeled, (str, Path)):
+        path = Path(labeled)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise input_error(path, f"cannot read the labeled-ids list ({exc})") from None
+        ids = [ln.split("#", 1)[0].strip() for ln in lines]
+        where = display_path(path)
+    else:
+        ids, where = [str(i) for i in labeled], "labeled ids"
+    result = set()
+    for vid in filter(None, ids):
+        try:
+            result.add(validate_volume_id(vid))
+        except InputError as exc:
+            raise InputError(f"{where}: {exc}") from None
+    return result
+
+
+def _label_path(path: Path, labels_dir: Path | None) -> Path | None:
+    """The separate label file of ``path`` (``labels_dir/<same name>``), if there is one."""
+    if labels_dir is None:
+        return None
+    candidate = labels_dir / path.name
+    return candidate if candidate.is_file() else None
+
+
+def _h5_has_label(path: Path) -> bool:
+    try:
+        with h5py.File(path, "r") as fh:
+            return isinstance(fh.get("label"), h5py.Dataset)
+    except (OSError, ValueError, RuntimeError):
+        return False  # the full read reports the problem
+
+
+class _Plan:
+    """What one source will become: id, hashes, label source and labeled flag."""
+
+    def __init__(self, path: Path, labels_dir: Path | None, labeled_ids: set[str] | None) -> None:
+        self.path = path
+        self.volume_id = volume_id_for(path)
+        self.sha256 = file_sha256(path)
+        self.label_file = _label_path(path, labels_dir)
+        embedded = split_suffix(path)[1] == "h5" and _h5_has_label(path)  # type: ignore[index]
+        if self.label_file is not None:
+            if embedded:
+                log.warning(
+                    "%s: label from %s used instead of the file's own 'label'",
+                    display_path(path),
+                    display_path(self.label_file),
+                )
+            self.label_sha256: str | None = file_sha256(self.label_file)
+        else:
+            self.label_sha256 = self.sha256 if embedded else None
+        has_label = self.label_sha256 is not None
+        self.labeled = has_label if labeled_ids is None else self.volume_id in labeled_ids
+        if self.labeled and not has_label:
+            where = (
+                f"no {display_path(labels_dir / path.name)}" if labels_dir else "no --labels dir"
+            )
+            raise input_error(
+                path,
+                f"volume '{self.volume_id}' is in the labeled list but has no label "
+                f"(no 'label' dataset in the file, {where})",
+            )
+
+
+def _existing_status(root: zarr.Group, plan: _Plan, overwrite: bool) -> IngestStatus:
+    """``added`` (new id), ``unchanged`` (same files and flag) or ``replaced`` (``overwrite``)."""
+    group_path = volume_path(plan.volume_id)
+    if group_path not in root or "meta" not in root[group_path].attrs:
+        return IngestStatus.added
+    old = read_meta(root, plan.volume_id)
+    same_files = old.sha256 == plan.sha256 and old.label_sha256 == plan.label_sha256
+    if same_files and old.labeled == plan.labeled:
+        return IngestStatus.unchanged
+    if overwrite:
+        return IngestStatus.replaced
+    if not same_files:
+        problem = f"already exists from {old.source} with a different sha256; use --overwrite"
+    else:
+        problem = f"already exists with labeled={old.labeled}; changing it needs --overwrite"
+    raise input_error(plan.path, f"volume '{plan.volume_id}' {problem}")
+
+
+def _load(plan: _Plan, binarize: bool) -> tuple[LoadedVolume, np.ndarray | None]:
+    """Read the image and its label (``XxYxZ`` uint8 or None), shapes checked."""
+    volume = read_volume(plan.path, binarize=binarize)
+    label = volume.label
+    if plan.label_file is not None:
+        label, _, label_affine = read_label(plan.label_file, binarize=binarize)
+        check_label_shape(label.shape, volume.image.shape, plan.label_file)
+        if not np.allclose(label_affine, volume.affine, atol=1e-3):
+            log.warning(
+                "%s: label affine differs from the image's (%s); image geometry kept",
+                display_path(plan.label_file),
+                display_path(plan.path),
+            )
+    return volume, label
+
+
+def _write(root: zarr.Group, plan: _Plan, volume: LoadedVolume, label: np.ndarray | None) -> bool:
+    """Write one volume in the module docstring's order; True if a reference was kept."""
+    group = root.require_group(volume_path(plan.volume_id))
+    if "meta" in group.attrs:
+        del group.attrs["meta"]  # incomplete until write_volume puts the new metadata
+    keep_reference = label is not None and not plan.labeled
+    if keep_reference:
+        group.create_array(
+            REFERENCE_ARRAY, data=label, chunks=slice_chunks(label.shape), overwrite=True
+        )
+    elif REFERENCE_ARRAY in group:
+        del group[REFERENCE_ARRAY]
+    meta = VolumeMeta(
+        volume_id=plan.volume_id,
+        source=str(plan.path.resolve()),
+        source_format=volume.source_format,
+        sha256=plan.sha256,
+        label_sha256=plan.label_sha256,
+        shape=volume.image.shape,
+        spacing=volume.spacing,
+        affine=volume.affine,
+        image_dtype=volume.source_dtype,
+        labeled=plan.labeled,
+    )
+    write_volume(root, meta, volume.image, label if plan.labeled else None)
+    return keep_reference
+
+
+def _ingest_checked(
+    root: zarr.Group,
+    path: Path,
+    claimed: dict[str, Path],
+    *,
+    labels_dir: Path | None,
+    labeled_ids: set[str] | None,
+    overwrite: bool,
+    binarize: bool,
+) -> VolumeIngest:
+    """Ingest one file; raises `SemisamError` (one line) if it cannot be."""
+    plan = _Plan(path, labels_dir, labeled_ids)
+    if plan.volume_id in claimed:
+        raise input_error(
+            path,
+            f"duplicate volume id '{plan.volume_id}' (also from "
+            f"{display_path(claimed[plan.volume_id])} in this ingest)",
+        )
+    claimed[plan.volume_id] = path
+    status = _existing_status(root, plan, overwrite)
+    has_reference = False
+    if status == IngestStatus.unchanged:
+        has_reference = f"{volume_path(plan.volume_id)}/{REFERENCE_ARRAY}" in root
+    else:
+        volume, label = _load(plan, binarize)
+        has_reference = _write(root, plan, volume, label)
+    return VolumeIngest(
+        volume_id=plan.volume_id,
+        source=str(path),
+        status=status,
+        labeled=plan.labeled,
+        has_reference=has_reference,
+    )
+
+
+def _ingest_one(root: zarr.Group, path: Path, claimed: dict[str, Path], **options) -> VolumeIngest:
+    """Ingest one file; any failure becomes a ``failed`` entry with a one-line reason."""
+    try:
+        result = _ingest_checked(root, path, claimed, **options)
+    except SemisamError as exc:
+        return _failed(path, str(exc))
+    except Exception as exc:  # a library failing in an unforeseen way must not stop the rest
+        log.exception("unexpected error ingesting %s", display_path(path))
+        return _failed(path, str(input_error(path, f"unexpected {type(exc).__name__}: {exc}")))
+    state = "labeled" if result.labeled else "unlabeled"
+    log.info("%s: %s (%s)", result.volume_id, result.status.value, state)
+    return result
+
+
+def ingest(
+    store: str | Path,
+    sources: list[Path],
+    labels_dir: Path | None = None,
+    labeled: set[str] | Path | None = None,
+    overwrite: bool = False,
+    binarize: bool = False,
+    on_volume: Callable[[str, str], None] | None = None,
+) -> IngestReport:
+    """Ingest image files into the store, one volume per file.
+
+    Args:
+        store: store directory or fsspec URL; created if absent.
+        sources: files and/or directories (every supported file directly inside, sorted).
+        labels_dir: directory of label files named like their images (``<labels_dir>/<name>``).
+        labeled: ids to ingest as labeled (a set, or a text file with one id per line); they must
+            have a label. None: every volume with a label is labeled. A volume with a label that
+            is not labeled keeps it as ``volumes/<id>/reference`` (evaluation only).
+        overwrite: replace a volume whose files (sha256) or labeled flag changed.
+        binarize: map label values ``> 0`` to 1 instead of refusing non-binary labels.
+        on_volume: called as ``on_volume(volume_id, status)`` after each file.
+
+    Returns:
+        An `IngestReport`; a bad file is recorded as ``failed`` with a one-line reason and does
+        not stop the others.
+
+    Raises:
+        StoreError: the store cannot be opened or created.
+        InputError: ``labels_dir`` is not a directory, or the labeled list is unreadable/invalid.
+    """
+    if labels_dir is not None and not Path(labels_dir).is_dir():
+        raise input_error(labels_dir, "labels directory does not exist")
+    labeled_ids = load_labeled_ids(labeled)
+    root = open_store(store, create=True)
+    report = IngestReport(store=str(store))
+    claimed: dict[str, Path] = {}
+    named: set[str] = set()  # every id the sources name, ingested or not
+    for path in collect_sources(sources):
+        split = split_suffix(path)
+        named.add(split[0] if split else path.name)
+        result = _ingest_one(
+            root,
+            path,
+            claimed,
+            labels_dir=Path(labels_dir) if labels_dir else None,
+            labeled_ids=labeled_ids,
+            overwrite=overwrite,
+            binarize=binarize,
+        )
+        report.volumes.append(result)
+        if on_volume is not None:
+            on_volume(result.volume_id, result.status.value)
+    if labeled_ids is not None:
+        report.missing_labeled = sorted(labeled_ids - named)
+        for vid in report.missing_labeled:
+            log.warning("labeled id '%s' matched no source file", vid)
+    log.info(
+        "ingest into %s: %s", store, ", ".join(f"{s.value} {report.count(s)}" for s in IngestStatus)
+    )
+    return report
+
+
+def _failed(path: Path, reason: str) -> VolumeIngest:
+    log.error("%s", reason)
+    split = split_suffix(path)
+    name = display_path(split[0] if split else path.name)
+    return VolumeIngest(
+        volume_id=name, source=display_path(path), status=IngestStatus.failed, reason=reason
+    )

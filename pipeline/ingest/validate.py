@@ -1,0 +1,184 @@
+"""Checks on input volumes and labels. Each failure is an `InputError` with one line naming the
+file and the problem, e.g. ``scans/a.nii.gz: image has 12 NaN voxels``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+from semisam.schemas import InputError
+
+log = logging.getLogger(__name__)
+
+#: Supported file suffixes (lower case, longest first) and the format each one means.
+SUFFIX_FORMATS: tuple[tuple[str, str], ...] = (
+    (".nii.gz", "nifti"),
+    (".nii", "nifti"),
+    (".nrrd", "nrrd"),
+    (".hdf5", "h5"),
+    (".h5", "h5"),
+    (".npy", "npy"),
+)
+
+_NUMERIC_KINDS = ("f", "i", "u")  # dtype.kind of images we accept
+
+
+def display_path(path: Path | str) -> str:
+    """``str(path)``, with control and other non-printable characters escaped (one line, safe)."""
+    text = str(path)
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+def input_error(path: Path | str, problem: str) -> InputError:
+    """An `InputError` reading ``<path>: <problem>`` on one line."""
+    one_line = " ".join(str(problem).split())
+    return InputError(f"{display_path(path)}: {one_line}")
+
+
+def split_suffix(path: Path) -> tuple[str, str] | None:
+    """``(stem, format)`` of a supported file name, or None if its suffix is not supported."""
+    lower = path.name.lower()
+    for suffix, fmt in SUFFIX_FORMATS:
+        if lower.endswith(suffix) and len(lower) > len(suffix):
+            return path.name[: -len(suffix)], fmt
+    return None
+
+
+def check_suffix(path: Path) -> str:
+    """The format (nifti | nrrd | h5 | npy) of ``path``; `InputError` if unsupported."""
+    split = split_suffix(path)
+    if split is None:
+        allowed = ", ".join(s for s, _ in SUFFIX_FORMATS)
+        raise input_error(path, f"unsupported file type (supported: {allowed})")
+    return split[1]
+
+
+def check_dtype(array: np.ndarray, path: Path, what: str, *, allow_bool: bool = False) -> None:
+    """Raise `InputError` unless ``array`` holds int, uint or float values (bool if allowed)."""
+    kind = array.dtype.kind
+    if kind in _NUMERIC_KINDS or (allow_bool and kind == "b"):
+        return
+    raise input_error(
+        path, f"{what} has unsupported dtype {array.dtype} (need integer or floating point values)"
+    )
+
+
+def as_3d(array: np.ndarray, path: Path, what: str) -> np.ndarray:
+    """Return ``array`` as ``XxYxZ``: trailing singleton axes beyond the third are dropped.
+
+    Raises:
+        InputError: fewer than 3 axes, more than one volume (a 4th axis longer than 1), or an
+            axis of length 0.
+    """
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim < 3:
+        raise input_error(
+            path, f"{what} is {array.ndim}D with shape {array.shape}; need a 3D volume"
+        )
+    if array.ndim > 3:
+        raise input_error(
+            path,
+            f"{what} is {array.ndim}D with shape {array.shape}; need one 3D volume "
+            f"(a 4D file may hold only one volume)",
+        )
+    if 0 in array.shape:
+        raise input_error(path, f"{what} has a zero-length axis, shape {array.shape}")
+    return array
+
+
+def check_image(array: np.ndarray, path: Path) -> np.ndarray:
+    """Validate an image and return it as ``XxYxZ`` float32.
+
+    Raises:
+        InputError: unsupported dtype, not 3D, zero-length axis, NaN or Inf voxels, values beyond
+            float32, or a constant volume.
+    """
+    check_dtype(array, path, "image")
+    array = as_3d(array, path, "image")
+    if array.dtype.kind == "f":
+        n_nan = int(np.count_nonzero(np.isnan(array)))
+        if n_nan:
+            raise input_error(path, f"image has {n_nan} NaN voxels (of {array.size})")
+        n_inf = int(np.count_nonzero(np.isinf(array)))
+        if n_inf:
+            raise input_error(path, f"image has {n_inf} Inf voxels (of {array.size})")
+    with np.errstate(over="ignore", invalid="ignore"):
+        image = array.astype(np.float32, copy=False)
+    if array.dtype != np.float32 and not np.isfinite(image).all():
+        raise input_error(path, f"image values exceed the float32 range (dtype {array.dtype})")
+    low, high = float(image.min()), float(image.max())
+    if low == high:
+        raise input_error(path, f"image is constant (every voxel = {low:g}): nothing to segment")
+    return image
+
+
+def check_label(array: np.ndarray, path: Path, *, binarize: bool = False) -> np.ndarray:
+    """Validate a label volume and return it as ``XxYxZ`` uint8 in {0, 1}.
+
+    Labels must be integers >= 0 (floating point values are accepted when integral). Values other
+    than {0, 1} are an error unless ``binarize``, which maps ``label > 0`` to 1.
+
+    Raises:
+        InputError: unsupported dtype, not 3D, non-finite, fractional or negative values, or
+            non-binary values without ``binarize``.
+    """
+    check_dtype(array, path, "label", allow_bool=True)
+    array = as_3d(array, path, "label")
+    if array.dtype.kind == "b":
+        return array.astype(np.uint8)
+    if array.dtype.kind == "f":
+        n_bad = int(np.count_nonzero(~np.isfinite(array)))
+        if n_bad:
+            raise input_error(path, f"label has {n_bad} NaN/Inf voxels")
+        n_frac = int(np.count_nonzero(array != np.round(array)))
+        if n_frac:
+            raise input_error(
+                path, f"label has {n_frac} non-integer voxels; labels must be integers"
+            )
+    values = np.unique(array)
+    if values[0] < 0:
+        raise input_error(
+            path, f"label has negative values (min {values[0]:g}); labels must be >= 0"
+        )
+    if values[-1] <= 1:
+        return array.astype(np.uint8)
+    if not binarize:
+        shown = ", ".join(f"{v:g}" for v in values[:10]) + (", ..." if values.size > 10 else "")
+        raise input_error(
+            path,
+            f"label has values {{{shown}}}; a binary label {{0, 1}} is required "
+            "(use --binarize to map label > 0 to 1)",
+        )
+    log.debug("%s: binarized label values %s to {0, 1}", display_path(path), values.tolist())
+    return (array > 0).astype(np.uint8)
+
+
+def check_label_shape(
+    label_shape: tuple[int, ...], image_shape: tuple[int, ...], path: Path
+) -> None:
+    """Raise `InputError` (naming the label file ``path``) if the shapes differ."""
+    if tuple(label_shape) != tuple(image_shape):
+        raise input_error(
+            path, f"label shape {tuple(label_shape)} differs from image shape {tuple(image_shape)}"
+        )
+
+
+def check_geometry(
+    spacing: tuple[float, ...], affine: np.ndarray, path: Path
+) -> tuple[tuple[float, float, float], list[list[float]]]:
+    """Validate voxel spacing (3 finite values > 0, mm) and a finite 4x4 affine.
+
+    Returns:
+        ``(spacing, affine)`` as a float tuple and a nested 4x4 list.
+    """
+    values = tuple(float(s) for s in spacing)
+    if len(values) != 3 or not all(math.isfinite(s) and s > 0 for s in values):
+        raise input_error(path, f"voxel spacing must be 3 finite values > 0 mm, got {values}")
+    matrix = np.asarray(affine, dtype=np.float64)
+    if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
+        raise input_error(path, f"affine must be a finite 4x4 matrix, got {matrix.tolist()}")
+    return (values[0], values[1], values[2]), matrix.tolist()

@@ -1,0 +1,83 @@
+"""A full round on phantoms with a real local Ray and a real Zarr store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from semisam.pipeline.driver import run_round
+from semisam.schemas import RoundConfig, RoundError, VolumeStatus
+from semisam.store import list_metas, open_store, read_output, read_record, read_round_meta
+from tests.conftest import SPACING, phantom_affine
+
+
+def _config(workers: int = 2) -> RoundConfig:
+    cfg = RoundConfig()
+    cfg.runtime.workers = workers
+    return cfg
+
+
+def test_full_round(local_ray, phantom_store, trained_student):
+    summary = run_round(phantom_store, 1, trained_student, _config(), show_progress=False)
+    root = open_store(phantom_store, read_only=True)
+    unlabeled = [m for m in list_metas(root) if not m.labeled]
+    assert summary.total == len(unlabeled) == 4
+    assert summary.done == 4 and summary.failed == 0 and summary.pending == 0
+    assert summary.status == "finished"
+    meta = read_round_meta(root, 1)
+    assert meta.config == _config().model_dump(mode="json") and len(meta.fingerprint) == 64
+    dices = []
+    for m in unlabeled:
+        pl = read_output(root, 1, "pseudo_label", m.volume_id)
+        conf = read_output(root, 1, "confidence", m.volume_id)
+        assert pl.shape == conf.shape == m.shape
+        assert pl.dtype == np.uint8 and conf.dtype == np.uint8
+        assert set(np.unique(pl)) <= {0, 1}
+        arr = root[f"rounds/1/pseudo_label/{m.volume_id}"]
+        assert arr.attrs["spacing"] == list(SPACING)
+        np.testing.assert_allclose(arr.attrs["affine"], phantom_affine())
+        assert "value/255" in root[f"rounds/1/confidence/{m.volume_id}"].attrs["encoding"]
+        record = read_record(root, 1, m.volume_id)
+        assert record.status == VolumeStatus.done and record.stats.slices_prompted > 0
+        assert 0.0 <= record.stats.mean_confidence <= 1.0
+        assert set(record.timings_s) >= {"read", "student", "prompts", "masker", "write"}
+        ref = np.asarray(root[f"volumes/{m.volume_id}/reference"][...]) > 0
+        dices.append(2 * np.logical_and(pl > 0, ref).sum() / (pl.sum() + ref.sum()))
+    # the pseudo-labels must be meaningful, not merely well-formed
+    assert np.mean(dices) > 0.6, dices
+
+
+def test_rerun_skips_done_volumes(local_ray, phantom_store, trained_student):
+    run_round(phantom_store, 1, trained_student, _config(), show_progress=False)
+    root = open_store(phantom_store, read_only=True)
+    before = {m.volume_id: read_record(root, 1, m.volume_id).finished_at for m in list_metas(root)
+              if not m.labeled}
+    again = run_round(phantom_store, 1, trained_student, _config(workers=1), show_progress=False)
+    assert again.skipped == 4 and again.done == 4
+    after = {vid: read_record(root, 1, vid).finished_at for vid in before}
+    assert before == after
+
+
+def test_changed_config_refused_then_forced(local_ray, phantom_store, trained_student):
+    run_round(phantom_store, 1, trained_student, _config(), show_progress=False)
+    changed = _config()
+    changed.prompts.box_margin = 9
+    with pytest.raises(RoundError, match="--force"):
+        run_round(phantom_store, 1, trained_student, changed, show_progress=False)
+    summary = run_round(phantom_store, 1, trained_student, changed, force=True, show_progress=False)
+    assert summary.done == 4 and summary.skipped == 0
+
+
+def test_bad_volume_is_recorded_failed_and_round_completes(local_ray, phantom_store, trained_student):
+    root = open_store(phantom_store)
+    img = root["volumes/ph03/image"]
+    data = img[...]
+    data[3, 4, 5] = np.nan
+    img[...] = data  # bypasses ingest's checks, as a store written by another tool might
+    summary = run_round(phantom_store, 1, trained_student, _config(), show_progress=False)
+    assert summary.done == 3 and summary.failed == 1
+    assert summary.status == "finished_with_failures"
+    record = read_record(root, 1, "ph03")
+    assert record.status == VolumeStatus.failed
+    assert "ph03" in record.error and "NaN" in record.error and "\n" not in record.error
+    assert read_output(root, 1, "pseudo_label", "ph03") is None

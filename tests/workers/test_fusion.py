@@ -1,0 +1,167 @@
+"""Fusion: pseudo-label modes, confidence formula and encoding, per-volume statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from semisam.schemas import CONFIDENCE_SCALE, FusionConfig, FusionMode
+from semisam.workers.fusion import (
+    confidence_from_uint8,
+    confidence_to_uint8,
+    fuse,
+    margin,
+    volume_stats,
+)
+
+
+def _case(axis: int = 2):
+    """Student XxYxZ (2x2x3 along axis 2) and masker for prompted slices [2, 0] (2x2x2 each)."""
+    student = np.array(
+        [[[0.9, 0.2, 0.8], [0.6, 0.1, 0.3]], [[0.4, 0.7, 0.5], [0.95, 0.05, 0.0]]], np.float32
+    )
+    # masker slices in the frame of np.take(volume, i, 2): rows = axis 0, columns = axis 1
+    masker = np.array([[[0.9, 0.1], [0.5, 0.2]], [[0.7, 0.3], [0.8, 0.6]]], np.float32)
+    student = np.moveaxis(student, 2, axis)
+    return student, masker, [2, 0]
+
+
+def _slices(volume: np.ndarray, axis: int) -> list[np.ndarray]:
+    return [np.take(volume, i, axis) for i in range(volume.shape[axis])]
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+@pytest.mark.parametrize(
+    "mode, expected_prompted",
+    [
+        # slice 2: student [[.8,.3],[.5,0]] masker [[.9,.1],[.5,.2]];
+        # slice 0: student [[.9,.6],[.4,.95]] masker [[.7,.3],[.8,.6]]
+        (FusionMode.masker_on_prompted, {2: [[1, 0], [0, 0]], 0: [[1, 0], [1, 1]]}),
+        (FusionMode.intersection, {2: [[1, 0], [0, 0]], 0: [[1, 0], [0, 1]]}),
+        (FusionMode.union, {2: [[1, 0], [0, 0]], 0: [[1, 1], [1, 1]]}),
+    ],
+)
+def test_modes(axis, mode, expected_prompted):
+    student, masker, prompted = _case(axis)
+    result = fuse(student, masker, prompted, FusionConfig(mode=mode), slice_axis=axis)
+    assert result.pseudo_label.dtype == np.uint8 and result.pseudo_label.shape == student.shape
+    labels = _slices(result.pseudo_label, axis)
+    for index, expected in expected_prompted.items():
+        np.testing.assert_array_equal(labels[index], expected)
+    np.testing.assert_array_equal(labels[1], [[0, 0], [1, 0]])  # student > 0.5 off the prompts
+
+
+def test_confidence_formula():
+    student, masker, prompted = _case()
+    result = fuse(student, masker, prompted, FusionConfig(), slice_axis=2)
+    conf = confidence_from_uint8(result.confidence)
+    s2, m2 = student[:, :, 2], masker[0]
+    expected2 = np.abs(2 * m2 - 1) * (1 - np.abs(m2 - s2))
+    np.testing.assert_allclose(conf[:, :, 2], expected2, atol=0.5 / CONFIDENCE_SCALE)
+    np.testing.assert_allclose(
+        conf[:, :, 1], np.abs(2 * student[:, :, 1] - 1), atol=0.5 / CONFIDENCE_SCALE
+    )
+    assert conf[1, 0, 2] == 0.0  # masker at 0.5 -> no confidence
+    assert ((conf >= 0) & (conf <= 1)).all()
+
+
+def test_margin_with_other_threshold():
+    np.testing.assert_allclose(margin(np.array([0.0, 0.3, 0.65, 1.0]), 0.3), [1, 0, 0.5, 1])
+
+
+def test_confidence_in_range_on_random_inputs():
+    rng = np.random.default_rng(0)
+    student = rng.uniform(-0.1, 1.1, (5, 6, 7)).astype(np.float32)  # clipped to [0, 1]
+    masker = rng.random((3, 5, 6)).astype(np.float32)
+    for mode in FusionMode:
+        result = fuse(student, masker, [0, 3, 6], FusionConfig(mode=mode), slice_axis=2)
+        assert result.confidence.dtype == np.uint8
+        assert set(np.unique(result.pseudo_label)) <= {0, 1}
+        assert 0.0 <= result.stats.mean_confidence <= 1.0
+
+
+def test_uint8_encoding():
+    c = np.array([0.0, 0.5, 1.0, 1 / 255, 0.999, 1.2, -0.1], np.float32)
+    np.testing.assert_array_equal(confidence_to_uint8(c), [0, 128, 255, 1, 255, 255, 0])
+    assert confidence_to_uint8(c).dtype == np.uint8
+    np.testing.assert_allclose(confidence_from_uint8(np.array([0, 51, 255], np.uint8)), [0, 0.2, 1])
+    with pytest.raises(ValueError, match="non-finite"):
+        confidence_to_uint8(np.array([np.nan]))
+
+
+def test_stats_by_hand():
+    student, masker, prompted = _case()
+    result = fuse(student, masker, prompted, FusionConfig(), slice_axis=2)
+    stats = result.stats
+    assert stats.slices_total == 3 and stats.slices_prompted == 2
+    # pseudo-label: slice 2 -> 1 voxel, slice 0 -> 3 voxels, slice 1 (student) -> 1 voxel
+    assert stats.foreground_voxels == 5
+    assert stats.foreground_fraction == pytest.approx(5 / 12)
+    # student fg on prompted slices: slice 2 {(0,0)}, slice 0 {(0,0),(0,1),(1,1)} -> 4 voxels
+    # masker fg: slice 2 {(0,0)}, slice 0 {(0,0),(1,0),(1,1)} -> 4 voxels; both: 3
+    assert stats.student_sam_dice == pytest.approx(2 * 3 / (4 + 4))
+    s, m = student[:, :, [2, 0]], np.moveaxis(masker, 0, 2)
+    conf = np.abs(2 * student - 1)
+    conf[:, :, [2, 0]] = np.abs(2 * m - 1) * (1 - np.abs(m - s))
+    assert stats.mean_confidence == pytest.approx(conf.mean(), abs=1e-6)
+
+
+def test_no_prompted_slices():
+    student, _, _ = _case()
+    for masker in (None, np.zeros((0, 2, 2), np.float32)):
+        result = fuse(student, masker, [], FusionConfig(), slice_axis=2)
+        np.testing.assert_array_equal(result.pseudo_label, student > 0.5)
+        assert result.stats.student_sam_dice is None and result.stats.slices_prompted == 0
+
+
+def test_dice_of_two_empty_masks_is_one():
+    student = np.zeros((3, 3, 2), np.float32)
+    masker = np.zeros((1, 3, 3), np.float32)
+    stats = volume_stats(
+        np.zeros((3, 3, 2), np.uint8), np.ones((3, 3, 2)), student, masker, [1], FusionConfig(), 2
+    )
+    assert stats.student_sam_dice == 1.0 and stats.mean_confidence == 1.0
+
+
+def test_bad_inputs_named():
+    student, masker, prompted = _case()
+    with pytest.raises(ValueError, match="shape"):
+        fuse(student, masker[:1], prompted, FusionConfig(), slice_axis=2)
+    with pytest.raises(ValueError, match="unique"):
+        fuse(student, masker, [0, 0], FusionConfig(), slice_axis=2)
+    with pytest.raises(ValueError, match="None"):
+        fuse(student, None, [0], FusionConfig(), slice_axis=2)
+    with pytest.raises(ValueError, match="axis"):
+        fuse(student, masker, prompted, FusionConfig(), slice_axis=3)
+    with pytest.raises(ValueError, match="non-finite"):
+        fuse(student * np.nan, masker, prompted, FusionConfig(), slice_axis=2)
+
+
+def test_end_to_end_on_a_phantom():
+    """Window -> prompts -> random walker -> fusion recovers a sphere the student over-segments."""
+    from semisam.schemas import IntensityConfig, PromptConfig, RandomWalkerConfig
+    from semisam.workers.intensity import window_volume
+    from semisam.workers.localization import foreground_mask, slice_prompts, stack_slices
+    from semisam.workers.maskers.random_walker import RandomWalkerMasker
+
+    grid = np.indices((40, 36, 24), dtype=np.float64)
+    dist = np.sqrt((grid[0] - 18) ** 2 + (grid[1] - 20) ** 2 + ((grid[2] - 12) * 1.5) ** 2)
+    truth = dist <= 10
+    rng = np.random.default_rng(0)
+    image = np.where(truth, 300.0, 100.0) + rng.normal(0, 20, truth.shape)
+    student = np.clip(1.3 - dist / 14.0, 0, 1).astype(np.float32)  # too wide: radius ~11
+    prompts_cfg = PromptConfig(positive_points=2, negative_points=2, box_margin=4)
+    prompts = slice_prompts(foreground_mask(student, prompts_cfg), student, prompts_cfg)
+    indices = [p.index for p in prompts]
+    windowed = window_volume(image.astype(np.float32), IntensityConfig())
+    masker_prob = RandomWalkerMasker(RandomWalkerConfig()).mask_slices(
+        stack_slices(windowed, indices, 2), prompts
+    )
+    result = fuse(student, masker_prob, indices, FusionConfig(), 2)
+
+    def dice(a, b):
+        return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+    assert dice(result.pseudo_label > 0, truth) >= 0.9
+    assert dice(result.pseudo_label > 0, truth) > dice(student > 0.5, truth)
+    assert result.stats.slices_prompted == len(prompts) > 0

@@ -1,0 +1,222 @@
+"""Fusion: masker and student probabilities become a pseudo-label and a per-voxel confidence.
+
+Notation: ``p_s`` is the student's foreground probability, ``p_m`` the masker's (prompted slices
+only), ``t`` the masker threshold (`FusionConfig.masker_threshold`), ``T = 0.5`` the student
+threshold (`STUDENT_THRESHOLD`). Probabilities are clipped to [0, 1] first.
+
+Pseudo-label (uint8 {0, 1}), by `FusionMode`, on prompted slices:
+
+- ``masker_on_prompted``: ``p_m > t``;
+- ``intersection``: ``p_m > t and p_s > T``;
+- ``union``: ``p_m > t or p_s > T``;
+
+and ``p_s > T`` on every other slice.
+
+Confidence (float in [0, 1], stored as uint8 ``round(c * CONFIDENCE_SCALE)``):
+
+- prompted slices: ``c = margin_t(p_m) * (1 - |p_m - p_s|)``, the masker's certainty times the
+  student-masker agreement, whatever the mode;
+- other slices: ``c = margin_T(p_s)``, the student's own certainty;
+
+where ``margin_t(p) = (p - t) / (1 - t)`` for ``p >= t`` and ``(t - p) / t`` below: 0 at the
+threshold, 1 at p = 0 or 1 (``|2p - 1|`` for t = 0.5). So a masker at its threshold, or a masker
+and student that disagree completely, give confidence 0. The training stage weights its SAM
+consistency loss voxel by voxel with this value.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from semisam.schemas import CONFIDENCE_SCALE, FusionConfig, FusionMode, VolumeStats
+
+from .localization import put_slices, stack_slices
+
+__all__ = [
+    "STUDENT_THRESHOLD",
+    "FusionResult",
+    "confidence_from_uint8",
+    "confidence_to_uint8",
+    "fuse",
+    "margin",
+    "volume_stats",
+]
+
+logger = logging.getLogger(__name__)
+
+STUDENT_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class FusionResult:
+    """One volume's fused outputs.
+
+    Attributes:
+        pseudo_label: ``XxYxZ`` uint8 {0, 1}.
+        confidence: ``XxYxZ`` uint8, ``v / CONFIDENCE_SCALE`` is the confidence in [0, 1].
+        stats: per-volume statistics (see `volume_stats`).
+    """
+
+    pseudo_label: np.ndarray
+    confidence: np.ndarray
+    stats: VolumeStats
+
+
+def margin(prob: np.ndarray, threshold: float) -> np.ndarray:
+    """Certainty of a thresholded probability: 0 at ``threshold``, 1 at 0 or 1 (same shape)."""
+    prob = np.asarray(prob, np.float32)
+    above = (prob - threshold) / (1.0 - threshold)
+    below = (threshold - prob) / threshold
+    return np.clip(np.where(prob >= threshold, above, below), 0.0, 1.0).astype(np.float32)
+
+
+def confidence_to_uint8(confidence: np.ndarray) -> np.ndarray:
+    """Encode a confidence in [0, 1] as uint8 ``round(c * CONFIDENCE_SCALE)`` (same shape).
+
+    Raises:
+        ValueError: the confidence holds NaN or inf.
+    """
+    c = np.asarray(confidence, np.float32)
+    if not np.isfinite(c).all():
+        raise ValueError(f"confidence holds {int((~np.isfinite(c)).sum())} non-finite values")
+    return np.rint(np.clip(c, 0.0, 1.0) * CONFIDENCE_SCALE).astype(np.uint8)
+
+
+def confidence_from_uint8(encoded: np.ndarray) -> np.ndarray:
+    """Decode a stored uint8 confidence to float32 in [0, 1] (same shape)."""
+    return np.asarray(encoded, np.float32) / np.float32(CONFIDENCE_SCALE)
+
+
+def _check_inputs(
+    student_prob: np.ndarray, masker_prob: np.ndarray | None, prompted: Sequence[int], axis: int
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Validated float32 ``(student XxYxZ, masker NxHxW, prompted indices)``."""
+    student = np.asarray(student_prob, np.float32)
+    if student.ndim != 3:
+        raise ValueError(f"student_prob must be XxYxZ (3D), got shape {student.shape}")
+    if axis not in (0, 1, 2):
+        raise ValueError(f"slice axis must be 0, 1 or 2, got {axis}")
+    indices = [int(i) for i in prompted]
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"prompted slice indices must be unique, got {indices}")
+    plane = tuple(s for a, s in enumerate(student.shape) if a != axis)
+    if masker_prob is None:
+        if indices:
+            raise ValueError(f"masker_prob is None but {len(indices)} slices were prompted")
+        masker = np.zeros((0,) + plane, np.float32)
+    else:
+        masker = np.asarray(masker_prob, np.float32)
+    if masker.shape != (len(indices),) + plane:
+        raise ValueError(
+            f"masker_prob must have shape {(len(indices),) + plane} (prompted slices x plane), "
+            f"got {masker.shape}"
+        )
+    for name, arr in (("student_prob", student), ("masker_prob", masker)):
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{name} holds {int((~np.isfinite(arr)).sum())} non-finite values")
+    return np.clip(student, 0.0, 1.0), np.clip(masker, 0.0, 1.0), indices
+
+
+def _fuse_prompted(
+    student: np.ndarray, masker: np.ndarray, config: FusionConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """``NxHxW`` (bool label, float32 confidence) on the prompted slices."""
+    masker_fg = masker > config.masker_threshold
+    student_fg = student > STUDENT_THRESHOLD
+    if config.mode == FusionMode.masker_on_prompted:
+        label = masker_fg
+    elif config.mode == FusionMode.intersection:
+        label = masker_fg & student_fg
+    elif config.mode == FusionMode.union:
+        label = masker_fg | student_fg
+    else:  # pragma: no cover - the enum is closed
+        raise ValueError(f"unknown fusion mode {config.mode!r}")
+    agreement = 1.0 - np.abs(masker - student)
+    confidence = margin(masker, config.masker_threshold) * agreement
+    return label, confidence.astype(np.float32)
+
+
+def fuse(
+    student_prob: np.ndarray,
+    masker_prob: np.ndarray | None,
+    prompted: Sequence[int],
+    config: FusionConfig,
+    slice_axis: int,
+) -> FusionResult:
+    """Fuse the student's and the masker's probabilities into a pseudo-label and confidence.
+
+    Args:
+        student_prob: ``XxYxZ`` float student foreground probability in [0, 1].
+        masker_prob: ``NxHxW`` float masker probability for the N ``prompted`` slices, in the
+            frame of `semisam.workers.localization.stack_slices`; None (or N = 0) if none.
+        prompted: N unique slice indices along ``slice_axis``.
+        config: fusion mode and masker threshold.
+        slice_axis: the axis the slices were taken along.
+
+    Returns:
+        The pseudo-label, the uint8 confidence and the volume's statistics (formulas in the
+        module docstring).
+
+    Raises:
+        ValueError: shapes disagree, indices repeat or values are not finite.
+    """
+    student, masker, indices = _check_inputs(student_prob, masker_prob, prompted, slice_axis)
+    label = student > STUDENT_THRESHOLD
+    confidence = margin(student, STUDENT_THRESHOLD)
+    if indices:
+        student_sl = stack_slices(student, indices, slice_axis)
+        label_sl, conf_sl = _fuse_prompted(student_sl, masker, config)
+        put_slices(label, indices, slice_axis, label_sl)
+        put_slices(confidence, indices, slice_axis, conf_sl)
+    pseudo_label = label.astype(np.uint8)
+    stats = volume_stats(pseudo_label, confidence, student, masker, indices, config, slice_axis)
+    logger.debug("fused %d prompted slices: %s", len(indices), stats)
+    return FusionResult(pseudo_label, confidence_to_uint8(confidence), stats)
+
+
+def volume_stats(
+    pseudo_label: np.ndarray,
+    confidence: np.ndarray,
+    student_prob: np.ndarray,
+    masker_prob: np.ndarray | None,
+    prompted: Sequence[int],
+    config: FusionConfig,
+    slice_axis: int,
+) -> VolumeStats:
+    """Per-volume statistics of a fused result.
+
+    Args:
+        pseudo_label: ``XxYxZ`` {0, 1} pseudo-label.
+        confidence: ``XxYxZ`` float confidence in [0, 1] (before uint8 encoding).
+        student_prob: ``XxYxZ`` student probability.
+        masker_prob: ``NxHxW`` masker probability of the ``prompted`` slices (or None).
+        prompted: N slice indices along ``slice_axis``.
+        config: gives the masker threshold.
+        slice_axis: the slice axis.
+
+    Returns:
+        Slice counts along ``slice_axis``, foreground voxels and fraction of the pseudo-label,
+        mean confidence, and the Dice of ``student > 0.5`` vs ``masker > threshold`` over all
+        prompted slices together (1.0 when both are empty there; None without prompted slices).
+    """
+    indices = [int(i) for i in prompted]
+    foreground = int(np.count_nonzero(pseudo_label))
+    mean_confidence = float(np.mean(confidence, dtype=np.float64)) if np.size(confidence) else 0.0
+    dice = None
+    if indices and masker_prob is not None:
+        student_fg = stack_slices(np.asarray(student_prob), indices, slice_axis) > STUDENT_THRESHOLD
+        masker_fg = np.asarray(masker_prob) > config.masker_threshold
+        total = int(student_fg.sum()) + int(masker_fg.sum())
+        dice = 1.0 if total == 0 else 2.0 * int((student_fg & masker_fg).sum()) / total
+    return VolumeStats(
+        slices_total=int(np.shape(pseudo_label)[slice_axis]),
+        slices_prompted=len(indices),
+        foreground_voxels=foreground,
+        foreground_fraction=foreground / max(int(np.size(pseudo_label)), 1),
+        mean_confidence=mean_confidence,
+        student_sam_dice=dice,
+    )
