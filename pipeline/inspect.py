@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ from semisam.schemas import CONFIDENCE_SCALE, RoundMeta, StoreError, StrictModel
 from semisam.store import list_metas, list_rounds, read_image, read_output, read_round_meta
 
 from .summary import RoundSummary, summarize_round
+
+log = logging.getLogger(__name__)
 
 
 class StoreOverview(StrictModel):
@@ -63,12 +66,31 @@ def _overlay(rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) ->
     return out.astype(np.uint8)
 
 
+def round_student_probability(meta: RoundMeta, image: np.ndarray) -> np.ndarray | None:
+    """Re-run the round's student on ``image`` if its checkpoint is still there, unchanged."""
+    from semisam.schemas import RoundConfig
+    from semisam.workers.student import load_student, predict_probability
+
+    from .round_state import sha256_file
+
+    path = Path(meta.student_checkpoint)
+    if not path.is_file() or sha256_file(path) != meta.student_sha256:
+        log.info("student panel left out: %s is gone or changed since the round", path)
+        return None
+    model, spec, _ = load_student(path)
+    cfg = RoundConfig.model_validate(meta.config)
+    return predict_probability(model, image, spec, cfg.student)
+
+
 def write_montage(root: zarr.Group, round_index: int, volume_id: str, out: Path,
-                  student: np.ndarray | None = None, scale: int = 3) -> Path:
-    """PNG with panels: image | student (if given) | pseudo-label | confidence, on one slice.
+                  scale: int = 3) -> Path:
+    """PNG with panels: image | student | pseudo-label | confidence, on the slice with the
+    most pseudo-label foreground.
+
+    The student panel is recomputed from the round's student checkpoint (the store keeps no
+    student maps); it is left out when that file is gone or changed.
 
     Args:
-        student: optional ``XxYxZ`` student probability map (the store does not keep it).
         scale: nearest-neighbour upscaling of each panel.
     """
     meta = read_round_meta(root, round_index)
@@ -80,6 +102,7 @@ def write_montage(root: zarr.Group, round_index: int, volume_id: str, out: Path,
     if label is None or conf is None:
         raise StoreError(f"volume '{volume_id}': round {round_index} has no outputs for it yet")
     image = read_image(root, volume_id)
+    student = round_student_probability(meta, image)
     i = _middle_slice(label, axis)
     img = _to_rgb(np.take(image, i, axis))
     panels = [img]

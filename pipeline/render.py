@@ -31,10 +31,10 @@ def ingest_report(report, as_json: bool) -> None:
         _json(report)
         return
     table = Table(title="ingest")
-    for col in ("volume", "status", "labeled", "shape", "detail"):
+    for col in ("volume", "status", "labeled", "source", "detail"):
         table.add_column(col)
-    for item in report.items:
-        table.add_row(item.volume_id, item.status, _fmt(item.labeled), _fmt(item.shape), item.reason or "")
+    for item in report.volumes:
+        table.add_row(item.volume_id, item.status.value, _fmt(item.labeled), item.source, item.reason or "")
     _console.print(table)
 
 
@@ -84,8 +84,27 @@ def step_bar(label: str, total: int) -> Iterator:
         yield callback
 
 
+@contextlib.contextmanager
+def count_bar(label: str, total: int, enabled: bool = True) -> Iterator:
+    """Progress bar over ``total`` items; yields ``callback(item_id, status)``."""
+    if not enabled or total == 0:
+        yield lambda *_: None
+        return
+    with Progress(TextColumn(f"[bold]{label}[/bold]"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[last]}"), TimeElapsedColumn()) as progress:
+        task = progress.add_task(label, total=total, last="")
+
+        def callback(item_id: str, status: str) -> None:
+            progress.update(task, advance=1, last=f"{item_id}: {status}")
+
+        yield callback
+
+
 def demo_result(result) -> None:
     round_summary(result.summary, as_json=False)
     _console.print(f"[bold]masker:[/bold] {result.masker_note}")
+    if result.pseudo_label_dice is not None:
+        _console.print(f"[bold]pseudo-label Dice vs the phantoms' hidden labels:[/bold] "
+                       f"{result.pseudo_label_dice:.3f}")
     for name, path in result.paths.items():
         _console.print(f"{name:>16}: {path}")

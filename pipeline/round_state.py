@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,7 +133,9 @@ def finish_round(root: zarr.Group, store: str, meta: RoundMeta, any_failed: bool
     meta.finished_at = utcnow()
     write_round_meta(root, meta)
     try:
-        zarr.consolidate_metadata(store)
+        with warnings.catch_warnings():  # zarr warns that consolidation is not in the v3 spec yet
+            warnings.simplefilter("ignore")
+            zarr.consolidate_metadata(store)
     except Exception as exc:  # noqa: BLE001 - consolidation is an optimisation only
         log.warning("could not consolidate metadata of %s: %s", store, exc)
     return meta

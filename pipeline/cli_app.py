@@ -1,0 +1,43 @@
+"""The typer application object, the global options and the error guard shared by commands."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from typing import Annotated
+
+import typer
+
+from semisam.schemas import SemisamError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="SAM-assisted pseudo-labels for semi-supervised 3D segmentation.")
+_state = {"debug": False}
+
+
+def guard(fn):
+    """Print user errors (`SemisamError`) as one line and exit 2; tracebacks only with --debug."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SemisamError as exc:
+            if _state["debug"]:
+                raise
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="tracebacks and debug logs")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="warnings and errors only")] = False,
+) -> None:
+    _state["debug"] = debug
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr,
+                        force=True)

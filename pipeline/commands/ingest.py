@@ -1,0 +1,34 @@
+"""`semisam ingest`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .. import render
+from ..cli_app import app, guard
+
+
+@app.command()
+@guard
+def ingest(
+    sources: Annotated[list[Path], typer.Argument(help="files or folders (.nii/.nii.gz/.nrrd/.h5/.npy)")],
+    store: Annotated[str, typer.Option(help="store directory or URL")],
+    labels: Annotated[Optional[Path], typer.Option(help="folder of label files named like the images")] = None,
+    labeled: Annotated[Optional[Path], typer.Option(help="text file: ids that count as labeled")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace volumes whose source changed")] = False,
+    binarize: Annotated[bool, typer.Option(help="labels > 0 become 1 (multi-class sets)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable report")] = False,
+) -> None:
+    """Ingest volumes (and labels) into a store; re-ingesting the same file is a no-op."""
+    from ..ingest import collect_sources, ingest as ingest_fn
+
+    total = len(collect_sources(sources)) if not as_json else 0
+    with render.count_bar("ingest", total, enabled=not as_json) as tick:
+        report = ingest_fn(store, sources, labels_dir=labels, labeled=labeled, overwrite=overwrite,
+                           binarize=binarize, on_volume=tick)
+    render.ingest_report(report, as_json)
+    if report.failed:
+        raise typer.Exit(1)

@@ -1,0 +1,85 @@
+"""`semisam run-round`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from pydantic import ValidationError
+
+from semisam.schemas import (
+    ConfigError,
+    MaskerKind,
+    RoundConfig,
+    SamFamily,
+    SamType,
+    first_validation_error,
+    load_round_config,
+)
+
+from .. import render
+from ..cli_app import app, guard
+
+
+def round_config(config: Optional[Path], overrides: dict) -> RoundConfig:
+    """The config file (or defaults) with the command-line options applied on top.
+
+    Args:
+        overrides: dotted field path -> value; None values are left alone.
+    """
+    data = load_round_config(config).model_dump(mode="json")
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value.value if hasattr(value, "value") else value
+    try:
+        return RoundConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"option: {first_validation_error(exc)}") from None
+
+
+@app.command("run-round")
+@guard
+def run_round_cmd(
+    store: Annotated[str, typer.Argument(help="store directory or URL")],
+    round_index: Annotated[int, typer.Option("--round", help="round number r")],
+    student: Annotated[Path, typer.Option(help="student checkpoint (.pt)")],
+    config: Annotated[Optional[Path], typer.Option(help="round config JSON")] = None,
+    masker: Annotated[Optional[MaskerKind], typer.Option(help="masker (default from config: random_walker)")] = None,
+    sam_checkpoint: Annotated[Optional[Path], typer.Option(help="SAM/MedSAM state dict; implies --masker sam")] = None,
+    sam_type: Annotated[Optional[SamType], typer.Option(help="SAM encoder size")] = None,
+    sam_family: Annotated[Optional[SamFamily], typer.Option(help="preprocessing family")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray address (auto, ray://...); default: a local Ray")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Ray worker actors")] = None,
+    gpus_per_worker: Annotated[Optional[float], typer.Option(help="GPUs per worker (fractional allowed)")] = None,
+    force: Annotated[bool, typer.Option(help="redo a round whose config/checkpoints changed")] = False,
+    retry_failed: Annotated[bool, typer.Option(help="also redo volumes recorded as failed")] = False,
+    progress: Annotated[bool, typer.Option(help="progress bar")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+) -> None:
+    """Produce pseudo-labels and confidence maps for every unlabeled volume (resumable)."""
+    from ..driver import run_round
+
+    if sam_checkpoint is not None and masker is None:
+        masker = MaskerKind.sam
+    cfg = round_config(config, {
+        "masker.kind": masker,
+        "masker.sam.checkpoint": str(sam_checkpoint) if sam_checkpoint else None,
+        "masker.sam.model_type": sam_type, "masker.sam.family": sam_family,
+        "runtime.workers": workers, "runtime.gpus_per_worker": gpus_per_worker,
+    })
+    ckpt = cfg.masker.sam.checkpoint
+    if cfg.masker.kind == MaskerKind.sam and ckpt is not None and not Path(ckpt).is_file():
+        raise ConfigError(f"{ckpt}: SAM checkpoint file not found")
+    if not student.is_file():
+        raise ConfigError(f"{student}: student checkpoint file not found")
+    summary = run_round(store, round_index, student, cfg, address=address, force=force,
+                        retry_failed=retry_failed, show_progress=progress and not as_json)
+    render.round_summary(summary, as_json)
+    if summary.failed or summary.pending:
+        raise typer.Exit(1)

@@ -1,0 +1,94 @@
+"""Kill the `run-round` driver mid-round (SIGKILL); the rerun finishes only the rest and the
+final arrays equal an uninterrupted run's."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from semisam.pipeline.driver import run_round
+from semisam.schemas import RoundConfig, VolumeStatus
+from semisam.store import list_metas, open_store, read_output, read_record
+from tests.conftest import build_phantom_store
+
+SEMISAM = str(Path(sys.executable).with_name("semisam"))
+
+
+def _done(store: Path, ids: list[str]) -> list[str]:
+    root = open_store(store, read_only=True)
+    return [v for v in ids if (r := read_record(root, 1, v)) is not None and r.status == VolumeStatus.done]
+
+
+def _wait_group_quiet(pgid: int, timeout: float = 30.0) -> None:
+    """Wait for the killed driver's actors to stop, then end what Ray left of that group."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        actors = [p for p in psutil.process_iter(["name", "cmdline"])
+                  if _pgid(p) == pgid and "VolumeActor" in " ".join(p.info["cmdline"] or [])]
+        if not actors:
+            break
+        time.sleep(0.2)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _pgid(proc: psutil.Process) -> int | None:
+    try:
+        return os.getpgid(proc.pid)
+    except (ProcessLookupError, psutil.Error):
+        return None
+
+
+def test_sigkill_driver_then_resume(local_ray, tmp_path, trained_student):
+    template = build_phantom_store(tmp_path / "tpl.zarr", count=10, labeled=2, seed=3)
+    killed, reference = tmp_path / "killed.zarr", tmp_path / "reference.zarr"
+    shutil.copytree(template, killed)
+    shutil.copytree(template, reference)
+    ids = [m.volume_id for m in list_metas(open_store(template, read_only=True)) if not m.labeled]
+    cfg = tmp_path / "round.json"
+    cfg.write_text(json.dumps({"runtime": {"workers": 1, "tasks_in_flight": 1}}))
+
+    proc = subprocess.Popen(
+        [SEMISAM, "run-round", str(killed), "--round", "1", "--student", str(trained_student),
+         "--config", str(cfg), "--no-progress"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while len(_done(killed, ids)) < 2:
+            assert proc.poll() is None, "run-round ended before it could be killed"
+            assert time.monotonic() < deadline, "no volume finished in time"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        _wait_group_quiet(proc.pid)
+    done_before = _done(killed, ids)
+    assert 2 <= len(done_before) < len(ids), done_before
+    root = open_store(killed, read_only=True)
+    finished_at = {v: (read_record(root, 1, v).finished_at, read_record(root, 1, v).worker_pid) for v in done_before}
+
+    config = RoundConfig()
+    config.runtime.workers = 1
+    rerun = run_round(killed, 1, trained_student, config, show_progress=False)
+    assert rerun.skipped == len(done_before) and rerun.done == len(ids)
+    root = open_store(killed, read_only=True)
+    assert {v: (read_record(root, 1, v).finished_at, read_record(root, 1, v).worker_pid) for v in done_before} == finished_at
+
+    run_round(reference, 1, trained_student, config, show_progress=False)
+    ref_root = open_store(reference, read_only=True)
+    for vid in ids:
+        for kind in ("pseudo_label", "confidence"):
+            np.testing.assert_array_equal(read_output(root, 1, kind, vid), read_output(ref_root, 1, kind, vid),
+                                          err_msg=f"{kind} of {vid} differs after resume")
