@@ -102,7 +102,7 @@ class SamConfig(StrictModel):
 class RandomWalkerConfig(StrictModel):
     """Weight-free masker (scikit-image random walker seeded by the prompts)."""
 
-    beta: float = Field(130.0, gt=0)
+    beta: float = Field(1000.0, gt=0, description="edge penalty; high = sharp probabilities")
     seed_radius: int = Field(2, ge=0, description="disk radius around positive points, pixels")
     background_band: int = Field(3, ge=1, description="seed band outside the box, pixels")
     core_fraction: float = Field(
