@@ -5,6 +5,7 @@
     store.zarr/                       attrs: schema_version, description
       volumes/<id>/image              float32, (X, Y, Z) as ingested
       volumes/<id>/label              uint8 {0,1}, labeled volumes only
+      volumes/<id>/reference          uint8 {0,1}, evaluation-only truth of unlabeled volumes
       volumes/<id>                    attrs: VolumeMeta
       rounds/<r>                      attrs: RoundMeta
       rounds/<r>/pseudo_label/<id>    uint8 {0,1}

@@ -13,11 +13,20 @@ from .rounds import (
     write_record,
     write_round_meta,
 )
-from .volumes import list_metas, list_volumes, read_image, read_label, read_meta, slice_chunks, write_volume
+from .volumes import (
+    list_metas,
+    list_volumes,
+    read_image,
+    read_label,
+    read_meta,
+    read_reference,
+    slice_chunks,
+    write_volume,
+)
 
 __all__ = [
     "open_store", "array_sha256", "clear_record", "list_rounds", "read_output", "read_record",
     "read_round_meta", "volume_status", "write_outputs", "write_record", "write_round_meta",
-    "list_metas", "list_volumes", "read_image", "read_label", "read_meta", "slice_chunks",
+    "list_metas", "list_volumes", "read_image", "read_label", "read_meta", "read_reference", "slice_chunks",
     "write_volume",
 ]

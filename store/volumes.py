@@ -84,3 +84,13 @@ def write_volume(
     elif "label" in group:
         del group["label"]
     group.attrs.update({"meta": meta.model_dump(mode="json")})
+
+
+def read_reference(root: zarr.Group, volume_id: str) -> np.ndarray | None:
+    """Ground truth for evaluation: ``volumes/<id>/reference`` (volumes ingested as unlabeled
+    that came with a label), else ``label``, else None. ``XxYxZ`` uint8 {0,1}."""
+    base = volume_path(volume_id)
+    for name in ("reference", "label"):
+        if f"{base}/{name}" in root:
+            return np.asarray(root[f"{base}/{name}"][...], dtype=np.uint8)
+    return None
