@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
@@ -54,6 +53,8 @@ def write_phantom_set(
     Returns:
         ``(images_dir, labels_dir)``.
     """
+    import nibabel as nib  # only needed for writing files
+
     images, labels = Path(out_dir) / "images", Path(out_dir) / "labels"
     images.mkdir(parents=True, exist_ok=True)
     labels.mkdir(parents=True, exist_ok=True)

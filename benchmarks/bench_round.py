@@ -1,0 +1,120 @@
+"""End-to-end timings: the worker path on one device, and `run-round` on a local Ray."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+
+from semisam.pipeline.phantoms import make_phantom
+from semisam.schemas import RoundConfig, StudentSpec, VolumeMeta, VolumeRecord
+from semisam.store import list_metas, open_store, read_image, read_label, read_record, write_volume
+from semisam.workers.student import build_student, save_student, zscore
+from semisam.workers.volume import VolumeProcessor
+
+MODEL_STAGES = ("student", "masker")
+
+
+def _meta(vid: str, shape, labeled: bool, source: str) -> VolumeMeta:
+    return VolumeMeta(volume_id=vid, source=source, source_format="h5" if source.endswith(".h5") else "npy",
+                      sha256=vid, shape=shape, spacing=(1.0, 1.0, 1.0), affine=np.eye(4).tolist(),
+                      image_dtype="float32", labeled=labeled)
+
+
+def phantom_store(path: Path, count: int, labeled: int, shape=(96, 96, 64)) -> Path:
+    root = open_store(path, create=True)
+    for i in range(count):
+        image, label = make_phantom(shape, seed=i)
+        write_volume(root, _meta(f"ph{i:03d}", image.shape, i < labeled, "phantom"), image,
+                     label if i < labeled else None)
+    return path
+
+
+def la_store(path: Path, files: list[Path], labeled: int) -> Path:
+    """LA h5 volumes (``image``, ``label``); the first ``labeled`` keep their labels."""
+    root = open_store(path, create=True)
+    for i, f in enumerate(files):
+        with h5py.File(f, "r") as h5:
+            image = np.asarray(h5["image"], np.float32)
+            label = np.asarray(h5["label"], np.uint8)
+        write_volume(root, _meta(f.stem, image.shape, i < labeled, str(f)), image,
+                     label if i < labeled else None)
+    return path
+
+
+def train_student(store: Path, out: Path, spec: StudentSpec, iterations: int,
+                  device: torch.device, seed: int = 0) -> Path:
+    """A quick supervised student on the store's labeled volumes, on ``device``."""
+    from semisam.training.patches import sample_patch
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    root = open_store(store, read_only=True)
+    vols = [(zscore(read_image(root, m.volume_id)), read_label(root, m.volume_id))
+            for m in list_metas(root) if m.labeled]
+    model = build_student(spec).to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    for _ in range(iterations):
+        pairs = [sample_patch(*vols[int(rng.integers(len(vols)))], spec.patch_size, rng) for _ in range(2)]
+        x = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None]).float().to(device)
+        y = torch.from_numpy(np.stack([p[1] for p in pairs])[:, None].astype(np.int64)).to(device)
+        loss = loss_fn(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    save_student(out, model.cpu().eval(), spec, {"iterations": iterations, "stage": "benchmark"})
+    return out
+
+
+def record_figures(records: list[VolumeRecord], wall: float, workers: int) -> dict:
+    """Slices/s, efficiency (model time / (workers x wall)), skip share and peak memory."""
+    done = [r for r in records if r.stats is not None]
+    prompted = sum(r.stats.slices_prompted for r in done)
+    total = sum(r.stats.slices_total for r in done)
+    model = sum(r.timings_s.get(k, 0.0) for r in done for k in MODEL_STAGES)
+    stages = {k: round(sum(r.timings_s.get(k, 0.0) for r in done), 3)
+              for k in ("read", "student", "prompts", "masker", "write")}
+    return {
+        "volumes": len(done), "slices_total": total, "slices_prompted": prompted,
+        "skipped_share": round(1 - prompted / total, 4) if total else None,
+        "wall_seconds": round(wall, 3), "prompted_slices_per_s": round(prompted / wall, 2),
+        "model_seconds": round(model, 3), "stage_seconds": stages,
+        "efficiency": round(model / (workers * wall), 4) if wall else None,
+        "peak_rss_mb": max((r.peak_rss_mb or 0) for r in done) if done else None,
+        "peak_device_mb": max((r.peak_device_mb or 0) for r in done) if done else None,
+    }
+
+
+def worker_path(store: Path, student: Path, config: RoundConfig, round_index: int = 1) -> dict:
+    """One `VolumeProcessor` (what a Ray actor wraps) over every unlabeled volume, no Ray."""
+    proc = VolumeProcessor(str(store), round_index, config, student)
+    ids = [m.volume_id for m in list_metas(proc.root) if not m.labeled]
+    proc.process(ids[0])  # warm-up (compile, cudnn autotune)
+    start = time.perf_counter()
+    records = [proc.process(v) for v in ids]
+    return record_figures(records, time.perf_counter() - start, workers=1)
+
+
+def ray_round(store: Path, student: Path, config: RoundConfig, round_index: int = 1) -> dict:
+    """`run_round` on a local Ray; wall time counted once the Ray runtime is up."""
+    import ray
+
+    from semisam.pipeline.driver import run_round, start_ray
+
+    start_ray(None, config)
+    try:
+        start = time.perf_counter()
+        summary = run_round(store, round_index, student, config, show_progress=False)
+        wall = time.perf_counter() - start
+    finally:
+        ray.shutdown()
+    root = open_store(store, read_only=True)
+    records = [read_record(root, round_index, v.volume_id) for v in summary.volumes]
+    figures = record_figures([r for r in records if r is not None], wall, config.runtime.workers)
+    figures["actor_model_load_included"] = True
+    return figures

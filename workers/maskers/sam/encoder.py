@@ -1,0 +1,215 @@
+"""Batched SAM image encoder: bf16/fp16 weights, SDPA attention, optional ``torch.compile``.
+
+`FastImageEncoder` runs the blocks of a segment-anything `ImageEncoderViT` with its own
+forward: the model's modules (and weights) are used as they are, nothing is copied and the
+stock modules are not patched, so a `SamPredictor` on the same model keeps the stock path.
+With ``sdpa=True`` each block's attention goes through
+``torch.nn.functional.scaled_dot_product_attention`` with the decomposed relative-position
+bias (what ``add_decomposed_rel_pos`` adds to the scores) passed as an additive float mask.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling.image_encoder import (
+    Attention,
+    Block,
+    ImageEncoderViT,
+    get_rel_pos,
+    window_partition,
+    window_unpartition,
+)
+from semisam.schemas import SamConfig
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DTYPES", "FastImageEncoder", "SliceEncoder", "rel_pos_bias", "sdpa_attention"]
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def rel_pos_bias(
+    q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, hw: tuple[int, int]
+) -> torch.Tensor:
+    """Decomposed relative-position bias as an additive attention mask.
+
+    Args:
+        q: ``BxHeadsx(H*W)xC`` unscaled queries.
+        rel_pos_h: ``(2H-1)xC`` height table; rel_pos_w: ``(2W-1)xC`` width table.
+        hw: token grid ``(H, W)`` (queries and keys share it).
+
+    Returns:
+        ``BxHeadsx(H*W)x(H*W)`` bias, same dtype as ``q``.
+    """
+    h, w = hw
+    b, heads, _, c = q.shape
+    table_h = get_rel_pos(h, h, rel_pos_h).to(q.dtype)  # HxHxC
+    table_w = get_rel_pos(w, w, rel_pos_w).to(q.dtype)  # WxWxC
+    grid_q = q.reshape(b, heads, h, w, c)
+    bias_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, table_h)  # key row k
+    bias_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, table_w)  # key column k
+    bias = bias_h.unsqueeze(-1) + bias_w.unsqueeze(-2)  # B n H W Hk Wk
+    return bias.reshape(b, heads, h * w, h * w)
+
+
+def _onehot_keys(h: int, w: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(HW)xH`` and ``(HW)xW`` one-hot row/column indicators of the key grid."""
+    rows = torch.arange(h, device=like.device).repeat_interleave(w)
+    cols = torch.arange(w, device=like.device).repeat(h)
+    eye_h = torch.eye(h, dtype=like.dtype, device=like.device)
+    eye_w = torch.eye(w, dtype=like.dtype, device=like.device)
+    return eye_h[rows], eye_w[cols]
+
+
+def rel_pos_augment(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    hw: tuple[int, int],
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold the decomposed relative-position bias into the query/key dot product.
+
+    SAM's scores are ``scale * q_i.k_j + q_i.Rh[r_i, r_j] + q_i.Rw[c_i, c_j]`` (r, c = row and
+    column of a token). With ``relh[i, r] = q_i.Rh[r_i, r]`` (``(HW)xH``) and ``relw`` alike,
+    ``q'_i = [scale*q_i, relh_i, relw_i]`` and ``k'_j = [k_j, onehot(r_j), onehot(c_j)]`` give
+    exactly those scores as ``q'_i.k'_j``, so attention runs unmasked (flash / memory-efficient
+    kernels) and the ``(HW)x(HW)`` bias is never materialised. Both are zero-padded to a
+    multiple of 8 channels.
+
+    Args:
+        q, k: ``BxHeadsx(H*W)xC``; rel_pos_h ``(2H-1)xC``, rel_pos_w ``(2W-1)xC``.
+
+    Returns:
+        ``(q', k')``, each ``BxHeadsx(H*W)xC'`` with ``C' >= C + H + W``, scale already applied.
+    """
+    h, w = hw
+    b, heads, _, c = q.shape
+    grid_q = q.reshape(b, heads, h, w, c)
+    relh = torch.einsum("bnhwc,hkc->bnhwk", grid_q, get_rel_pos(h, h, rel_pos_h).to(q.dtype))
+    relw = torch.einsum("bnhwc,wkc->bnhwk", grid_q, get_rel_pos(w, w, rel_pos_w).to(q.dtype))
+    oh, ow = _onehot_keys(h, w, k)
+    pad = (-(c + h + w)) % 8
+    q_parts = [q * scale, relh.reshape(b, heads, h * w, h), relw.reshape(b, heads, h * w, w)]
+    k_parts = [k, oh.expand(b, heads, -1, -1), ow.expand(b, heads, -1, -1)]
+    if pad:
+        q_parts.append(q.new_zeros(b, heads, h * w, pad))
+        k_parts.append(k.new_zeros(b, heads, h * w, pad))
+    return torch.cat(q_parts, dim=-1), torch.cat(k_parts, dim=-1)
+
+
+def sdpa_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+    """Forward of a segment-anything encoder `Attention` through SDPA, with its weights.
+
+    The relative-position bias is folded into the dot product (`rel_pos_augment`), so no
+    attention mask is passed and SDPA can pick a fused kernel.
+
+    Args:
+        attn: the block's attention module (``qkv``, ``proj``, optional rel-pos tables).
+        x: ``BxHxWxC`` tokens.
+
+    Returns:
+        ``BxHxWxC``.
+    """
+    b, h, w, _ = x.shape
+    heads = attn.num_heads
+    qkv = attn.qkv(x).reshape(b, h * w, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)  # each BxHeadsx(HW)xC
+    if attn.use_rel_pos:
+        q, k = rel_pos_augment(q, k, attn.rel_pos_h, attn.rel_pos_w, (h, w), attn.scale)
+        out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
+    out = out.reshape(b, heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
+    return attn.proj(out)
+
+
+class FastImageEncoder(nn.Module):
+    """`ImageEncoderViT` forward with the attention swapped for SDPA (weights shared).
+
+    Args:
+        encoder: the model's image encoder; held as a submodule, not copied.
+        sdpa: route attention through SDPA; False = the stock `Attention.forward`.
+    """
+
+    def __init__(self, encoder: ImageEncoderViT, sdpa: bool = True) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.sdpa = sdpa
+
+    def _block(self, blk: Block, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = blk.norm1(x)
+        if blk.window_size > 0:
+            hw = (x.shape[1], x.shape[2])
+            x, pad_hw = window_partition(x, blk.window_size)
+        x = sdpa_attention(blk.attn, x) if self.sdpa else blk.attn(x)
+        if blk.window_size > 0:
+            x = window_unpartition(x, blk.window_size, pad_hw, hw)
+        x = shortcut + x
+        return x + blk.mlp(blk.norm2(x))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``Bx3xSxS`` preprocessed images -> ``BxCx(S/16)x(S/16)`` embeddings."""
+        enc = self.encoder
+        x = enc.patch_embed(images)
+        if enc.pos_embed is not None:
+            x = x + enc.pos_embed
+        for blk in enc.blocks:
+            x = self._block(blk, x)
+        return enc.neck(x.permute(0, 3, 1, 2))
+
+
+class SliceEncoder:
+    """Runs the image encoder over many preprocessed slices, ``batch_size`` per forward.
+
+    Args:
+        encoder: the model's image encoder. With ``config.dtype`` other than float32 its
+            weights are cast IN PLACE (the masker owns its model); inputs are cast to match and
+            embeddings are returned as float32.
+        config: ``dtype``, ``sdpa``, ``compile``, ``compile_cache_dir``, ``batch_size``.
+    """
+
+    def __init__(self, encoder: ImageEncoderViT, config: SamConfig) -> None:
+        self.dtype = DTYPES[config.dtype]
+        self.batch_size = config.batch_size
+        if self.dtype != torch.float32:
+            encoder.to(self.dtype)
+        self.module: nn.Module = FastImageEncoder(encoder, sdpa=config.sdpa).eval()
+        self.forward = self.module
+        self.compiled = config.compile
+        if config.compile:
+            self.forward = self._compiled(config)
+
+    def _compiled(self, config: SamConfig) -> nn.Module:
+        if config.compile_cache_dir is not None:
+            cache = config.compile_cache_dir.expanduser().resolve()
+            cache.mkdir(parents=True, exist_ok=True)
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
+            logger.info("torch.compile cache: %s", cache)
+        return torch.compile(self.module, dynamic=False)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """``Nx3xSxS`` float images -> ``NxCx(S/16)x(S/16)`` float32 embeddings."""
+        if images.shape[0] == 0:
+            enc = self.module.encoder
+            side = images.shape[-1] // enc.patch_embed.proj.stride[0]
+            return images.new_zeros((0, enc.neck[0].out_channels, side, side))
+        outputs = []
+        for start in range(0, images.shape[0], self.batch_size):
+            chunk = images[start : start + self.batch_size].to(self.dtype)
+            n = chunk.shape[0]
+            if self.compiled and n < self.batch_size:  # one static shape: no recompiles
+                chunk = torch.cat([chunk, chunk.new_zeros((self.batch_size - n, *chunk.shape[1:]))])
+            outputs.append(self.forward(chunk)[:n].to(torch.float32))
+        return torch.cat(outputs)

@@ -1,0 +1,165 @@
+"""`SamMasker`: segment-anything behind the `Masker` contract, batched over slices."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from segment_anything.modeling import Sam
+from semisam.schemas import SamConfig
+
+from ..base import Masker, SlicePrompt
+from .checkpoint import load_sam, sha256_file
+from .decoder import InputPrompt, decode_slices
+from .encoder import SliceEncoder
+from .preprocess import (
+    low_res_probabilities,
+    mask_prompt_to_low_res,
+    preprocess_slices,
+    scale_coords,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SamMasker"]
+
+
+def _check_prompt(i: int, prompt: SlicePrompt) -> None:
+    """Reject malformed prompts with a message naming the slice (no bare asserts)."""
+    box = np.asarray(prompt.box)
+    if box.shape != (4,) or not np.isfinite(box).all():
+        raise ValueError(f"prompt {i} (slice {prompt.index}): box must be 4 finite XYXY values, "
+                         f"got shape {box.shape}")
+    points, labels = np.asarray(prompt.points), np.asarray(prompt.point_labels)
+    if points.ndim != 2 or points.shape[1] != 2 or not np.isfinite(points).all():
+        raise ValueError(f"prompt {i} (slice {prompt.index}): points must be Px2 finite XY, "
+                         f"got shape {points.shape}")
+    if labels.shape != (points.shape[0],):
+        raise ValueError(f"prompt {i} (slice {prompt.index}): {points.shape[0]} points but "
+                         f"point_labels has shape {labels.shape}")
+
+
+class SamMasker(Masker):
+    """Prompted slices -> SAM foreground probabilities.
+
+    Slices go through the encoder ``config.batch_size`` at a time (bf16/SDPA/compile as
+    configured); the mask decoder runs once per encoder batch, slice-aligned.
+
+    Args:
+        config: SAM settings (type, family, checkpoint, dtype, sdpa, compile, batch size).
+        device: where the model runs.
+        model: use this model as is (tests with small configs); None = `load_sam` from
+            ``config.model_type`` / ``config.checkpoint``. The masker owns the model: with a
+            reduced ``config.dtype`` its image encoder is cast in place.
+    """
+
+    name = "sam"
+
+    def __init__(self, config: SamConfig, device: torch.device | str,
+                 model: Sam | None = None) -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self._given_model = model is not None
+        if model is None:
+            model = load_sam(config.model_type, config.checkpoint, self.device)
+        self.model = model.to(self.device).eval()
+        self.encoder = SliceEncoder(self.model.image_encoder, config)
+        self._sha256: str | None = None
+
+    @property
+    def img_size(self) -> int:
+        return int(self.model.image_encoder.img_size)
+
+    def input_prompts(self, prompts: Sequence[SlicePrompt], hw: tuple[int, int]
+                      ) -> list[InputPrompt]:
+        """Slice-frame prompts -> `InputPrompt` in the encoder input frame, on the device."""
+        family, dev = self.config.family, self.device
+        masks: list[torch.Tensor | None] = [None] * len(prompts)
+        with_mask = [i for i, p in enumerate(prompts) if p.mask_logits is not None]
+        if with_mask:
+            stack = torch.stack([torch.as_tensor(np.asarray(prompts[i].mask_logits, np.float32))
+                                 for i in with_mask]).to(dev)
+            low = mask_prompt_to_low_res(stack, family, self.img_size,
+                                         self.model.prompt_encoder.mask_input_size[0])
+            for j, i in enumerate(with_mask):
+                masks[i] = low[j]
+        out = []
+        for prompt, mask in zip(prompts, masks):
+            box = torch.as_tensor(np.asarray(prompt.box, np.float32), device=dev)
+            points = torch.as_tensor(np.asarray(prompt.points, np.float32), device=dev)
+            labels = torch.as_tensor(np.asarray(prompt.point_labels, np.int64), device=dev)
+            has_points = points.shape[0] > 0
+            out.append(InputPrompt(
+                box=scale_coords(box.reshape(2, 2), hw, family, self.img_size).reshape(4),
+                points=scale_coords(points, hw, family, self.img_size) if has_points else None,
+                labels=labels if has_points else None,
+                mask=mask,
+            ))
+        return out
+
+    def encode(self, slices: torch.Tensor) -> torch.Tensor:
+        """``NxHxW`` uint8 slices on the device -> ``NxCx64x64`` float32 embeddings."""
+        images = preprocess_slices(slices, self.config.family, self.model.pixel_mean,
+                                   self.model.pixel_std, self.img_size)
+        return self.encoder(images)
+
+    def _mask_chunk(self, slices: np.ndarray, prompts: Sequence[SlicePrompt]) -> np.ndarray:
+        hw = (int(slices.shape[1]), int(slices.shape[2]))
+        embeddings = self.encode(torch.from_numpy(np.ascontiguousarray(slices)).to(self.device))
+        low_res, _ = decode_slices(self.model, embeddings, self.input_prompts(prompts, hw),
+                                   self.config.multimask_output)
+        probs = low_res_probabilities(low_res, self.config.family, hw, self.img_size)
+        return probs[:, 0].clamp_(0.0, 1.0).cpu().numpy().astype(np.float32, copy=False)
+
+    def mask_slices(self, slices: np.ndarray, prompts: Sequence[SlicePrompt]) -> np.ndarray:
+        """Segment each slice given its prompts.
+
+        Args:
+            slices: ``NxHxW`` uint8 in [0, 255], windowed intensities, one per prompt.
+            prompts: N prompts in the slices' pixel frame; ``prompts[i]`` for ``slices[i]``.
+
+        Returns:
+            ``NxHxW`` float32 foreground probability in [0, 1].
+
+        Raises:
+            ValueError: not ``NxHxW`` uint8, lengths differ, or a malformed prompt.
+        """
+        slices = np.asarray(slices)
+        if slices.ndim != 3:
+            raise ValueError(f"slices must be NxHxW, got shape {slices.shape}")
+        if slices.dtype != np.uint8:
+            raise ValueError(f"slices must be uint8 in [0, 255], got {slices.dtype}")
+        if len(prompts) != slices.shape[0]:
+            raise ValueError(f"got {slices.shape[0]} slices but {len(prompts)} prompts")
+        out = np.zeros(slices.shape, np.float32)
+        if slices.shape[0] == 0:
+            return out
+        for i, prompt in enumerate(prompts):
+            _check_prompt(i, prompt)
+        step = self.config.batch_size
+        with torch.inference_mode():
+            for start in range(0, slices.shape[0], step):
+                stop = start + step
+                out[start:stop] = self._mask_chunk(slices[start:stop], prompts[start:stop])
+        return out
+
+    def describe(self) -> dict:
+        """Type, family, dtype and checkpoint (path and sha256) for logs and records."""
+        checkpoint = self.config.checkpoint
+        if checkpoint is not None and not self._given_model and self._sha256 is None:
+            self._sha256 = sha256_file(checkpoint)
+        return {
+            "name": self.name,
+            "model_type": self.config.model_type.value,
+            "family": self.config.family.value,
+            "dtype": self.config.dtype,
+            "sdpa": self.config.sdpa,
+            "compile": self.config.compile,
+            "multimask_output": self.config.multimask_output,
+            "checkpoint": None if checkpoint is None or self._given_model else str(checkpoint),
+            "checkpoint_sha256": self._sha256,
+            "weights": "given" if self._given_model else (
+                "random" if checkpoint is None else "checkpoint"),
+        }
