@@ -91,13 +91,19 @@ def record_figures(records: list[VolumeRecord], wall: float, workers: int) -> di
 
 
 def worker_path(store: Path, student: Path, config: RoundConfig, round_index: int = 1) -> dict:
-    """One `VolumeProcessor` (what a Ray actor wraps) over every unlabeled volume, no Ray."""
+    """One `VolumeProcessor` over every unlabeled volume, no Ray, with
+    ``runtime.tasks_in_flight`` threads, as in the threaded Ray actor."""
+    from concurrent.futures import ThreadPoolExecutor
+
     proc = VolumeProcessor(str(store), round_index, config, student)
     ids = [m.volume_id for m in list_metas(proc.root) if not m.labeled]
     proc.process(ids[0])  # warm-up (compile, cudnn autotune)
     start = time.perf_counter()
-    records = [proc.process(v) for v in ids]
-    return record_figures(records, time.perf_counter() - start, workers=1)
+    with ThreadPoolExecutor(config.runtime.tasks_in_flight) as pool:
+        records = list(pool.map(proc.process, ids))
+    figures = record_figures(records, time.perf_counter() - start, workers=1)
+    figures["threads"] = config.runtime.tasks_in_flight
+    return figures
 
 
 def ray_round(store: Path, student: Path, config: RoundConfig, round_index: int = 1) -> dict:

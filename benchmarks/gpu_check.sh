@@ -13,7 +13,7 @@ export PYTHONPATH=/tmp/ns:/tmp/site
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 (cd /tmp && python3 -c "import torch, zarr, monai, segment_anything, semisam.workers.volume; print('torch', torch.__version__, 'zarr', zarr.__version__)"); echo
 COMMON="--device cuda --model vit_b --la-dir .gpu/la --slices ${SLICES:-256} --naive-slices 32 --batch ${BATCH:-32} --dtype bfloat16"
-timeout 150 python3 benchmarks/throughput.py $COMMON --skip e2e --out "$OUT/gpu-eager.json" || echo "eager run failed: $?"
-timeout 330 python3 benchmarks/throughput.py $COMMON --compile --compile-cache /tmp/inductor \
-    --student-iters ${STUDENT_ITERS:-200} --volumes ${VOLUMES:-16} --out "$OUT/gpu-compiled.json" || echo "compiled run failed: $?"
+[ -n "${SKIP_EAGER:-}" ] || timeout ${EAGER_TIMEOUT:-150} python3 benchmarks/throughput.py $COMMON --skip e2e --out "$OUT/gpu-eager.json" || echo "eager run failed: $?"
+timeout ${COMPILED_TIMEOUT:-330} python3 benchmarks/throughput.py $COMMON --compile --compile-cache /tmp/inductor \
+    --student-iters ${STUDENT_ITERS:-200} --volumes ${VOLUMES:-16} ${EXTRA:-} --out "$OUT/gpu-compiled.json" || echo "compiled run failed: $?"
 ls -la "$OUT"

@@ -113,6 +113,7 @@ def e2e_section(args, device: torch.device, work: Path) -> dict:
         cfg.masker.sam = SamConfig(batch_size=args.batch, dtype=args.dtype, compile=args.compile,
                                    compile_cache_dir=args.compile_cache)
         cfg.runtime.device = "cuda"
+        cfg.runtime.tasks_in_flight = args.tasks_in_flight
         out["worker_path"] = worker_path(store, student, cfg)
         return out
     spec = StudentSpec(channels=(8, 16, 32), strides=(2, 2), patch_size=(48, 48, 32))
@@ -120,6 +121,7 @@ def e2e_section(args, device: torch.device, work: Path) -> dict:
     student = train_student(train, work / "student.pt", spec, args.student_iters, device)
     cfg = RoundConfig()
     cfg.runtime.workers = args.workers
+    cfg.runtime.tasks_in_flight = args.tasks_in_flight
     for n in args.round_volumes:
         store = phantom_store(work / f"round{n}.zarr", n + 2, 2)
         out[f"run_round_{n}"] = ray_round(store, student, cfg)
@@ -158,6 +160,7 @@ def main() -> None:
     p.add_argument("--volumes", type=int, default=16)
     p.add_argument("--student-iters", type=int, default=60)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--tasks-in-flight", type=int, default=3, help="threads per worker")
     p.add_argument("--round-volumes", type=int, nargs="*", default=[8, 64])
     p.add_argument("--skip", nargs="*", default=[], choices=["sam", "e2e"])
     p.add_argument("--threads", type=int, default=2)

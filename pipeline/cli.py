@@ -6,7 +6,7 @@ Each command lives in ``pipeline/commands/<name>.py`` and registers itself on `a
 from __future__ import annotations
 
 from .cli_app import app
-from .commands import demo, ingest, inspect, round, train  # noqa: F401  (registers commands)
+from .commands import demo, evaluate, export, ingest, inspect, loop, round, train  # noqa: F401  (registers commands)
 
 
 def main() -> None:

@@ -9,7 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
-from semisam.schemas import MaskerKind, RoundConfig, SamFamily, SamType
+from semisam.schemas import (
+    LrSchedule,
+    MaskerKind,
+    OptimizerKind,
+    RoundConfig,
+    SamFamily,
+    SamType,
+    StudentSpec,
+    TrainConfig,
+)
 from semisam.store import open_store, read_output
 
 from .driver import run_round
@@ -61,10 +70,21 @@ def mean_dice_vs_reference(store: Path, round_index: int, summary: RoundSummary)
     return float(np.mean(scores)) if scores else None
 
 
+def demo_train_config(iterations: int) -> TrainConfig:
+    """Student 0 of the demo: Mean Teacher (2 labeled + 1 unlabeled patch per batch), short
+    enough for a few minutes on 2 CPU cores; SemiSAM's ramp rescaled to ``iterations``."""
+    cfg = TrainConfig(student=StudentSpec(), iterations=iterations, seed=0,
+                      checkpoint_every=max(1, iterations))
+    cfg.batch.labeled, cfg.batch.unlabeled, cfg.batch.foreground_prob = 2, 1, 0.5
+    cfg.optimizer.kind, cfg.optimizer.lr, cfg.optimizer.schedule = OptimizerKind.adam, 1e-3, LrSchedule.constant
+    cfg.mean_teacher.ramp_unit = max(1, iterations // 40)
+    return cfg
+
+
 def run_demo(workdir: Path, volumes: int = 10, labeled: int = 2, iterations: int = 150,
              workers: int = 2) -> DemoResult:
-    """Phantoms -> ingest -> supervised student -> round 1 on a local Ray -> montage."""
-    from semisam.training import fit_supervised
+    """Phantoms -> ingest -> Mean Teacher student -> round 1 on a local Ray -> montage."""
+    from semisam.training import train_student
 
     workdir = Path(workdir)
     images, labels = write_phantom_set(workdir / "phantoms", count=volumes)
@@ -75,8 +95,9 @@ def run_demo(workdir: Path, volumes: int = 10, labeled: int = 2, iterations: int
     log.info("ingesting %d phantoms (%d labeled) into %s", volumes, labeled, store)
     ingest(store, [images], labels_dir=labels, labeled=labeled_list)
     student = workdir / "student_r0.pt"
-    log.info("fitting the round-0 student on %d labeled volumes (%d steps)", labeled, iterations)
-    fit_supervised(store, student, iterations=iterations, seed=0)
+    log.info("training the round-0 student (Mean Teacher) on %d labeled and %d unlabeled volumes "
+             "(%d steps)", labeled, volumes - labeled, iterations)
+    train_student(store, student, demo_train_config(iterations))
     config, note = demo_config(workers)
     log.info("masker: %s", note)
     summary = run_round(store, 1, student, config, force=True)

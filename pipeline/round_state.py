@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import zarr
-
 from semisam.schemas import (
     CheckpointError,
     RoundConfig,
@@ -115,8 +114,9 @@ def plan_round(
         record = read_record(root, round_index, vid)
         if record is not None and record.status == VolumeStatus.done:
             plan.done.append(vid)
-        elif record is not None and record.status == VolumeStatus.failed and not retry_failed:
-            plan.failed.append(vid)
+        elif (record is not None and record.status == VolumeStatus.failed
+              and not record.retryable and not retry_failed):
+            plan.failed.append(vid)  # final failure; a retryable one was cut short: redo it
         else:
             plan.todo.append(vid)
     if plan.done:
@@ -127,6 +127,30 @@ def plan_round(
     return plan
 
 
+def check_checkpoints(config: RoundConfig, student_checkpoint: Path) -> None:
+    """Load the round's checkpoints once on the driver, before any worker starts.
+
+    The student is loaded as the workers will load it (``weights_only=True``); a SAM checkpoint
+    is read the same way and its keys and shapes are checked against the registry model of
+    ``masker.sam.model_type`` (built on the meta device: no weights, no forward pass). A bad
+    file is then one line naming it, not a worker that fails to start on every node.
+
+    Raises:
+        CheckpointError: missing, corrupt, unsafe (would run code when unpickled), not a state
+            dict, or not the configured student/SAM type.
+    """
+    with warnings.catch_warnings():  # torch's pickle-protocol notes are noise next to the verdict
+        warnings.simplefilter("ignore", UserWarning)
+        sam = config.masker.sam
+        if config.masker.kind.value == "sam" and sam.checkpoint is not None:
+            from semisam.workers.maskers.sam.checkpoint import check_state_dict, read_state_dict
+
+            check_state_dict(read_state_dict(sam.checkpoint), sam.model_type, sam.checkpoint)
+        from semisam.workers.student import load_student
+
+        load_student(student_checkpoint, "cpu")
+
+
 def finish_round(root: zarr.Group, store: str, meta: RoundMeta, any_failed: bool) -> RoundMeta:
     """Mark the round finished and consolidate the store's metadata once."""
     meta.status = RoundStatus.finished_with_failures if any_failed else RoundStatus.finished
@@ -135,7 +159,7 @@ def finish_round(root: zarr.Group, store: str, meta: RoundMeta, any_failed: bool
     try:
         with warnings.catch_warnings():  # zarr warns that consolidation is not in the v3 spec yet
             warnings.simplefilter("ignore")
-            zarr.consolidate_metadata(store)
+            zarr.consolidate_metadata(root.store)  # the opened store: URLs keep their options
     except Exception as exc:  # noqa: BLE001 - consolidation is an optimisation only
         log.warning("could not consolidate metadata of %s: %s", store, exc)
     return meta

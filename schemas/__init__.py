@@ -29,7 +29,27 @@ from .errors import (
 )
 from .layout import CONFIDENCE_SCALE, SCHEMA_VERSION, output_path, round_path, validate_volume_id, volume_path
 from .records import RoundMeta, RoundStatus, VolumeMeta, VolumeRecord, VolumeStats, VolumeStatus, utcnow
+from .storage import STORAGE_ENV, StorageConfig
 from .student import StudentSpec
+from .training import (
+    AugmentConfig,
+    BatchConfig,
+    ExportModel,
+    LoopConfig,
+    LrSchedule,
+    MeanTeacherConfig,
+    OptimizerConfig,
+    OptimizerKind,
+    RampSchedule,
+    SamConsistencyConfig,
+    SamLoss,
+    SamNormalization,
+    SupervisedConfig,
+    TrainConfig,
+    load_json_model,
+    load_loop_config,
+    load_train_config,
+)
 
 __all__ = [
     "StrictModel", "FusionConfig", "FusionMode", "IntensityConfig", "MaskerConfig", "MaskerKind",
@@ -38,5 +58,6 @@ __all__ = [
     "load_round_config", "CheckpointError", "ConfigError", "InputError", "RoundError",
     "SemisamError", "StoreError", "CONFIDENCE_SCALE", "SCHEMA_VERSION", "output_path",
     "round_path", "validate_volume_id", "volume_path", "RoundMeta", "RoundStatus", "VolumeMeta",
-    "VolumeRecord", "VolumeStats", "VolumeStatus", "utcnow", "StudentSpec",
+    "VolumeRecord", "VolumeStats", "VolumeStatus", "utcnow", "StudentSpec", "STORAGE_ENV",
+    "StorageConfig",
 ]

@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .base import StrictModel
 from .errors import ConfigError
+from .storage import StorageConfig
 
 
 class MaskerKind(str, Enum):
@@ -136,9 +137,29 @@ class RuntimeConfig(StrictModel):
     gpus_per_worker: float = Field(0.0, ge=0)
     cpus_per_worker: float = Field(1.0, gt=0)
     tasks_in_flight: int = Field(2, ge=1, description="volumes queued per worker")
-    max_attempts: int = Field(3, ge=1, description="tries per volume before it is failed")
+    max_attempts: int = Field(
+        3, ge=1, description="tries per volume when its worker dies or fails unexpectedly"
+    )
+    max_attempts_bad_input: int = Field(
+        1, ge=1,
+        description="tries per volume whose failure is deterministic (bad data, a one-line "
+        "SemisamError in the worker); capped by max_attempts; 1 = no retry",
+    )
+    lock_timeout_s: float = Field(
+        120.0, gt=0, description="a round lock whose heartbeat is older than this is stale"
+    )
+    worker_start_timeout_s: float = Field(
+        600.0, gt=0, description="abort the round when no worker is up for this long"
+    )
     device: str = Field("auto", pattern="^(auto|cpu|cuda)$")
     torch_threads: int = Field(1, ge=1, description="intra-op threads per worker on CPU")
+    spread: bool = Field(
+        True, description="place workers on as many Ray nodes as possible (Ray's SPREAD)"
+    )
+    storage: StorageConfig = Field(
+        default_factory=StorageConfig,
+        description="object-store settings for URL stores (no secrets)",
+    )
 
 
 class RoundConfig(StrictModel):

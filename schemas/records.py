@@ -69,6 +69,8 @@ class VolumeRecord(StrictModel):
     )
     node: str | None = None
     worker_pid: int | None = None
+    peak_rss_mb: float | None = Field(None, description="worker process peak resident memory so far")
+    peak_device_mb: float | None = Field(None, description="peak CUDA memory allocated, this volume")
     finished_at: str = Field(default_factory=utcnow)
 
 

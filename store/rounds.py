@@ -19,7 +19,7 @@ from semisam.schemas import (
     round_path,
 )
 
-from .volumes import slice_chunks
+from .volumes import DIMENSION_NAMES, slice_chunks
 
 
 def array_sha256(data: np.ndarray) -> str:
@@ -105,7 +105,8 @@ def write_outputs(
         parent, name = path.rsplit("/", 1)
         extra = {"encoding": "uint8, value/255 = confidence in [0, 1]"} if kind == "confidence" else {}
         root.require_group(parent).create_array(
-            name, data=data, chunks=chunks, overwrite=True, attributes={**(attrs or {}), **extra}
+            name, data=data, chunks=chunks, overwrite=True, attributes={**(attrs or {}), **extra},
+            dimension_names=DIMENSION_NAMES,
         )
         checksums[kind] = array_sha256(data)
     return checksums

@@ -8,6 +8,9 @@ import zarr
 from semisam.schemas import InputError, StoreError, VolumeMeta, validate_volume_id, volume_path
 
 
+DIMENSION_NAMES = ("i", "j", "k")  # voxel index axes of the source file (affine maps them to mm)
+
+
 def slice_chunks(shape: tuple[int, ...], slice_axis: int = 2, slices_per_chunk: int = 8) -> tuple[int, ...]:
     """Chunk shape: whole planes, ``slices_per_chunk`` planes along ``slice_axis``."""
     chunks = list(shape)
@@ -78,9 +81,11 @@ def write_volume(
     if "meta" in group.attrs:  # re-ingest: unmark until the new arrays are in place
         del group.attrs["meta"]
     chunks = slice_chunks(image.shape)
-    group.create_array("image", data=image.astype(np.float32, copy=False), chunks=chunks, overwrite=True)
+    group.create_array("image", data=image.astype(np.float32, copy=False), chunks=chunks,
+                       overwrite=True, dimension_names=DIMENSION_NAMES)
     if label is not None:
-        group.create_array("label", data=label.astype(np.uint8, copy=False), chunks=chunks, overwrite=True)
+        group.create_array("label", data=label.astype(np.uint8, copy=False), chunks=chunks,
+                           overwrite=True, dimension_names=DIMENSION_NAMES)
     elif "label" in group:
         del group["label"]
     group.attrs.update({"meta": meta.model_dump(mode="json")})

@@ -1,5 +1,23 @@
-"""Training stage: fits students from the store's labels (and, later, its pseudo-label rounds)."""
+"""Training stage: students from the store's labels, its unlabeled volumes (Mean Teacher) and a
+round's pseudo-labels (confidence-weighted SAM consistency); metrics for evaluation."""
 
+from .checkpoint import load_state, state_path
+from .mean_teacher import TrainResult, train_student
+from .metrics import METRICS, asd, case_metrics, dice, hd95, jaccard, largest_component
 from .supervised import fit_supervised, load_labeled
 
-__all__ = ["fit_supervised", "load_labeled"]
+__all__ = [
+    "METRICS",
+    "TrainResult",
+    "asd",
+    "case_metrics",
+    "dice",
+    "fit_supervised",
+    "hd95",
+    "jaccard",
+    "largest_component",
+    "load_labeled",
+    "load_state",
+    "state_path",
+    "train_student",
+]

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +35,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def peak_memory_mb(device: torch.device) -> tuple[float, float | None]:
+    """(peak resident set of this process so far, peak CUDA memory since the last call) in MiB."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    if device.type != "cuda":
+        return round(rss, 1), None
+    peak = torch.cuda.max_memory_allocated(device) / 2**20
+    torch.cuda.reset_peak_memory_stats(device)
+    return round(rss, 1), round(peak, 1)
+
+
 def check_image(volume_id: str, image: np.ndarray) -> None:
     """Reject volumes no worker can use (the store may hold data written by other tools)."""
     if image.ndim != 3 or 0 in image.shape:
@@ -51,6 +63,8 @@ class VolumeProcessor:
         config: validated round config.
         student_checkpoint: student checkpoint path.
         masker: an already built masker (tests); default builds ``config.masker``.
+        node: name of the node written into records (the Ray actor passes its Ray node identity);
+            default: the hostname.
     """
 
     def __init__(
@@ -60,6 +74,7 @@ class VolumeProcessor:
         config: RoundConfig,
         student_checkpoint: Path,
         masker: Masker | None = None,
+        node: str | None = None,
     ) -> None:
         self.store = str(store)
         self.round = round_index
@@ -70,8 +85,12 @@ class VolumeProcessor:
         torch.manual_seed(config.seed)
         self.student, self.spec, _ = load_student(student_checkpoint, self.device)
         self.masker = masker or build_masker(config.masker, self.device)
-        self.root = open_store(self.store)
-        self.node = socket.gethostname()
+        self.root = open_store(self.store, storage=config.runtime.storage)
+        self.node = node or socket.gethostname()
+        # `process` may run in several threads (a threaded Ray actor): the student and the
+        # masker run one volume at a time under this lock, reading, prompting, fusing and
+        # writing of other volumes go on meanwhile.
+        self._device_lock = threading.Lock()
 
     def process(self, volume_id: str, attempt: int = 1) -> VolumeRecord:
         """Produce and store one volume's outputs; never raises for a bad volume.
@@ -107,9 +126,10 @@ class VolumeProcessor:
         check_image(volume_id, image)
         timings["read"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        prob = predict_probability(self.student, image, self.spec, cfg.student, self.device)
-        timings["student"] = time.perf_counter() - t
+        with self._device_lock:  # model stages take turns; CPU stages of other volumes overlap
+            t = time.perf_counter()
+            prob = predict_probability(self.student, image, self.spec, cfg.student, self.device)
+            timings["student"] = time.perf_counter() - t
 
         t = time.perf_counter()
         mask = foreground_mask(prob, cfg.prompts)
@@ -118,11 +138,16 @@ class VolumeProcessor:
 
         t = time.perf_counter()
         indices = [p.index for p in prompts]
+        slices = stack_slices(window_volume(image, cfg.intensity), indices, axis) if prompts else None
+        timings["prompts"] += time.perf_counter() - t
         masker_prob = None
         if prompts:
-            slices = stack_slices(window_volume(image, cfg.intensity), indices, axis)
-            masker_prob = self.masker.mask_slices(slices, prompts)
-        timings["masker"] = time.perf_counter() - t
+            with self._device_lock:
+                t = time.perf_counter()
+                masker_prob = self.masker.mask_slices(slices, prompts)
+                timings["masker"] = time.perf_counter() - t
+        else:
+            timings["masker"] = 0.0
 
         t = time.perf_counter()
         fused = fuse(prob, masker_prob, indices, cfg.fusion, axis)
@@ -131,7 +156,9 @@ class VolumeProcessor:
         checksums = write_outputs(self.root, self.round, volume_id, fused.pseudo_label,
                                   fused.confidence, axis, attrs=geometry)
         timings["write"] = time.perf_counter() - t
+        rss_mb, device_mb = peak_memory_mb(self.device)
         return VolumeRecord(
             volume_id=volume_id, status=VolumeStatus.done, attempt=attempt, timings_s=timings,
             stats=fused.stats, checksums=checksums, node=self.node, worker_pid=os.getpid(),
+            peak_rss_mb=rss_mb, peak_device_mb=device_mb,
         )

@@ -59,12 +59,12 @@ def run_round_cmd(
     gpus_per_worker: Annotated[Optional[float], typer.Option(help="GPUs per worker (fractional allowed)")] = None,
     force: Annotated[bool, typer.Option(help="redo a round whose config/checkpoints changed")] = False,
     retry_failed: Annotated[bool, typer.Option(help="also redo volumes recorded as failed")] = False,
+    break_lock: Annotated[bool, typer.Option(
+        help="take the round's lock even if its holder looks alive (its host is gone)")] = False,
     progress: Annotated[bool, typer.Option(help="progress bar")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Produce pseudo-labels and confidence maps for every unlabeled volume (resumable)."""
-    from ..driver import run_round
-
     if sam_checkpoint is not None and masker is None:
         masker = MaskerKind.sam
     cfg = round_config(config, {
@@ -78,8 +78,11 @@ def run_round_cmd(
         raise ConfigError(f"{ckpt}: SAM checkpoint file not found")
     if not student.is_file():
         raise ConfigError(f"{student}: student checkpoint file not found")
+    from ..driver import run_round  # Ray and torch load only once the options are valid
+
     summary = run_round(store, round_index, student, cfg, address=address, force=force,
-                        retry_failed=retry_failed, show_progress=progress and not as_json)
+                        retry_failed=retry_failed, show_progress=progress and not as_json,
+                        break_lock=break_lock)
     render.round_summary(summary, as_json)
     if summary.failed or summary.pending:
         raise typer.Exit(1)

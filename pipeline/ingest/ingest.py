@@ -29,6 +29,7 @@ from semisam.schemas import (
     volume_path,
 )
 from semisam.store import open_store, read_meta, slice_chunks, write_volume
+from semisam.store.volumes import DIMENSION_NAMES
 
 from .readers import LoadedVolume, file_sha256, read_label, read_volume, volume_id_for
 from .validate import check_label_shape, display_path, input_error, split_suffix
@@ -224,7 +225,8 @@ def _write(root: zarr.Group, plan: _Plan, volume: LoadedVolume, label: np.ndarra
     keep_reference = label is not None and not plan.labeled
     if keep_reference:
         group.create_array(
-            REFERENCE_ARRAY, data=label, chunks=slice_chunks(label.shape), overwrite=True
+            REFERENCE_ARRAY, data=label, chunks=slice_chunks(label.shape), overwrite=True,
+            dimension_names=DIMENSION_NAMES,
         )
     elif REFERENCE_ARRAY in group:
         del group[REFERENCE_ARRAY]

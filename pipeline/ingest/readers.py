@@ -8,6 +8,7 @@ converted). Library exceptions on unreadable files become one-line `InputError`s
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import logging
 import zlib
@@ -19,6 +20,7 @@ import nibabel as nib
 import nrrd
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
 from semisam.schemas import InputError, validate_volume_id
 
 from .validate import (
@@ -44,6 +46,7 @@ _READ_ERRORS: tuple[type[BaseException], ...] = (
     RuntimeError,
     zlib.error,
     ImageFileError,
+    HeaderDataError,
     nrrd.NRRDError,
 )
 
@@ -122,8 +125,14 @@ def volume_id_for(path: Path) -> str:
 
 
 def _read_nifti(path: Path) -> _Raw:
-    img = nib.load(str(path))
-    data = np.asanyarray(img.dataobj)  # reads (and decompresses) every byte now
+    if path.name.lower().endswith(".gz"):
+        # decompress the whole stream first: gzip checks its CRC and length at the end, which
+        # nibabel's reader never reaches, so scrambled deflate data would pass as voxels
+        with gzip.open(path, "rb") as f:
+            img = nib.Nifti1Image.from_bytes(f.read())
+    else:
+        img = nib.load(str(path))
+    data = np.asanyarray(img.dataobj)  # reads every byte now
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     return _Raw(
         image=data, label=None, spacing=zooms, affine=np.asarray(img.affine, dtype=np.float64)

@@ -21,7 +21,7 @@ def run(*args: str, check: bool = False, timeout: float = 300) -> subprocess.Com
     return proc
 
 
-@pytest.mark.parametrize("command", ["ingest", "run-round", "inspect", "train", "demo"])
+@pytest.mark.parametrize("command", ["ingest", "run-round", "inspect", "train", "demo", "export", "evaluate", "loop"])
 def test_help(command):
     proc = run(command, "--help", check=True)
     assert "Usage" in proc.stdout

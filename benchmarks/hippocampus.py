@@ -1,0 +1,218 @@
+"""Hippocampus benchmark of the training stage (CPU): does SemiSAM's alternation help?
+
+Binary hippocampus (MSD Task04, label > 0), a fixed split: 50 held-out volumes (evaluation only),
+4 labeled volumes, the other 146 of the training split unlabeled. Settings:
+
+    a   supervised, 4 labels
+    b   Mean Teacher, 4 labels + 146 unlabeled               (= student 0 of c and c+)
+    c   b + ROUNDS rounds of pseudo-labels (weight-free random-walker masker), SemiSAM's SAM
+        term (MSE, weight 0.1, ramp-down)
+    c+  the same rounds, with a stronger SAM term (confidence-weighted CE, weight 1, constant)
+    d   supervised, all 150 training labels (the ceiling)
+
+Every student is evaluated on the held-out volumes (sliding window, Dice and 95HD in mm, with
+and without largest-component post-processing). Results go to ``WORKDIR/results.json``; the
+table is printed. Rerunning resumes: finished students and rounds are reused.
+
+    .venv/bin/python benchmarks/hippocampus.py --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+from semisam.pipeline.evaluate import evaluate_student
+from semisam.pipeline.ingest import ingest
+from semisam.pipeline.loop import Loop
+from semisam.schemas import (
+    LoopConfig,
+    LrSchedule,
+    OptimizerKind,
+    RampSchedule,
+    RoundConfig,
+    SamLoss,
+    SamNormalization,
+    StudentSpec,
+    TrainConfig,
+)
+from semisam.training import train_student
+
+log = logging.getLogger("benchmarks.hippocampus")
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hippocampus"
+SPEC = StudentSpec(channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1,
+                   patch_size=(40, 56, 40))
+
+
+def split_ids(ids: list[str], holdout: int, labeled: int, seed: int = 2024) -> dict[str, list[str]]:
+    """A fixed split (independent of the training seeds): held-out, labeled, unlabeled ids."""
+    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    train = order[holdout:]
+    return {"heldout": sorted(order[:holdout]), "labeled": sorted(train[:labeled]),
+            "unlabeled": sorted(train[labeled:])}
+
+
+def prepare_stores(data: Path, work: Path, split: dict[str, list[str]]) -> dict[str, Path]:
+    """``train.zarr`` (4 labeled + unlabeled with references), ``full.zarr`` (all training
+    volumes labeled) and ``heldout.zarr`` (the evaluation volumes, labeled)."""
+    images, labels = data / "images", data / "labels"
+    train_files = [images / f"{i}.nii.gz" for i in split["labeled"] + split["unlabeled"]]
+    stores = {"train": work / "train.zarr", "full": work / "full.zarr", "heldout": work / "heldout.zarr"}
+    plans = {"train": (train_files, set(split["labeled"])),
+             "full": (train_files, None),
+             "heldout": ([images / f"{i}.nii.gz" for i in split["heldout"]], None)}
+    for name, (files, labeled) in plans.items():
+        report = ingest(stores[name], files, labels_dir=labels, labeled=labeled, binarize=True)
+        if not report.ok:
+            raise SystemExit(f"ingest of {name} failed: {report.failed[0].reason}")
+    return stores
+
+
+def base_config(iterations: int, seed: int) -> TrainConfig:
+    """The small-UNet setting of the benchmark; SemiSAM's ramps rescaled to ``iterations``
+    (ramp length 40 units of ``iterations // 40`` instead of 150 iterations of 6000)."""
+    cfg = TrainConfig(student=SPEC, iterations=iterations, seed=seed,
+                      checkpoint_every=max(100, iterations // 4), threads=2)
+    cfg.batch.labeled, cfg.batch.unlabeled = 2, 2
+    cfg.optimizer.kind, cfg.optimizer.lr, cfg.optimizer.weight_decay = OptimizerKind.adam, 1e-3, 1e-5
+    cfg.optimizer.schedule = LrSchedule.poly
+    unit = max(1, iterations // 40)
+    cfg.mean_teacher.ramp_unit = cfg.sam.ramp_unit = unit
+    return cfg
+
+
+def configs(iterations: int, seed: int) -> dict[str, TrainConfig]:
+    """Training config of every setting.
+
+    ``b``/``c``: one loop (student 0 = Mean Teacher; students 1.. add the SAM term, here a
+    confidence-weighted CE of weight 1 held constant); ``c-semisam``: SemiSAM's own SAM term
+    (MSE, weight 0.1, ramp-down) trained on the same loop's pseudo-labels.
+    """
+    sup = base_config(iterations, seed)
+    sup.mean_teacher.enabled = sup.sam.enabled = False
+    sup.batch.unlabeled = 0
+    loop = base_config(iterations, seed)
+    loop.sam.loss, loop.sam.weight = SamLoss.ce, 1.0
+    loop.sam.schedule, loop.sam.normalization = RampSchedule.constant, SamNormalization.confidence
+    return {"a": sup, "c": loop, "c-semisam": base_config(iterations, seed), "d": sup}
+
+
+def round_config() -> RoundConfig:
+    cfg = RoundConfig()
+    cfg.runtime.workers, cfg.runtime.torch_threads = 2, 1
+    return cfg
+
+
+def evaluate(student: Path, heldout: Path) -> dict[str, float]:
+    out = {}
+    for lcc in (False, True):
+        report = evaluate_student(heldout, student, largest_component=lcc, device="cpu")
+        suffix = "_lcc" if lcc else ""
+        out[f"dice{suffix}"] = report.mean("dice")
+        out[f"dice_std{suffix}"] = report.summary["dice"].std
+        out[f"hd95_mm{suffix}"] = report.mean("hd95_mm")
+        out["n"] = len(report.cases)
+    return out
+
+
+def train_one(store: Path, out: Path, cfg: TrainConfig, round_index: int | None = None) -> float:
+    t0 = time.perf_counter()
+    train_student(store, out, cfg, round_index=round_index, resume=True)
+    return time.perf_counter() - t0
+
+
+def run_seed(seed: int, args: argparse.Namespace, stores: dict[str, Path], results: dict) -> None:
+    """Every requested setting for one training seed; finished students are reused."""
+    cfgs = configs(args.iterations, seed)
+    work = args.workdir / f"seed{seed}"
+    for name in [s for s in args.settings if s in ("a", "d")]:
+        ckpt = work / f"{name}.pt"
+        seconds = train_one(stores["train" if name == "a" else "full"], ckpt, cfgs[name])
+        results[f"{name}/{seed}"] = {**evaluate(ckpt, stores["heldout"]), "seconds": seconds}
+        log.info("seed %d setting %s: %s", seed, name, results[f"{name}/{seed}"])
+    if "c" not in args.settings:
+        return
+    store = work / "loop.zarr"  # rounds are per seed: each loop gets its own copy of the store
+    if not store.exists():
+        shutil.copytree(stores["train"], store)
+    state = Loop(store, LoopConfig(train=cfgs["c"], round=round_config()), work / "loop",
+                 eval_store=stores["heldout"]).run(args.rounds)
+    for row in state.rows:
+        key = f"b/{seed}" if row.round == 0 else f"c{row.round}/{seed}"
+        results[key] = {**evaluate(Path(row.student), stores["heldout"]),
+                        "pseudo_label_dice": row.pseudo_label_dice, "seconds": row.seconds}
+        log.info("seed %d %s: %s", seed, key, results[key])
+        if row.round > 0 and "c-semisam" in args.settings:
+            ckpt = work / f"c-semisam{row.round}.pt"
+            seconds = train_one(store, ckpt, cfgs["c-semisam"], row.round)
+            results[f"c-semisam{row.round}/{seed}"] = {**evaluate(ckpt, stores["heldout"]),
+                                                       "seconds": seconds}
+
+
+def table(results: dict) -> list[str]:
+    """Mean +- std over seeds per setting."""
+    by_setting: dict[str, list[dict]] = {}
+    for key, value in results.items():
+        by_setting.setdefault(key.split("/")[0], []).append(value)
+    lines = ["| setting | seeds | Dice | Dice (LCC) | 95HD mm | pseudo-label Dice | s / seed |",
+             "|---|---|---|---|---|---|---|"]
+    for name in sorted(by_setting):
+        rows = by_setting[name]
+
+        def stat(key: str, digits: int = 3, rows: list[dict] = rows) -> str:
+            vals = [r[key] for r in rows if r.get(key) is not None]
+            if not vals:
+                return "-"
+            return f"{np.mean(vals):.{digits}f} +- {np.std(vals):.{digits}f}" if len(vals) > 1 else f"{vals[0]:.{digits}f}"
+
+        lines.append(f"| {name} | {len(rows)} | {stat('dice')} | {stat('dice_lcc')} | "
+                     f"{stat('hd95_mm', 2)} | {stat('pseudo_label_dice')} | {stat('seconds', 0)} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--workdir", type=Path, default=Path("bench-out/hippocampus"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--iterations", type=int, default=1100)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--labeled", type=int, default=4)
+    parser.add_argument("--holdout", type=int, default=50)
+    parser.add_argument("--settings", nargs="+", default=["a", "c", "d"],
+                        choices=["a", "c", "c-semisam", "d"], help="b is student 0 of c's loop")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if not (args.data / "images").is_dir():
+        log.error("no hippocampus data at %s", args.data)
+        return 2
+    torch.set_num_threads(2)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    ids = sorted(p.name.removesuffix(".nii.gz") for p in (args.data / "images").glob("*.nii.gz"))
+    split = split_ids(ids, args.holdout, args.labeled)
+    stores = prepare_stores(args.data, args.workdir, split)
+    results_path = args.workdir / "results.json"
+    results = json.loads(results_path.read_text())["results"] if results_path.is_file() else {}
+    t0 = time.perf_counter()
+    for seed in args.seeds:
+        run_seed(seed, args, stores, results)
+        results_path.write_text(json.dumps({"date": date.today().isoformat(), "command": " ".join(sys.argv),
+                                            "split": split, "iterations": args.iterations,
+                                            "results": results}, indent=2))
+    lines = table(results)
+    print("\n".join(lines))
+    log.info("total %.0f s; results in %s", time.perf_counter() - t0, results_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""`export`: a round's pseudo-labels and confidence maps as files that review tools open.
+
+NIfTI-1 (``.nii.gz``), one pair per finished volume::
+
+    DIR/pseudo_label/<id>.nii.gz   uint8 {0,1}, intent "label"
+    DIR/confidence/<id>.nii.gz     uint8 v on disk with scl_slope = 1/255, scl_inter = 0, so a
+                                   reader that applies the scaling (nibabel ``get_fdata``, ITK,
+                                   3D Slicer, ITK-SNAP) sees the confidence v/255 in [0, 1]
+    DIR/export.json                what was written and skipped, the round's fingerprint
+
+Geometry is the source's: the array keeps the stored axis order (the file's own order at ingest)
+and the header carries the stored 4x4 affine (voxel index -> world mm, RAS) as both qform and
+sform (code 1, scanner; a sheared affine is exact in the sform, nearest rigid + zooms in the
+qform), spacing (the affine's column norms) and units mm. A voxel (i, j, k) of an
+exported file is therefore the voxel (i, j, k) of the source image, at the same world position.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import Field
+from semisam.schemas import (
+    CONFIDENCE_SCALE,
+    InputError,
+    StoreError,
+    StrictModel,
+    VolumeStatus,
+    output_path,
+    validate_volume_id,
+)
+
+if TYPE_CHECKING:  # the heavy imports load on use: the CLI imports this module for --help
+    import nibabel as nib
+    import numpy as np
+    import zarr
+
+log = logging.getLogger(__name__)
+
+KINDS = ("pseudo_label", "confidence")
+
+
+class ExportFormat(str, Enum):
+    """File formats of `export_round`."""
+
+    nifti = "nifti"
+
+
+class ExportedVolume(StrictModel):
+    volume_id: str
+    written: bool
+    reason: str | None = Field(None, description="why a volume was skipped")
+    files: dict[str, str] = Field(default_factory=dict, description="kind -> path written")
+    orientation: str | None = Field(None, description="axis codes of the affine, e.g. RAS")
+
+
+class ExportReport(StrictModel):
+    """What one `export` call wrote (also saved as ``DIR/export.json``)."""
+
+    store: str
+    round: int
+    fingerprint: str
+    out_dir: str
+    format: ExportFormat
+    confidence_encoding: str = (f"uint8 with scl_slope 1/{CONFIDENCE_SCALE}: "
+                                f"value/{CONFIDENCE_SCALE} in [0, 1]")
+    volumes: list[ExportedVolume] = Field(default_factory=list)
+
+    @property
+    def written(self) -> int:
+        return sum(v.written for v in self.volumes)
+
+
+def volume_affine(root: zarr.Group, round_index: int, volume_id: str) -> np.ndarray:
+    """The 4x4 affine of a volume's outputs: the arrays' ``affine`` attribute (copied from the
+    source at round time), else the volume's `VolumeMeta`."""
+    import numpy as np
+    from semisam.store import read_meta
+
+    attrs = dict(root[output_path(round_index, "pseudo_label", volume_id)].attrs)
+    affine = attrs.get("affine") or read_meta(root, volume_id).affine
+    matrix = np.asarray(affine, dtype=np.float64)
+    if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)):
+        raise StoreError(f"volume '{volume_id}': stored affine is not a finite 4x4 matrix")
+    return matrix
+
+
+def nifti_image(data: np.ndarray, affine: np.ndarray, kind: str,
+                round_index: int) -> nib.Nifti1Image:
+    """A NIfTI-1 image of one output array (``XxYxZ`` uint8) with the source geometry."""
+    import nibabel as nib
+    import numpy as np
+
+    if data.dtype != np.uint8 or data.ndim != 3:
+        raise StoreError(f"{kind}: expected a 3D uint8 array, got {data.dtype} {data.shape}")
+    image = nib.Nifti1Image(data, affine)
+    header = image.header
+    header.set_data_dtype(np.uint8)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    header.set_xyzt_units(xyz="mm")
+    if kind == "confidence":
+        header.set_slope_inter(1.0 / CONFIDENCE_SCALE, 0.0)
+        header["cal_min"], header["cal_max"] = 0.0, 1.0
+    else:
+        header.set_intent("label")
+    header["descrip"] = f"semisam round {round_index} {kind}".encode()[:80]
+    return image
+
+
+def _export_volume(root: zarr.Group, round_index: int, volume_id: str, out: Path) -> ExportedVolume:
+    import nibabel as nib
+    from semisam.store import read_output, read_record
+
+    record = read_record(root, round_index, volume_id)
+    if record is None or record.status != VolumeStatus.done:
+        status = "pending" if record is None else record.status.value
+        return ExportedVolume(volume_id=volume_id, written=False, reason=f"not done ({status})")
+    affine = volume_affine(root, round_index, volume_id)
+    item = ExportedVolume(volume_id=volume_id, written=True,
+                          orientation="".join(nib.aff2axcodes(affine)))
+    for kind in KINDS:
+        data = read_output(root, round_index, kind, volume_id)
+        if data is None:
+            return ExportedVolume(volume_id=volume_id, written=False,
+                                  reason=f"{kind} array missing")
+        path = out / kind / f"{volume_id}.nii.gz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nifti_image(data, affine, kind, round_index), path)
+        item.files[kind] = str(path)
+    return item
+
+
+def export_round(root: zarr.Group, round_index: int, out_dir: Path, *,
+                 fmt: ExportFormat = ExportFormat.nifti, volumes: list[str] | None = None,
+                 store: str = "") -> ExportReport:
+    """Write the finished volumes of round ``round_index`` to ``out_dir`` (see module docstring).
+
+    Args:
+        volumes: ids to export (default: every unlabeled volume); unfinished ones are skipped
+            and reported, not errors.
+        store: the store's location, recorded in the report.
+
+    Raises:
+        StoreError: the round is not in the store.
+        InputError: a requested id is not an unlabeled volume of the store.
+    """
+    from semisam.store import list_metas, read_round_meta
+
+    meta = read_round_meta(root, round_index)
+    if meta is None:
+        raise StoreError(f"round {round_index}: not in {store or 'the store'}")
+    unlabeled = [m.volume_id for m in list_metas(root) if not m.labeled]
+    ids = unlabeled if volumes is None else [validate_volume_id(v) for v in volumes]
+    unknown = sorted(set(ids) - set(unlabeled))
+    if unknown:
+        where = store or "the store"
+        raise InputError(f"volume '{unknown[0]}': not an unlabeled volume of {where}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = ExportReport(store=store, round=round_index, fingerprint=meta.fingerprint,
+                          out_dir=str(out), format=fmt)
+    for vid in ids:
+        item = _export_volume(root, round_index, vid, out)
+        report.volumes.append(item)
+        log.info("%s: %s", vid, "exported" if item.written else f"skipped, {item.reason}")
+    (out / "export.json").write_text(report.model_dump_json(indent=2))
+    log.info("round %d: %d of %d volumes exported to %s", round_index, report.written, len(ids),
+             out)
+    return report

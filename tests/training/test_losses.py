@@ -1,0 +1,109 @@
+"""Every loss term can be turned off, and moves the gradient when on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from semisam.schemas import (
+    SamConsistencyConfig,
+    SamLoss,
+    SamNormalization,
+    StudentSpec,
+    TrainConfig,
+)
+from semisam.training.dataset import Batch
+from semisam.training.losses import sam_consistency
+from semisam.training.mean_teacher import build_nets, loss_terms
+
+TINY = StudentSpec(channels=(4, 8), strides=(2,), num_res_units=0, patch_size=(16, 16, 8))
+
+
+def _logits(shape=(2, 2, 6, 6, 4), seed=0) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).requires_grad_(True)
+
+
+@pytest.mark.parametrize("loss", list(SamLoss))
+@pytest.mark.parametrize("normalization", list(SamNormalization))
+def test_sam_gradient_is_zero_exactly_where_confidence_is_zero(loss, normalization):
+    logits = _logits()
+    pseudo = (torch.rand(2, 6, 6, 4, generator=torch.Generator().manual_seed(1)) > 0.5).long()
+    confidence = torch.rand(2, 6, 6, 4, generator=torch.Generator().manual_seed(2))
+    confidence[:, :3] = 0.0
+    cfg = SamConsistencyConfig(loss=loss, normalization=normalization)
+    value = sam_consistency(logits, pseudo, confidence, cfg)
+    value.backward()
+    grad = logits.grad.abs().sum(dim=1)  # per voxel
+    assert value.item() > 0
+    assert torch.all(grad[:, :3] == 0)
+    assert torch.all(grad[:, 3:] > 0)
+
+
+def test_sam_loss_is_not_normalised_away():
+    """SemiSAM+'s s / (s + eps) is 1 for any s > 0 and has no gradient; this loss scales with s."""
+    logits = _logits()
+    pseudo = torch.ones(2, 6, 6, 4, dtype=torch.long)
+    cfg = SamConsistencyConfig()
+    full = sam_consistency(logits, pseudo, torch.ones(2, 6, 6, 4), cfg)
+    half = sam_consistency(logits, pseudo, torch.full((2, 6, 6, 4), 0.5), cfg)
+    assert half.item() == pytest.approx(0.5 * full.item())
+    zero = sam_consistency(logits, pseudo, torch.zeros(2, 6, 6, 4), cfg)
+    zero.backward()
+    assert zero.item() == 0.0 and torch.all(logits.grad == 0)
+
+
+def test_unweighted_sam_loss_is_semisam_mean():
+    logits = _logits()
+    pseudo = torch.zeros(2, 6, 6, 4, dtype=torch.long)
+    cfg = SamConsistencyConfig(confidence_weighted=False)
+    value = sam_consistency(logits, pseudo, torch.full((2, 6, 6, 4), 0.3), cfg)
+    onehot = torch.nn.functional.one_hot(pseudo, 2).movedim(-1, 1).float()
+    expected = 0.5 * torch.mean((torch.softmax(logits, 1) - onehot) ** 2)
+    assert value.item() == pytest.approx(expected.item())
+
+
+def _batch(seed: int = 0) -> Batch:
+    rng = np.random.default_rng(seed)
+    size = TINY.patch_size
+    return Batch(image=rng.normal(size=(4, 1, *size)).astype(np.float32),
+                 label=(rng.random((2, *size)) > 0.7).astype(np.int64),
+                 pseudo_label=(rng.random((2, *size)) > 0.7).astype(np.int64),
+                 confidence=rng.random((2, *size)).astype(np.float32))
+
+
+def _config(**switches) -> TrainConfig:
+    cfg = TrainConfig(student=TINY, iterations=10, seed=3)
+    cfg.mean_teacher.schedule = cfg.sam.schedule = "constant"
+    cfg.supervised.ce_weight = switches.get("ce", 1.0)
+    cfg.supervised.dice_weight = switches.get("dice", 1.0)
+    cfg.mean_teacher.enabled = switches.get("mt", True)
+    cfg.sam.enabled = switches.get("sam", True)
+    return cfg
+
+
+def _grad(cfg: TrainConfig, batch: Batch) -> tuple[torch.Tensor, dict]:
+    nets = build_nets(cfg, torch.device("cpu"))
+    with torch.no_grad():  # a teacher that differs from the student, as after some training
+        for p in nets.ema.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    gen = torch.Generator().manual_seed(0)
+    loss, info = loss_terms(nets, batch, cfg, 5, gen, torch.device("cpu"))
+    loss.backward()
+    return torch.cat([p.grad.flatten() for p in nets.model.parameters()]), info
+
+
+@pytest.mark.parametrize("term,key", [("ce", "ce"), ("dice", "dice"), ("mt", "mt"), ("sam", "sam")])
+def test_each_term_can_be_turned_off_and_moves_the_gradient(term, key):
+    batch = _batch()
+    on, info_on = _grad(_config(), batch)
+    off, info_off = _grad(_config(**{term: 0.0 if term in ("ce", "dice") else False}), batch)
+    assert key in info_on and key not in info_off
+    assert info_on[key] > 0
+    assert not torch.allclose(on, off, rtol=0, atol=1e-9)
+
+
+def test_sam_term_needs_pseudo_labels():
+    batch = _batch()
+    batch.pseudo_label = batch.confidence = None
+    _, info = _grad(_config(), batch)
+    assert "sam" not in info and "mt" in info

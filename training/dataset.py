@@ -1,0 +1,237 @@
+"""What the training stage reads from a store: volume handles, intensity statistics, the round's
+pseudo-labels, a fingerprint of it all, and batches of patches.
+
+Nothing here loads a whole volume: statistics are accumulated slab by slab along the chunked
+axis, and patches are sliced from the Zarr arrays (`read_region`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import zarr
+from semisam.schemas import (
+    CONFIDENCE_SCALE,
+    ConfigError,
+    InputError,
+    TrainConfig,
+    VolumeMeta,
+    VolumeStatus,
+    output_path,
+    volume_path,
+)
+from semisam.store import list_metas, read_record, read_round_meta
+
+from .patches import crop_start, read_region, read_size, rot_flip, rot_flip_choice
+
+log = logging.getLogger(__name__)
+
+FOREGROUND_SAMPLE = 4096  # foreground voxel positions kept per labeled volume
+
+
+@dataclass
+class VolumeSource:
+    """One training volume: lazy Zarr handles plus what sampling needs.
+
+    ``target`` is the label (labeled volumes) or the round's pseudo-label (unlabeled volumes
+    with a done record), ``confidence`` the round's uint8 confidence; both None otherwise.
+    """
+
+    meta: VolumeMeta
+    image: zarr.Array
+    target: zarr.Array | None = None
+    confidence: zarr.Array | None = None
+    mean: float = 0.0
+    std: float = 1.0
+    foreground: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int64))
+
+
+@dataclass
+class TrainingData:
+    labeled: list[VolumeSource]
+    unlabeled: list[VolumeSource]
+    fingerprint: str
+    round_index: int | None = None
+
+
+def slabs(shape: tuple[int, ...], chunks: tuple[int, ...]) -> Iterator[tuple[slice, ...]]:
+    """Chunk-aligned slabs along the most finely chunked axis (the slice axis of the store)."""
+    axis = int(np.argmin([c / s for c, s in zip(chunks, shape)]))
+    step = max(1, int(chunks[axis]))
+    for begin in range(0, shape[axis], step):
+        index = [slice(None)] * len(shape)
+        index[axis] = slice(begin, min(begin + step, shape[axis]))
+        yield tuple(index)
+
+
+def intensity_stats(array: zarr.Array) -> tuple[float, float]:
+    """Mean and standard deviation of a volume, accumulated slab by slab in float64."""
+    total, total_sq, count = 0.0, 0.0, 0
+    for index in slabs(array.shape, array.chunks):
+        block = np.asarray(array[index], dtype=np.float64)
+        total += float(block.sum())
+        total_sq += float(np.square(block).sum())
+        count += block.size
+    mean = total / max(count, 1)
+    std = float(np.sqrt(max(total_sq / max(count, 1) - mean * mean, 0.0)))
+    return mean, std if std > 0 else 1.0
+
+
+def foreground_sample(array: zarr.Array, cap: int = FOREGROUND_SAMPLE) -> np.ndarray:
+    """Up to ``cap`` foreground positions ``Kx3`` (every n-th in C order), read slab by slab."""
+    found = []
+    for index in slabs(array.shape, array.chunks):
+        offset = np.array([s.start or 0 for s in index])
+        coords = np.argwhere(np.asarray(array[index]) > 0)
+        if len(coords):
+            found.append(coords + offset)
+    if not found:
+        return np.zeros((0, 3), dtype=np.int64)
+    coords = np.concatenate(found)
+    stride = max(1, len(coords) // cap)
+    return coords[::stride][:cap].astype(np.int64)
+
+
+def store_fingerprint(root: zarr.Group, metas: list[VolumeMeta], round_index: int | None) -> str:
+    """sha256 over what training reads: the volumes' source hashes and labeled flags, and the
+    round's fingerprint plus the checksums of its done volumes."""
+    payload: dict = {"volumes": [[m.volume_id, m.sha256, m.label_sha256, m.labeled] for m in metas]}
+    if round_index is not None:
+        meta = read_round_meta(root, round_index)
+        records = {}
+        for m in metas:
+            record = read_record(root, round_index, m.volume_id) if not m.labeled else None
+            if record is not None and record.status == VolumeStatus.done:
+                records[m.volume_id] = record.checksums
+        payload["round"] = {"index": round_index, "fingerprint": meta.fingerprint if meta else None,
+                            "done": records}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _attach_round(root: zarr.Group, source: VolumeSource, round_index: int) -> bool:
+    record = read_record(root, round_index, source.meta.volume_id)
+    if record is None or record.status != VolumeStatus.done:
+        return False
+    source.target = root[output_path(round_index, "pseudo_label", source.meta.volume_id)]
+    source.confidence = root[output_path(round_index, "confidence", source.meta.volume_id)]
+    return True
+
+
+def open_training_data(root: zarr.Group, config: TrainConfig, round_index: int | None) -> TrainingData:
+    """Handles and statistics of every volume the run trains on (``config.exclude`` left out).
+
+    Raises:
+        InputError: no labeled volume remains.
+        ConfigError: ``round_index`` names a round that is not in the store.
+    """
+    if round_index is not None and read_round_meta(root, round_index) is None:
+        raise ConfigError(f"round {round_index}: not in the store (run `semisam run-round` first)")
+    excluded = set(config.exclude)
+    metas = [m for m in list_metas(root) if m.volume_id not in excluded]
+    labeled, unlabeled = [], []
+    for meta in metas:
+        base = volume_path(meta.volume_id)
+        image = root[f"{base}/image"]
+        mean, std = intensity_stats(image)
+        source = VolumeSource(meta=meta, image=image, mean=mean, std=std)
+        if meta.labeled and f"{base}/label" in root:
+            source.target = root[f"{base}/label"]
+            if config.batch.foreground_prob > 0:
+                source.foreground = foreground_sample(source.target)
+            labeled.append(source)
+        elif not meta.labeled:
+            unlabeled.append(source)
+    if not labeled:
+        raise InputError("store has no labeled volumes to train on (after --exclude)")
+    if round_index is not None:
+        attached = sum(_attach_round(root, s, round_index) for s in unlabeled)
+        if attached < len(unlabeled):
+            log.warning("round %d: %d of %d unlabeled volumes have no done pseudo-label; "
+                        "they get no SAM term", round_index, len(unlabeled) - attached, len(unlabeled))
+    log.info("training data: %d labeled, %d unlabeled volumes%s", len(labeled), len(unlabeled),
+             f", pseudo-labels of round {round_index}" if round_index is not None else "")
+    return TrainingData(labeled, unlabeled, store_fingerprint(root, metas, round_index), round_index)
+
+
+@dataclass
+class Batch:
+    """One batch, labeled patches first. Shapes: ``image`` Bx1xXxYxZ float32 (z-scored);
+    ``label`` LxXxYxZ int64; ``pseudo_label`` UxXxYxZ int64; ``confidence`` UxXxYxZ float32."""
+
+    image: np.ndarray
+    label: np.ndarray
+    pseudo_label: np.ndarray | None = None
+    confidence: np.ndarray | None = None
+
+    @property
+    def labeled(self) -> int:
+        return int(self.label.shape[0])
+
+
+class PatchSampler:
+    """Draws batches of ``batch.labeled`` labeled and ``batch.unlabeled`` unlabeled patches.
+
+    Args:
+        data: the opened training volumes.
+        config: patch size (``student.patch_size``), batch composition, augmentation.
+        use_unlabeled: False when no loss term needs unlabeled patches (supervised only).
+    """
+
+    def __init__(self, data: TrainingData, config: TrainConfig, use_unlabeled: bool) -> None:
+        self.data, self.config = data, config
+        self.size = tuple(config.student.patch_size)
+        self.n_unlabeled = config.batch.unlabeled if use_unlabeled and data.unlabeled else 0
+        self.with_round = data.round_index is not None
+
+    def _patch(self, source: VolumeSource, rng: np.random.Generator,
+               foreground_prob: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        k, flip_axis = rot_flip_choice(rng, self.config.augment.rot90, self.config.augment.flip)
+        size = read_size(self.size, k)
+        centre = None
+        if len(source.foreground) and rng.random() < foreground_prob:
+            centre = source.foreground[int(rng.integers(len(source.foreground)))]
+        start = crop_start(source.meta.shape, size, rng, centre)
+        image = (read_region(source.image, start, size, fill=source.mean) - source.mean) / source.std
+        if source.target is None:
+            target = np.zeros(size, np.float32)
+            confidence = np.zeros(size, np.float32)
+        else:
+            target = read_region(source.target, start, size)
+            confidence = (read_region(source.confidence, start, size) / CONFIDENCE_SCALE
+                          if source.confidence is not None else (target >= 0).astype(np.float32))
+        stack = rot_flip(np.stack([image, target, confidence]), k, flip_axis)
+        return stack[0], stack[1], stack[2]
+
+    def sample(self, rng: np.random.Generator) -> Batch:
+        """Labeled then unlabeled patches; volumes drawn uniformly with replacement."""
+        images, labels, pseudo, conf = [], [], [], []
+        for _ in range(self.config.batch.labeled):
+            source = self.data.labeled[int(rng.integers(len(self.data.labeled)))]
+            image, target, _ = self._patch(source, rng, self.config.batch.foreground_prob)
+            images.append(image)
+            labels.append(target)
+        for _ in range(self.n_unlabeled):
+            source = self.data.unlabeled[int(rng.integers(len(self.data.unlabeled)))]
+            image, target, confidence = self._patch(source, rng, 0.0)
+            images.append(image)
+            pseudo.append(target)
+            conf.append(confidence)
+        return Batch(
+            image=np.stack(images)[:, None].astype(np.float32),
+            label=np.rint(np.stack(labels)).astype(np.int64),
+            pseudo_label=np.rint(np.stack(pseudo)).astype(np.int64) if pseudo and self.with_round else None,
+            confidence=np.stack(conf).astype(np.float32) if conf and self.with_round else None,
+        )
+
+
+def check_volume_ids(ids: list[str], metas: list[VolumeMeta]) -> None:
+    """Raise `InputError` naming the first id that is not a volume of the store."""
+    known = {m.volume_id for m in metas}
+    for vid in ids:
+        if vid not in known:
+            raise InputError(f"volume '{vid}': not in the store")
