@@ -33,7 +33,14 @@ from bench_round import la_store, phantom_store, ray_round, train_student, worke
 from bench_sam import agreement, naive_loop, project_path  # noqa: E402
 
 from semisam.pipeline.phantoms import make_phantom  # noqa: E402
-from semisam.schemas import IntensityConfig, MaskerKind, PromptConfig, RoundConfig, SamConfig, StudentSpec  # noqa: E402
+from semisam.schemas import (  # noqa: E402
+    IntensityConfig,
+    MaskerKind,
+    PromptConfig,
+    RoundConfig,
+    SamConfig,
+    StudentSpec,
+)
 from semisam.workers.intensity import window_volume  # noqa: E402
 from semisam.workers.localization import slice_prompts, stack_slices  # noqa: E402
 

@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import ray
+
 from semisam.schemas import RoundConfig
 from semisam.store import worker_env
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import ray
 from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayError, RayTaskError
+
 from semisam.schemas import RoundConfig, RoundError, VolumeRecord, VolumeStatus
 from semisam.store import open_store, write_record
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import Field
+
 from semisam.schemas import (
     CONFIDENCE_SCALE,
     InputError,
@@ -78,6 +79,7 @@ def volume_affine(root: zarr.Group, round_index: int, volume_id: str) -> np.ndar
     """The 4x4 affine of a volume's outputs: the arrays' ``affine`` attribute (copied from the
     source at round time), else the volume's `VolumeMeta`."""
     import numpy as np
+
     from semisam.store import read_meta
 
     attrs = dict(root[output_path(round_index, "pseudo_label", volume_id)].attrs)
@@ -113,6 +115,7 @@ def nifti_image(data: np.ndarray, affine: np.ndarray, kind: str,
 
 def _export_volume(root: zarr.Group, round_index: int, volume_id: str, out: Path) -> ExportedVolume:
     import nibabel as nib
+
     from semisam.store import read_output, read_record
 
     record = read_record(root, round_index, volume_id)

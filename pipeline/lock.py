@@ -44,10 +44,11 @@ from datetime import datetime, timezone
 import psutil
 import zarr
 from pydantic import Field, ValidationError
-from semisam.schemas import RoundError, StrictModel, round_path
 from typing_extensions import Self
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
+
+from semisam.schemas import RoundError, StrictModel, round_path
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from semisam.schemas import VolumeRecord, VolumeStatus
 
@@ -19,7 +26,7 @@ class RoundProgress:
         self.failed = 0
         self._progress: Progress | None = None
 
-    def __enter__(self) -> "RoundProgress":
+    def __enter__(self) -> RoundProgress:
         if self.enabled:
             self._progress = Progress(
                 TextColumn("[bold]round[/bold] {task.description}"), BarColumn(),

@@ -27,6 +27,7 @@ import zarr
 from pydantic import Field
 from rich.console import Console
 from rich.table import Table
+
 from semisam.schemas import CONFIDENCE_SCALE, ConfigError, StrictModel, VolumeStatus
 from semisam.store import list_metas, read_output, read_record
 

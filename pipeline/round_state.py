@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import zarr
+
 from semisam.schemas import (
     CheckpointError,
     RoundConfig,

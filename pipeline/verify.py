@@ -17,9 +17,10 @@ import logging
 import numpy as np
 import zarr
 from pydantic import Field
+from zarr.core.sync import sync
+
 from semisam.schemas import StoreError, StrictModel, VolumeMeta, VolumeStatus, output_path
 from semisam.store import list_metas, read_record, read_round_meta
-from zarr.core.sync import sync
 
 log = logging.getLogger(__name__)
 

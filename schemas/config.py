@@ -64,7 +64,7 @@ class IntensityConfig(StrictModel):
     ct_width: float = Field(400.0, gt=0)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "IntensityConfig":
+    def _ordered(self) -> IntensityConfig:
         if self.percentile_low >= self.percentile_high:
             raise ValueError(
                 f"percentile_low must be < percentile_high, got {self.percentile_low} >= "

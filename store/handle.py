@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import zarr
+
 from semisam.schemas import SCHEMA_VERSION, StorageConfig, StoreError
 
 from .remote import fsspec_options, is_url, probe_writable, url_has_store

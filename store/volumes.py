@@ -7,7 +7,6 @@ import zarr
 
 from semisam.schemas import InputError, StoreError, VolumeMeta, validate_volume_id, volume_path
 
-
 DIMENSION_NAMES = ("i", "j", "k")  # voxel index axes of the source file (affine maps them to mm)
 
 

@@ -19,7 +19,12 @@ from monai.inferers import sliding_window_inference
 from monai.networks.nets import UNet
 from pydantic import ValidationError
 
-from semisam.schemas import CheckpointError, StudentInferenceConfig, StudentSpec, first_validation_error
+from semisam.schemas import (
+    CheckpointError,
+    StudentInferenceConfig,
+    StudentSpec,
+    first_validation_error,
+)
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,14 @@ import numpy as np
 import torch
 
 from semisam.schemas import InputError, RoundConfig, SemisamError, VolumeRecord, VolumeStatus
-from semisam.store import clear_record, open_store, read_image, read_meta, write_outputs, write_record
+from semisam.store import (
+    clear_record,
+    open_store,
+    read_image,
+    read_meta,
+    write_outputs,
+    write_record,
+)
 
 from .fusion import fuse
 from .intensity import window_volume

@@ -23,7 +23,8 @@ def ingest(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable report")] = False,
 ) -> None:
     """Ingest volumes (and labels) into a store; re-ingesting the same file is a no-op."""
-    from ..ingest import collect_sources, ingest as ingest_fn
+    from ..ingest import collect_sources
+    from ..ingest import ingest as ingest_fn
 
     total = len(collect_sources(sources)) if not as_json else 0
     with render.count_bar("ingest", total, enabled=not as_json) as tick:

@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 import zarr
 from pydantic import Field
+
 from semisam.schemas import (
     InputError,
     SemisamError,

@@ -21,6 +21,7 @@ import nrrd
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
+
 from semisam.schemas import InputError, validate_volume_id
 
 from .validate import (

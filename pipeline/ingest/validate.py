@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+
 from semisam.schemas import InputError
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import zarr
-from semisam.store import list_volumes, open_store, read_record
 
+from semisam.store import list_volumes, open_store, read_record
 from tests.conftest import build_phantom_store
 
 from .corpus import (

@@ -14,6 +14,7 @@ import pytest
 import tomllib
 import typer.main
 import yaml
+
 from semisam.pipeline.cli import app
 from semisam.schemas import RoundConfig
 

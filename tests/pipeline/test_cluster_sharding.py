@@ -13,10 +13,10 @@ import subprocess
 
 import pytest
 from ray.cluster_utils import Cluster
+
 from semisam.pipeline.phantoms import make_phantom
 from semisam.schemas import VolumeMeta
 from semisam.store import list_metas, open_store, read_record, write_volume
-
 from tests.conftest import SPACING, phantom_affine
 from tests.pipeline.test_resume import SEMISAM
 from tests.pipeline.test_review import invoke

@@ -13,13 +13,13 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
+
 from semisam.pipeline.driver import run_round
 from semisam.pipeline.export import export_round
 from semisam.pipeline.ingest import ingest
 from semisam.pipeline.phantoms import make_phantom
 from semisam.schemas import CONFIDENCE_SCALE, InputError, RoundConfig
 from semisam.store import open_store, read_output
-
 from tests.pipeline.test_review import invoke
 
 SHAPE = (48, 48, 32)

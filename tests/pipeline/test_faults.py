@@ -20,6 +20,7 @@ import numpy as np
 import psutil
 import pytest
 import torch
+
 from semisam.pipeline.driver import run_round
 from semisam.pipeline.phantoms import make_phantom
 from semisam.pipeline.verify import verify_round
@@ -33,7 +34,6 @@ from semisam.store import (
     write_outputs,
 )
 from semisam.workers.volume import VolumeProcessor
-
 from tests.conftest import PHANTOM_SHAPE, build_phantom_store
 
 SEED, COUNT, BAD = 5, 18, "ph17"

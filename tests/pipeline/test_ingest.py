@@ -11,6 +11,7 @@ import h5py
 import nibabel as nib
 import numpy as np
 import pytest
+
 from semisam.pipeline.ingest import IngestReport, IngestStatus, ingest
 from semisam.pipeline.ingest.validate import display_path
 from semisam.schemas import InputError

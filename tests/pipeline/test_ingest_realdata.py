@@ -19,8 +19,8 @@ if not (LA.is_dir() and (HIPPO / "images").is_dir() and (HIPPO / "labels").is_di
         allow_module_level=True,
     )
 
-from semisam.pipeline.ingest import IngestStatus, ingest
-from semisam.store import list_metas, open_store, read_image, read_label
+from semisam.pipeline.ingest import IngestStatus, ingest  # noqa: E402  (after the skip check)
+from semisam.store import list_metas, open_store, read_image, read_label  # noqa: E402
 
 pytestmark = pytest.mark.realdata
 

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import psutil
+
 from semisam.pipeline.verify import verify_round
 from semisam.schemas import VolumeStatus
 from semisam.store import list_metas, open_store, read_record
-
 from tests.conftest import build_phantom_store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,6 +52,7 @@ def cluster_round(store: str, student: str, out: str) -> None:
     """Subprocess body: 3 single-CPU nodes, a round with 3 workers, one node removed."""
     import ray
     from ray.cluster_utils import Cluster
+
     from semisam.pipeline.driver import run_round
     from semisam.schemas import RoundConfig
 

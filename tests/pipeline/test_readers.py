@@ -10,6 +10,7 @@ import nibabel as nib
 import nrrd
 import numpy as np
 import pytest
+
 from semisam.pipeline.ingest import LoadedVolume, read_label, read_volume, volume_id_for
 from semisam.schemas import InputError
 

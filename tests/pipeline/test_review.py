@@ -11,12 +11,12 @@ import logging
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
+
 from semisam.pipeline.cli import app
 from semisam.pipeline.review import rank_round, review_score
 from semisam.schemas import RoundConfig, RoundMeta, VolumeRecord, VolumeStats, VolumeStatus
 from semisam.store import open_store, write_outputs, write_record, write_round_meta
-from typer.testing import CliRunner
-
 from tests.conftest import build_phantom_store
 
 

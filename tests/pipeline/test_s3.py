@@ -21,6 +21,7 @@ import pytest
 import zarr
 from moto.server import ThreadedMotoServer
 from pydantic import ValidationError
+
 from semisam.pipeline.actor import actor_options
 from semisam.pipeline.driver import run_round
 from semisam.pipeline.ingest import ingest
@@ -34,7 +35,6 @@ from semisam.store import (
     read_output,
     read_record,
 )
-
 from tests.pipeline.test_resume import SEMISAM, _done, _wait_group_quiet
 from tests.pipeline.test_review import invoke
 

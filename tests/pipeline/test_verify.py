@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from semisam.pipeline.round_state import plan_round
 from semisam.pipeline.verify import verify_round
 from semisam.schemas import RoundConfig, VolumeStatus
 from semisam.store import clear_record, open_store
 from semisam.workers.volume import VolumeProcessor
-
 from tests.conftest import build_phantom_store
 
 SEMISAM = str(Path(sys.executable).with_name("semisam"))

@@ -2,7 +2,13 @@ import json
 
 import pytest
 
-from semisam.schemas import ConfigError, InputError, RoundConfig, load_round_config, validate_volume_id
+from semisam.schemas import (
+    ConfigError,
+    InputError,
+    RoundConfig,
+    load_round_config,
+    validate_volume_id,
+)
 
 
 def test_defaults_validate_and_round_trip():

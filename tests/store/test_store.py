@@ -4,8 +4,17 @@ import zarr
 
 from semisam.schemas import SCHEMA_VERSION, StoreError, VolumeMeta, VolumeRecord, VolumeStatus
 from semisam.store import (
-    array_sha256, clear_record, list_metas, open_store, read_image, read_output, read_record,
-    volume_status, write_outputs, write_record, write_volume,
+    array_sha256,
+    clear_record,
+    list_metas,
+    open_store,
+    read_image,
+    read_output,
+    read_record,
+    volume_status,
+    write_outputs,
+    write_record,
+    write_volume,
 )
 
 

@@ -10,6 +10,7 @@ import pickle
 import pytest
 import torch
 from segment_anything import sam_model_registry
+
 from semisam.schemas import CheckpointError, MaskerConfig, MaskerKind, SamConfig, SamType
 from semisam.workers.maskers import build_masker
 from semisam.workers.maskers.sam import (

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
+
 from semisam.schemas import SamConfig, SamFamily
 from semisam.workers.maskers import SlicePrompt
 from semisam.workers.maskers.sam import SamMasker

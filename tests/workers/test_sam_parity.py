@@ -31,6 +31,7 @@ import pytest
 import torch
 from segment_anything import SamPredictor, sam_model_registry
 from segment_anything.modeling.image_encoder import add_decomposed_rel_pos
+
 from semisam.schemas import SamConfig
 from semisam.workers.maskers import SlicePrompt
 from semisam.workers.maskers.sam import (

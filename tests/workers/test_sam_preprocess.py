@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from segment_anything.utils.transforms import ResizeLongestSide
+
 from semisam.schemas import SamFamily
 from semisam.workers.maskers.sam import (
     input_shape,

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import Sam
+
 from semisam.schemas import CheckpointError, SamType
 
 logger = logging.getLogger(__name__)

@@ -23,8 +23,9 @@ from segment_anything.modeling.image_encoder import (
     window_partition,
     window_unpartition,
 )
-from semisam.schemas import SamConfig
 from torch import nn
+
+from semisam.schemas import SamConfig
 
 logger = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from segment_anything.modeling import Sam
+
 from semisam.schemas import SamConfig
 
 from ..base import Masker, SlicePrompt

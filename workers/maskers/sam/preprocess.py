@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
 from semisam.schemas import SamFamily
 
 __all__ = [
