@@ -29,6 +29,22 @@ class SlicePrompt:
     mask_logits: np.ndarray | None = None
 
 
+def check_batch(slices: np.ndarray, prompts: Sequence[SlicePrompt]) -> np.ndarray:
+    """Validate a `Masker.mask_slices` call; returns ``slices`` as an ``NxHxW`` uint8 array.
+
+    Raises:
+        ValueError: not ``NxHxW``, not uint8, or a different number of prompts than slices.
+    """
+    slices = np.asarray(slices)
+    if slices.ndim != 3:
+        raise ValueError(f"slices must be NxHxW, got shape {slices.shape}")
+    if slices.dtype != np.uint8:
+        raise ValueError(f"slices must be uint8 in [0, 255], got dtype {slices.dtype}")
+    if len(prompts) != slices.shape[0]:
+        raise ValueError(f"got {slices.shape[0]} slices but {len(prompts)} prompts")
+    return slices
+
+
 class Masker(ABC):
     """Turns prompted slices into foreground probabilities.
 

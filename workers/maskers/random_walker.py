@@ -26,7 +26,7 @@ from skimage.segmentation import random_walker
 
 from semisam.schemas import RandomWalkerConfig
 
-from .base import Masker, SlicePrompt
+from .base import Masker, SlicePrompt, check_batch
 
 __all__ = ["RandomWalkerMasker"]
 
@@ -84,13 +84,7 @@ class RandomWalkerMasker(Masker):
         Raises:
             ValueError: wrong dtype or rank, a length mismatch, or a malformed box.
         """
-        slices = np.asarray(slices)
-        if slices.ndim != 3:
-            raise ValueError(f"slices must be NxHxW, got shape {slices.shape}")
-        if slices.dtype != np.uint8:
-            raise ValueError(f"slices must be uint8 in [0, 255], got dtype {slices.dtype}")
-        if len(prompts) != slices.shape[0]:
-            raise ValueError(f"got {slices.shape[0]} slices but {len(prompts)} prompts")
+        slices = check_batch(slices, prompts)
         out = np.zeros(slices.shape, np.float32)
         for i, (image, prompt) in enumerate(zip(slices, prompts)):
             out[i] = self._mask_one(image, prompt)

@@ -11,7 +11,7 @@ from segment_anything.modeling import Sam
 
 from semisam.schemas import SamConfig
 
-from ..base import Masker, SlicePrompt
+from ..base import Masker, SlicePrompt, check_batch
 from .checkpoint import load_sam, sha256_file
 from .decoder import InputPrompt, decode_slices
 from .encoder import SliceEncoder
@@ -127,13 +127,7 @@ class SamMasker(Masker):
         Raises:
             ValueError: not ``NxHxW`` uint8, lengths differ, or a malformed prompt.
         """
-        slices = np.asarray(slices)
-        if slices.ndim != 3:
-            raise ValueError(f"slices must be NxHxW, got shape {slices.shape}")
-        if slices.dtype != np.uint8:
-            raise ValueError(f"slices must be uint8 in [0, 255], got {slices.dtype}")
-        if len(prompts) != slices.shape[0]:
-            raise ValueError(f"got {slices.shape[0]} slices but {len(prompts)} prompts")
+        slices = check_batch(slices, prompts)
         out = np.zeros(slices.shape, np.float32)
         if slices.shape[0] == 0:
             return out
