@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/semisam demo --workdir demo-out
 
 test: $(STAMP)
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	$(VENV)/bin/pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -118,7 +118,7 @@ class Dispatcher:
         self.duplicates = 0
         self._seq = itertools.count()
         self._replaced = 0
-        self._up_since = time.monotonic()
+        self._up_since = self._started = time.monotonic()
         for i in range(n):
             self._ping(i)
 
@@ -175,6 +175,8 @@ class Dispatcher:
 
     # -- volumes ---------------------------------------------------------------------------
     def _fill(self) -> None:
+        if not all(self.ready) and time.monotonic() - self._started < self.config.runtime.startup_grace_s:
+            return  # give every worker the chance to come up, so the first volumes spread out
         for i, actor in enumerate(self.actors):
             while self.ready[i] and self.queue and self.load[i] < self.config.runtime.tasks_in_flight:
                 vid, attempt = self.queue.popleft()

@@ -133,6 +133,9 @@ class StudentInferenceConfig(StrictModel):
 class RuntimeConfig(StrictModel):
     """Where and how the round runs; excluded from the round fingerprint."""
 
+    startup_grace_s: float = Field(
+        10.0, ge=0, description="wait up to this long for every worker before the first dispatch"
+    )
     workers: int = Field(1, ge=1, description="Ray actors")
     gpus_per_worker: float = Field(0.0, ge=0)
     cpus_per_worker: float = Field(1.0, gt=0)
