@@ -3,18 +3,21 @@
 Binary hippocampus (MSD Task04, label > 0), a fixed split: 50 held-out volumes (evaluation only),
 4 labeled volumes, the other 146 of the training split unlabeled. Settings:
 
-    a   supervised, 4 labels
-    b   Mean Teacher, 4 labels + 146 unlabeled               (= student 0 of c and c+)
-    c   b + ROUNDS rounds of pseudo-labels (weight-free random-walker masker), SemiSAM's SAM
-        term (MSE, weight 0.1, ramp-down)
-    c+  the same rounds, with a stronger SAM term (confidence-weighted CE, weight 1, constant)
-    d   supervised, all 150 training labels (the ceiling)
+    a          supervised, 4 labels
+    b          Mean Teacher, 4 labels + 146 unlabeled (student 0 of the loop)
+    c1, c2..   the loop's students 1, 2..: b + pseudo-labels of rounds 1, 2.. (weight-free
+               random-walker masker prompted by the previous student), SAM term: confidence-
+               weighted CE, weight 1, constant
+    c-semisam1 SemiSAM's own SAM term (MSE, weight 0.1, ramp-down) on round 1's pseudo-labels
+    d          supervised, all 150 training labels (the ceiling)
 
 Every student is evaluated on the held-out volumes (sliding window, Dice and 95HD in mm, with
 and without largest-component post-processing). Results go to ``WORKDIR/results.json``; the
 table is printed. Rerunning resumes: finished students and rounds are reused.
 
-    .venv/bin/python benchmarks/hippocampus.py --seeds 0 1 2
+    .venv/bin/python benchmarks/hippocampus.py                     # one seed, a b c1 d
+    .venv/bin/python benchmarks/hippocampus.py --seeds 0 1 2 --rounds 2 \
+        --settings a c c-semisam d                                  # the recorded run
 """
 
 from __future__ import annotations
@@ -151,7 +154,7 @@ def run_seed(seed: int, args: argparse.Namespace, stores: dict[str, Path], resul
         results[key] = {**evaluate(Path(row.student), stores["heldout"]),
                         "pseudo_label_dice": row.pseudo_label_dice, "seconds": row.seconds}
         log.info("seed %d %s: %s", seed, key, results[key])
-        if row.round > 0 and "c-semisam" in args.settings:
+        if row.round == 1 and "c-semisam" in args.settings:
             ckpt = work / f"c-semisam{row.round}.pt"
             seconds = train_one(store, ckpt, cfgs["c-semisam"], row.round)
             results[f"c-semisam{row.round}/{seed}"] = {**evaluate(ckpt, stores["heldout"]),

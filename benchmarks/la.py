@@ -59,7 +59,8 @@ def prepare(data: Path, work: Path, split: dict[str, list[str]]) -> tuple[Path, 
 
 def train_config(iterations: int, smoke: bool) -> TrainConfig:
     """SemiSAM's LA values (the defaults), ramps and lr steps rescaled to ``iterations``."""
-    cfg = TrainConfig(iterations=iterations, checkpoint_every=max(1, min(500, iterations // 4)))
+    cfg = TrainConfig(iterations=iterations, checkpoint_every=max(1, min(500, iterations // 4)),
+                      amp=torch.cuda.is_available())
     scale = iterations / SEMISAM_ITERATIONS
     cfg.mean_teacher.ramp_unit = cfg.sam.ramp_unit = max(1, round(150 * scale))
     cfg.optimizer.step_every = max(1, round(2500 * scale))

@@ -83,6 +83,10 @@ def load_loop_state(workdir: Path, fresh: LoopState) -> LoopState:
     if not path.is_file():
         return fresh
     saved = LoopState.model_validate_json(path.read_text())
+    try:  # through the model, so fields added later with their defaults still compare equal
+        saved.config = LoopConfig.model_validate(saved.config).model_dump(mode="json")
+    except ValueError:
+        pass
     for name in ("store", "config", "holdout", "eval_store"):
         if getattr(saved, name) != getattr(fresh, name):
             raise ConfigError(f"{path}: holds a loop with another {name}; use another --workdir")

@@ -27,8 +27,23 @@ from .errors import (
     SemisamError,
     StoreError,
 )
-from .layout import CONFIDENCE_SCALE, SCHEMA_VERSION, output_path, round_path, validate_volume_id, volume_path
-from .records import RoundMeta, RoundStatus, VolumeMeta, VolumeRecord, VolumeStats, VolumeStatus, utcnow
+from .layout import (
+    CONFIDENCE_SCALE,
+    SCHEMA_VERSION,
+    output_path,
+    round_path,
+    validate_volume_id,
+    volume_path,
+)
+from .records import (
+    RoundMeta,
+    RoundStatus,
+    VolumeMeta,
+    VolumeRecord,
+    VolumeStats,
+    VolumeStatus,
+    utcnow,
+)
 from .storage import STORAGE_ENV, StorageConfig
 from .student import StudentSpec
 from .training import (

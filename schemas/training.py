@@ -149,6 +149,7 @@ class TrainConfig(StrictModel):
     seed: int = Field(1337, ge=0)
     checkpoint_every: int = Field(500, ge=1, description="iterations between resume checkpoints")
     device: str = Field("auto", pattern="^(auto|cpu|cuda)$")
+    amp: bool = Field(False, description="bfloat16 autocast of the forward passes (CUDA only)")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU")
     exclude: list[str] = Field(default_factory=list, description="volume ids never trained on "
                                "(held-out evaluation volumes)")

@@ -106,9 +106,12 @@ def check_resumable(payload: dict, path: Path, config: TrainConfig, fingerprint:
     Raises:
         CheckpointError: one line naming what differs.
     """
-    if payload["config"] != config.model_dump(mode="json"):
+    now = config.model_dump(mode="json")
+    try:  # through the model, so fields added later with their defaults still compare equal
         saved = TrainConfig.model_validate(payload["config"]).model_dump(mode="json")
-        now = config.model_dump(mode="json")
+    except ValueError:
+        saved = payload["config"]
+    if saved != now:
         changed = sorted(k for k in now if saved.get(k) != now[k])
         raise CheckpointError(f"{path}: was trained with another config (differs in "
                               f"{', '.join(changed) or 'nested fields'}); drop --resume to restart")

@@ -115,12 +115,18 @@ def teacher_noise(shape: torch.Size, config: TrainConfig, gen: torch.Generator,
     return noise.clamp(-mt.noise_clip, mt.noise_clip).to(device)
 
 
+def autocast(config: TrainConfig, device: torch.device) -> torch.autocast:
+    """bfloat16 autocast of forward passes when ``config.amp`` and on CUDA; a no-op otherwise."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
+
+
 def loss_terms(nets: Nets, batch: Batch, config: TrainConfig, iteration: int,
                gen: torch.Generator, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
     """The weighted total loss of one batch and every term's value (for the progress bar)."""
     total_iters = config.iterations
     x = torch.from_numpy(batch.image).to(device)
-    logits = nets.model(x)
+    with autocast(config, device):
+        logits = nets.model(x).float()
     n_lab = batch.labeled
     sup = supervised_terms(logits[:n_lab], torch.from_numpy(batch.label).to(device), config.supervised)
     loss = sum((getattr(config.supervised, f"{name}_weight") * value for name, value in sup.items()),
@@ -130,8 +136,9 @@ def loss_terms(nets: Nets, batch: Batch, config: TrainConfig, iteration: int,
     if config.mean_teacher.enabled and (config.mean_teacher.include_labeled or x.shape[0] > n_lab):
         first = 0 if config.mean_teacher.include_labeled else n_lab
         inputs = x[first:]
-        with torch.no_grad():
-            teacher = torch.softmax(nets.ema(inputs + teacher_noise(inputs.shape, config, gen, device)), 1)
+        noisy = inputs + teacher_noise(inputs.shape, config, gen, device)
+        with torch.no_grad(), autocast(config, device):
+            teacher = torch.softmax(nets.ema(noisy).float(), dim=1)
         mt = softmax_mse(torch.softmax(logits[first:], dim=1), teacher)
         loss = loss + w_mt * mt
         info.update(mt=float(mt.detach()), w_mt=w_mt)

@@ -127,3 +127,26 @@ def test_supervised_only_draws_no_unlabeled_patches(phantom_store, tmp_path):
     seen = []
     train_student(phantom_store, tmp_path / "s.pt", cfg, on_step=lambda i, info: seen.append(info))
     assert seen and all(set(info) == {"ce", "dice", "loss", "lr"} for info in seen)
+
+
+def test_train_cli_with_config_and_resume(phantom_store, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from semisam.pipeline.cli import app
+
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps(_config(iterations=2).model_dump(mode="json")))
+    out = tmp_path / "cli.pt"
+    runner = CliRunner()
+    proc = runner.invoke(app, ["train", str(phantom_store), "--out", str(out), "--config", str(config),
+                               "--no-progress"])
+    assert proc.exit_code == 0, proc.output
+    assert load_student(out)[2]["iteration"] == 2
+    proc = runner.invoke(app, ["train", str(phantom_store), "--out", str(out), "--config", str(config),
+                               "--resume", "--iterations", "3", "--no-progress"])
+    assert proc.exit_code == 2 and "another config" in proc.output  # iterations differ: refused
+    proc = runner.invoke(app, ["train", str(phantom_store), "--out", str(out), "--round", "4",
+                               "--config", str(config), "--no-progress"])
+    assert proc.exit_code == 2 and "round 4" in proc.output
