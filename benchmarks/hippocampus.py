@@ -128,9 +128,8 @@ def evaluate(student: Path, heldout: Path) -> dict[str, float]:
 
 
 def train_one(store: Path, out: Path, cfg: TrainConfig, round_index: int | None = None) -> float:
-    t0 = time.perf_counter()
-    train_student(store, out, cfg, round_index=round_index, resume=True)
-    return time.perf_counter() - t0
+    """Train (or resume) one student; its training seconds, earlier interrupted parts included."""
+    return train_student(store, out, cfg, round_index=round_index, resume=True).seconds
 
 
 def run_seed(seed: int, args: argparse.Namespace, stores: dict[str, Path], results: dict) -> None:

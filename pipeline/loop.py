@@ -145,15 +145,16 @@ class Loop:
     def student(self, r: int) -> Path:
         return self.workdir / f"student_{r}.pt"
 
-    def _step(self, name: str, fn: Callable[[int], None], r: int) -> float:
-        """Run ``fn(r)`` unless step ``name`` is recorded as finished; record it after."""
+    def _step(self, name: str, fn: Callable[[int], float | None], r: int) -> float:
+        """Run ``fn(r)`` unless step ``name`` is recorded as finished; record it after, with the
+        seconds ``fn`` returns (a resumed training counts its earlier part) or its wall time."""
         if name in self.state.steps:
             log.info("loop: %s already done", name)
             return self.state.steps[name]
         log.info("loop: %s", name)
         t0 = time.perf_counter()
-        fn(r)
-        self.state.steps[name] = round(time.perf_counter() - t0, 2)
+        seconds = fn(r)
+        self.state.steps[name] = round(time.perf_counter() - t0 if seconds is None else seconds, 2)
         save_loop_state(self.workdir, self.state)
         return self.state.steps[name]
 
@@ -166,10 +167,11 @@ class Loop:
             log.warning("round %d: %d failed, %d pending volumes (trained without them)",
                         r, summary.failed, summary.pending)
 
-    def _train(self, r: int) -> None:
+    def _train(self, r: int) -> float:
         init = self.student(r - 1) if self.config.warm_start and r > 0 else None
-        train_student(self.store, self.student(r), self.train_config, round_index=r or None,
-                      resume=True, init=init, on_step=self.on_step)
+        result = train_student(self.store, self.student(r), self.train_config, round_index=r or None,
+                               resume=True, init=init, on_step=self.on_step)
+        return result.seconds
 
     def _evaluate(self, r: int) -> None:
         row = LoopRow(round=r, student=str(self.student(r)),
