@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from semisam.pipeline.evaluate import evaluate_student
 from semisam.pipeline.ingest import ingest
 from semisam.pipeline.loop import Loop

@@ -28,6 +28,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+
 from semisam.pipeline.evaluate import evaluate_student
 from semisam.pipeline.ingest import ingest
 from semisam.pipeline.loop import Loop

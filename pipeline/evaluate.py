@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import zarr
 from pydantic import Field
+
 from semisam.schemas import (
     CheckpointError,
     ConfigError,

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import ray
 from pydantic import Field
+
 from semisam.schemas import ConfigError, LoopConfig, StrictModel, VolumeStatus, utcnow
 from semisam.store import list_metas, open_store, read_output, read_record, read_reference
 from semisam.training import train_student

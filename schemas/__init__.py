@@ -16,7 +16,6 @@ from .config import (
     SamFamily,
     SamType,
     StudentInferenceConfig,
-    first_validation_error,
     load_round_config,
 )
 from .errors import (
@@ -35,6 +34,7 @@ from .layout import (
     validate_volume_id,
     volume_path,
 )
+from .loading import first_validation_error, load_json_model
 from .records import (
     RoundMeta,
     RoundStatus,
@@ -61,7 +61,6 @@ from .training import (
     SamNormalization,
     SupervisedConfig,
     TrainConfig,
-    load_json_model,
     load_loop_config,
     load_train_config,
 )
@@ -74,5 +73,8 @@ __all__ = [
     "SemisamError", "StoreError", "CONFIDENCE_SCALE", "SCHEMA_VERSION", "output_path",
     "round_path", "validate_volume_id", "volume_path", "RoundMeta", "RoundStatus", "VolumeMeta",
     "VolumeRecord", "VolumeStats", "VolumeStatus", "utcnow", "StudentSpec", "STORAGE_ENV",
-    "StorageConfig",
+    "StorageConfig", "load_json_model", "AugmentConfig", "BatchConfig", "ExportModel",
+    "LoopConfig", "LrSchedule", "MeanTeacherConfig", "OptimizerConfig", "OptimizerKind",
+    "RampSchedule", "SamConsistencyConfig", "SamLoss", "SamNormalization", "SupervisedConfig",
+    "TrainConfig", "load_loop_config", "load_train_config",
 ]

@@ -6,14 +6,13 @@ JSON/YAML-free JSON files (``--config FILE``) and stored verbatim in ``rounds/<r
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .base import StrictModel
-from .errors import ConfigError
+from .loading import load_json_model
 from .storage import StorageConfig
 
 
@@ -193,28 +192,9 @@ class RoundConfig(StrictModel):
 
 
 def load_round_config(path: Path | None) -> RoundConfig:
-    """Read a JSON config file into a validated `RoundConfig`.
+    """Read a JSON config file into a validated `RoundConfig` (defaults when ``path`` is None).
 
     Raises:
         ConfigError: one line naming the file and the first bad field.
     """
-    if path is None:
-        return RoundConfig()
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not a readable JSON config ({exc})") from None
-    try:
-        return RoundConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: {first_validation_error(exc)}") from None
-
-
-def first_validation_error(exc: ValidationError) -> str:
-    """`field.sub: message` of a pydantic error, on one line."""
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-    return f"field '{loc}': {err['msg']}"
+    return load_json_model(path, RoundConfig)

@@ -13,16 +13,14 @@ lists where UA-MT and SemiSAM+ differ (2 + 2 batch, 112x112x80 patch, poly lr).
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
-from typing import TypeVar
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from .base import StrictModel
-from .config import RoundConfig, first_validation_error
-from .errors import ConfigError
+from .config import RoundConfig
+from .loading import load_json_model
 from .student import StudentSpec
 
 
@@ -172,30 +170,6 @@ class LoopConfig(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     round: RoundConfig = Field(default_factory=RoundConfig)
     warm_start: bool = Field(False, description="student r+1 starts from student r's weights")
-
-
-_Model = TypeVar("_Model", bound=BaseModel)
-
-
-def load_json_model(path: Path | None, model: type[_Model]) -> _Model:
-    """Read a JSON file into a validated ``model`` (defaults when ``path`` is None).
-
-    Raises:
-        ConfigError: one line naming the file and the first bad field.
-    """
-    if path is None:
-        return model()
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: not a readable JSON config ({exc})") from None
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: {first_validation_error(exc)}") from None
 
 
 def load_train_config(path: Path | None) -> TrainConfig:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from semisam.schemas import CheckpointError, TrainConfig
 from semisam.workers.student import read_checkpoint
 

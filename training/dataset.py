@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import zarr
+
 from semisam.schemas import (
     CONFIDENCE_SCALE,
     ConfigError,

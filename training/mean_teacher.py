@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from semisam.schemas import OptimizerKind, TrainConfig
 from semisam.store import open_store
 from semisam.workers.student import build_student, load_student, save_student

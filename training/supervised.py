@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.losses import DiceCELoss
+
 from semisam.schemas import InputError, StudentSpec
 from semisam.store import list_metas, open_store, read_image, read_label
 from semisam.workers.student import build_student, save_student, zscore

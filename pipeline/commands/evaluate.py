@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+
 from semisam.schemas import ConfigError
 
 from ..cli_app import app, guard

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+
 from semisam.schemas import load_loop_config
 
 from ..cli_app import app, guard

@@ -17,6 +17,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
 from semisam.schemas import ConfigError, TrainConfig, first_validation_error, load_train_config
 
 from ..cli_app import app, guard

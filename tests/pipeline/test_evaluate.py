@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
 from semisam.pipeline.cli import app
 from semisam.pipeline.evaluate import evaluate_round, evaluate_student, read_volume_list
 from semisam.pipeline.round_state import sha256_file
@@ -27,8 +29,6 @@ from semisam.store import (
     write_record,
     write_round_meta,
 )
-from typer.testing import CliRunner
-
 from tests.conftest import SPACING
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from typer.testing import CliRunner
+
 from semisam.pipeline.cli import app
 from semisam.pipeline.loop import Loop, LoopState
 from semisam.schemas import ConfigError, LoopConfig, RoundConfig, StudentSpec, TrainConfig
 from semisam.store import open_store, read_record, read_round_meta
 from semisam.training import load_state
 from semisam.workers.student import load_student
-from typer.testing import CliRunner
 
 SMALL = StudentSpec(channels=(4, 8, 16), strides=(2, 2), num_res_units=0, patch_size=(16, 16, 16))
 

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from semisam.training.metrics import asd, case_metrics, dice, hd95, jaccard, largest_component
 
 binary = pytest.importorskip("medpy.metric.binary")

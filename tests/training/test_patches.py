@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
+
 from semisam.schemas import TrainConfig
 from semisam.store import open_store
 from semisam.training.dataset import PatchSampler, intensity_stats, open_training_data
 from semisam.training.patches import crop_start, read_region, read_size, rot_flip
-
 from tests.conftest import PHANTOM_SHAPE, TEST_SPEC
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from semisam.schemas import LrSchedule, MeanTeacherConfig, OptimizerConfig, SamConsistencyConfig
 from semisam.training import schedules
 
