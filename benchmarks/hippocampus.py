@@ -9,6 +9,11 @@ Binary hippocampus (MSD Task04, label > 0), a fixed split: 50 held-out volumes (
                random-walker masker prompted by the previous student), SAM term: confidence-
                weighted CE, weight 1, constant
     c-semisam1 SemiSAM's own SAM term (MSE, weight 0.1, ramp-down) on round 1's pseudo-labels
+    c-avg1, .. as c1, c2.., but each round fuses masker and student by averaging their
+               probabilities (fusion mode ``average``) instead of taking the masker's mask on
+               prompted slices
+    c-tta1, .. as c-avg, and the round's student probability is the mean over flips along
+               each axis (test-time augmentation, ``student.flip_axes``)
     d          supervised, all 150 training labels (the ceiling)
 
 Every student is evaluated on the held-out volumes (sliding window, Dice and 95HD in mm, with
@@ -34,10 +39,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from semisam.pipeline.driver import run_round
 from semisam.pipeline.evaluate import evaluate_student
 from semisam.pipeline.ingest import ingest
-from semisam.pipeline.loop import Loop
+from semisam.pipeline.loop import Loop, pseudo_label_dice
 from semisam.schemas import (
+    FusionMode,
     LoopConfig,
     LrSchedule,
     OptimizerKind,
@@ -110,14 +117,20 @@ def configs(iterations: int, seed: int) -> dict[str, TrainConfig]:
     return {"a": sup, "c": loop, "c-semisam": base_config(iterations, seed), "d": sup}
 
 
-def round_config() -> RoundConfig:
+def round_config(fusion: FusionMode = FusionMode.masker_on_prompted) -> RoundConfig:
     cfg = RoundConfig()
     cfg.runtime.workers, cfg.runtime.torch_threads = 2, 1
+    cfg.fusion.mode = fusion
     return cfg
 
 
-def evaluate(student: Path, heldout: Path) -> dict[str, float]:
-    out = {}
+def evaluate(student: Path, heldout: Path, previous: dict | None = None) -> dict[str, float]:
+    """Held-out Dice/95HD with and without largest-component post-processing; ``previous``
+    figures are reused when they were measured on this very checkpoint file."""
+    stamp = student.stat().st_mtime_ns
+    if previous and previous.get("checkpoint_mtime_ns") == stamp and "dice_lcc" in previous:
+        return {k: v for k, v in previous.items() if k not in ("seconds", "pseudo_label_dice")}
+    out: dict[str, float] = {"checkpoint_mtime_ns": stamp}
     for lcc in (False, True):
         report = evaluate_student(heldout, student, largest_component=lcc, device="cpu")
         suffix = "_lcc" if lcc else ""
@@ -140,25 +153,58 @@ def run_seed(seed: int, args: argparse.Namespace, stores: dict[str, Path], resul
     for name in [s for s in args.settings if s in ("a", "d")]:
         ckpt = work / f"{name}.pt"
         seconds = train_one(stores["train" if name == "a" else "full"], ckpt, cfgs[name])
-        results[f"{name}/{seed}"] = {**evaluate(ckpt, stores["heldout"]), "seconds": seconds}
+        results[f"{name}/{seed}"] = {**evaluate(ckpt, stores["heldout"], results.get(f"{name}/{seed}")),
+                                     "seconds": seconds}
         log.info("seed %d setting %s: %s", seed, name, results[f"{name}/{seed}"])
-    if "c" not in args.settings:
+    if not {"c", "c-avg", "c-tta"} & set(args.settings):
         return
     store = work / "loop.zarr"  # rounds are per seed: each loop gets its own copy of the store
     if not store.exists():
         shutil.copytree(stores["train"], store)
     state = Loop(store, LoopConfig(train=cfgs["c"], round=round_config()), work / "loop",
-                 eval_store=stores["heldout"]).run(args.rounds)
+                 eval_store=stores["heldout"]).run(args.rounds if "c" in args.settings else 0)
     for row in state.rows:
         key = f"b/{seed}" if row.round == 0 else f"c{row.round}/{seed}"
-        results[key] = {**evaluate(Path(row.student), stores["heldout"]),
+        results[key] = {**evaluate(Path(row.student), stores["heldout"], results.get(key)),
                         "pseudo_label_dice": row.pseudo_label_dice, "seconds": row.seconds}
         log.info("seed %d %s: %s", seed, key, results[key])
+        for setting in [x for x in ("c-avg", "c-tta") if row.round == 0 and x in args.settings]:
+            run_fused_rounds(setting, Path(row.student), work, stores, cfgs["c"], seed,
+                             args.rounds, results)
         if row.round == 1 and "c-semisam" in args.settings:
             ckpt = work / f"c-semisam{row.round}.pt"
             seconds = train_one(store, ckpt, cfgs["c-semisam"], row.round)
-            results[f"c-semisam{row.round}/{seed}"] = {**evaluate(ckpt, stores["heldout"]),
-                                                       "seconds": seconds}
+            key = f"c-semisam{row.round}/{seed}"
+            results[key] = {**evaluate(ckpt, stores["heldout"], results.get(key)),
+                            "seconds": seconds}
+
+
+def fused_round_config(setting: str) -> RoundConfig:
+    """Round config of settings c-avg (fusion ``average``) and c-tta (``average`` with the
+    student's flip test-time augmentation along every axis)."""
+    cfg = round_config(FusionMode.average)
+    if setting == "c-tta":
+        cfg.student.flip_axes = (0, 1, 2)
+    return cfg
+
+
+def run_fused_rounds(setting: str, student0: Path, work: Path, stores: dict[str, Path],
+                     cfg: TrainConfig, seed: int, rounds: int, results: dict) -> None:
+    """Settings c-avg1.. / c-tta1..: the loop of c from the same student 0 with the round
+    config of `fused_round_config`."""
+    store = work / f"{setting}.zarr"
+    if not store.exists():
+        shutil.copytree(stores["train"], store)
+    previous = student0
+    for r in range(1, rounds + 1):
+        run_round(store, r, previous, fused_round_config(setting), show_progress=False)
+        ckpt = work / f"{setting}{r}.pt"
+        seconds = train_one(store, ckpt, cfg, r)
+        key = f"{setting}{r}/{seed}"
+        results[key] = {**evaluate(ckpt, stores["heldout"], results.get(key)), "seconds": seconds,
+                        "pseudo_label_dice": pseudo_label_dice(store, r)}
+        log.info("seed %d %s%d: %s", seed, setting, r, results[key])
+        previous = ckpt
 
 
 def table(results: dict) -> list[str]:
@@ -192,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labeled", type=int, default=4)
     parser.add_argument("--holdout", type=int, default=50)
     parser.add_argument("--settings", nargs="+", default=["a", "c", "d"],
-                        choices=["a", "c", "c-semisam", "d"], help="b is student 0 of c's loop")
+                        choices=["a", "c", "c-semisam", "c-avg", "c-tta", "d"],
+                        help="b is student 0 of c's loop (c-avg and c-tta start from it too)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if not (args.data / "images").is_dir():

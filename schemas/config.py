@@ -51,6 +51,7 @@ class FusionMode(str, Enum):
     masker_on_prompted = "masker_on_prompted"  # masker on prompted slices, student elsewhere
     intersection = "intersection"  # masker AND student on prompted slices, student elsewhere
     union = "union"  # masker OR student on prompted slices, student elsewhere
+    average = "average"  # weighted mean of masker and student probabilities > 0.5 on prompted slices
 
 
 class IntensityConfig(StrictModel):
@@ -119,6 +120,10 @@ class MaskerConfig(StrictModel):
 class FusionConfig(StrictModel):
     mode: FusionMode = FusionMode.masker_on_prompted
     masker_threshold: float = Field(0.5, gt=0, lt=1)
+    masker_weight: float = Field(
+        0.5, ge=0, le=1, description="mode 'average': weight of the masker's probability (the "
+        "student's is 1 - weight)",
+    )
 
 
 class StudentInferenceConfig(StrictModel):
@@ -127,6 +132,17 @@ class StudentInferenceConfig(StrictModel):
     overlap: float = Field(0.25, ge=0, lt=1)
     sw_batch_size: int = Field(2, ge=1)
     mode: str = Field("gaussian", pattern="^(constant|gaussian)$")
+    flip_axes: tuple[int, ...] = Field(
+        (), description="test-time augmentation: average the probability of the plain volume "
+        "and of its flip along each listed axis (0-2); 3 axes = 4 passes",
+    )
+
+    @field_validator("flip_axes")
+    @classmethod
+    def _flip_axes(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(a not in (0, 1, 2) for a in v) or len(set(v)) != len(v):
+            raise ValueError(f"flip_axes must be distinct axes among 0, 1, 2, got {list(v)}")
+        return v
 
 
 class RuntimeConfig(StrictModel):

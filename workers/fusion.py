@@ -9,13 +9,18 @@ Pseudo-label (uint8 {0, 1}), by `FusionMode`, on prompted slices:
 - ``masker_on_prompted``: ``p_m > t``;
 - ``intersection``: ``p_m > t and p_s > T``;
 - ``union``: ``p_m > t or p_s > T``;
+- ``average``: ``p_f > 0.5`` with ``p_f = w * p_m + (1 - w) * p_s``, ``w`` =
+  `FusionConfig.masker_weight` (a soft vote of two views of the slice);
 
 and ``p_s > T`` on every other slice.
 
 Confidence (float in [0, 1], stored as uint8 ``round(c * CONFIDENCE_SCALE)``):
 
-- prompted slices: ``c = margin_t(p_m) * (1 - |p_m - p_s|)``, the masker's certainty times the
-  student-masker agreement, whatever the mode;
+- prompted slices, modes ``masker_on_prompted``, ``intersection``, ``union``:
+  ``c = margin_t(p_m) * (1 - |p_m - p_s|)``, the masker's certainty times the student-masker
+  agreement;
+- prompted slices, mode ``average``: ``c = margin_0.5(p_f)``, the certainty of the vote (high
+  only where both are confident and agree; for ``w = 0.5`` it is ``|p_m + p_s - 1|``);
 - other slices: ``c = margin_T(p_s)``, the student's own certainty;
 
 where ``margin_t(p) = (p - t) / (1 - t)`` for ``p >= t`` and ``(t - p) / t`` below: 0 at the
@@ -125,6 +130,9 @@ def _fuse_prompted(
     student: np.ndarray, masker: np.ndarray, config: FusionConfig
 ) -> tuple[np.ndarray, np.ndarray]:
     """``NxHxW`` (bool label, float32 confidence) on the prompted slices."""
+    if config.mode == FusionMode.average:
+        fused = config.masker_weight * masker + (1.0 - config.masker_weight) * student
+        return fused > 0.5, margin(fused, 0.5)
     masker_fg = masker > config.masker_threshold
     student_fg = student > STUDENT_THRESHOLD
     if config.mode == FusionMode.masker_on_prompted:

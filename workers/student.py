@@ -123,6 +123,9 @@ def predict_probability(
 ) -> np.ndarray:
     """Foreground probability of one volume by sliding-window inference.
 
+    With ``config.flip_axes`` (test-time augmentation) the result is the mean of the softmax
+    of the plain volume and of the volume flipped along each listed axis (flipped back).
+
     Args:
         image: ``XxYxZ`` float32 raw intensities (normalised here as the spec says).
 
@@ -130,13 +133,20 @@ def predict_probability(
         ``XxYxZ`` float32 in [0, 1]: softmax probability of class 1.
     """
     x = torch.from_numpy(zscore(image))[None, None].to(device)
-    logits = sliding_window_inference(
-        x,
-        roi_size=spec.patch_size,
-        sw_batch_size=config.sw_batch_size,
-        predictor=model,
-        overlap=config.overlap,
-        mode=config.mode,
-    )
-    prob = torch.softmax(logits.float(), dim=1)[0, 1]
+    views: list[tuple[int, ...]] = [()] + [(2 + a,) for a in config.flip_axes]
+    prob = None
+    for dims in views:
+        view = torch.flip(x, dims) if dims else x
+        logits = sliding_window_inference(
+            view,
+            roi_size=spec.patch_size,
+            sw_batch_size=config.sw_batch_size,
+            predictor=model,
+            overlap=config.overlap,
+            mode=config.mode,
+        )
+        p = torch.softmax(logits.float(), dim=1)[0, 1]
+        p = torch.flip(p, [d - 2 for d in dims]) if dims else p
+        prob = p if prob is None else prob + p
+    prob = prob / len(views)
     return prob.cpu().numpy().astype(np.float32)

@@ -39,6 +39,8 @@ def _slices(volume: np.ndarray, axis: int) -> list[np.ndarray]:
         (FusionMode.masker_on_prompted, {2: [[1, 0], [0, 0]], 0: [[1, 0], [1, 1]]}),
         (FusionMode.intersection, {2: [[1, 0], [0, 0]], 0: [[1, 0], [0, 1]]}),
         (FusionMode.union, {2: [[1, 0], [0, 0]], 0: [[1, 1], [1, 1]]}),
+        # means: slice 2 [[.85,.2],[.5,.1]]; slice 0 [[.8,.45],[.6,.775]]
+        (FusionMode.average, {2: [[1, 0], [0, 0]], 0: [[1, 0], [1, 1]]}),
     ],
 )
 def test_modes(axis, mode, expected_prompted):
@@ -63,6 +65,23 @@ def test_confidence_formula():
     )
     assert conf[1, 0, 2] == 0.0  # masker at 0.5 -> no confidence
     assert ((conf >= 0) & (conf <= 1)).all()
+
+
+def test_average_mode_weight_and_confidence():
+    student, masker, prompted = _case()
+    # masker weight 0.25 on slice 0: .25*[[.7,.3],[.8,.6]] + .75*[[.9,.6],[.4,.95]]
+    cfg = FusionConfig(mode=FusionMode.average, masker_weight=0.25)
+    result = fuse(student, masker, prompted, cfg, slice_axis=2)
+    fused0 = 0.25 * masker[1] + 0.75 * student[:, :, 0]
+    np.testing.assert_array_equal(result.pseudo_label[:, :, 0], fused0 > 0.5)
+    np.testing.assert_array_equal(result.pseudo_label[:, :, 0], [[1, 1], [0, 1]])
+    conf = confidence_from_uint8(result.confidence)
+    np.testing.assert_allclose(conf[:, :, 0], np.abs(2 * fused0 - 1), atol=0.5 / CONFIDENCE_SCALE)
+    # weight 1 is the masker alone, weight 0 the student alone
+    only_masker = fuse(student, masker, prompted, FusionConfig(mode=FusionMode.average, masker_weight=1.0), 2)
+    np.testing.assert_array_equal(only_masker.pseudo_label[:, :, 0], masker[1] > 0.5)
+    only_student = fuse(student, masker, prompted, FusionConfig(mode=FusionMode.average, masker_weight=0.0), 2)
+    np.testing.assert_array_equal(only_student.pseudo_label, (student > 0.5).astype(np.uint8))
 
 
 def test_margin_with_other_threshold():

@@ -28,6 +28,25 @@ def test_probability_map_shape_and_range(tmp_path):
     assert 0.0 <= prob.min() and prob.max() <= 1.0
 
 
+def test_flip_tta_is_the_mean_of_flipped_views():
+    torch.manual_seed(1)
+    model = build_student(TEST_SPEC).eval()
+    img = np.random.default_rng(2).normal(size=(40, 36, 28)).astype(np.float32)
+    plain = predict_probability(model, img, TEST_SPEC, StudentInferenceConfig())
+    tta = predict_probability(model, img, TEST_SPEC, StudentInferenceConfig(flip_axes=(0, 2)))
+    flipped = [np.flip(predict_probability(model, np.flip(img, a).copy(), TEST_SPEC,
+                                           StudentInferenceConfig()), a) for a in (0, 2)]
+    np.testing.assert_allclose(tta, (plain + flipped[0] + flipped[1]) / 3, atol=1e-5)
+    assert np.abs(tta - plain).max() > 1e-3  # the flipped views do change the answer
+    assert tta.shape == img.shape and tta.dtype == np.float32
+
+
+@pytest.mark.parametrize("axes", [(3,), (0, 0), (-1,)])
+def test_flip_axes_validated(axes):
+    with pytest.raises(ValueError, match="flip_axes"):
+        StudentInferenceConfig(flip_axes=axes)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         load_student(tmp_path / "absent.pt")
