@@ -50,6 +50,7 @@ class SamLoss(str, Enum):
 
     mse = "mse"  # 0.5 * (p - y)^2 averaged over classes (SemiSAM)
     ce = "ce"  # -log p_y
+    ce_dice = "ce_dice"  # -log p_y, plus a confidence-weighted soft Dice of the foreground
 
 
 class SamNormalization(str, Enum):

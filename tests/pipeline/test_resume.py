@@ -43,6 +43,27 @@ def _wait_group_quiet(pgid: int, timeout: float = 30.0) -> None:
         pass
 
 
+def _kill_orphaned_actors(store: Path, ids: list[str], timeout: float = 30.0) -> None:
+    """SIGKILL the killed driver's actors (the pids its done records name): Ray may have put
+    them outside the driver's process group, and an orphaned actor can still finish the
+    volume it holds (a valid done record, but written after the test counted)."""
+    root = open_store(store, read_only=True)
+    pids = {r.worker_pid for v in ids if (r := read_record(root, 1, v)) is not None and r.worker_pid}
+    for pid in pids:
+        try:
+            psutil.Process(pid).kill()
+        except psutil.Error:
+            continue
+    psutil.wait_procs([p for pid in pids if (p := _process(pid)) is not None], timeout=timeout)
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
+
+
 def _pgid(proc: psutil.Process) -> int | None:
     try:
         return os.getpgid(proc.pid)
@@ -72,6 +93,7 @@ def test_sigkill_driver_then_resume(local_ray, tmp_path, trained_student):
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+        _kill_orphaned_actors(killed, ids)
     finally:
         _wait_group_quiet(proc.pid)
     done_before = _done(killed, ids)

@@ -53,6 +53,21 @@ def test_sam_loss_is_not_normalised_away():
     assert zero.item() == 0.0 and torch.all(logits.grad == 0)
 
 
+def test_ce_dice_adds_the_weighted_foreground_dice():
+    logits = _logits()
+    pseudo = (torch.rand(2, 6, 6, 4, generator=torch.Generator().manual_seed(3)) > 0.7).long()
+    confidence = torch.rand(2, 6, 6, 4, generator=torch.Generator().manual_seed(4))
+    ce = sam_consistency(logits, pseudo, confidence, SamConsistencyConfig(loss=SamLoss.ce))
+    both = sam_consistency(logits, pseudo, confidence, SamConsistencyConfig(loss=SamLoss.ce_dice))
+    p = torch.softmax(logits, 1)[:, 1]
+    y = (pseudo == 1).float()
+    dice = 1 - (2 * (confidence * p * y).sum() + 1e-5) / ((confidence * p * p).sum() + (confidence * y).sum() + 1e-5)
+    assert both.item() == pytest.approx(ce.item() + dice.item(), rel=1e-5)
+    # a perfect, confident prediction of the pseudo-label has (almost) no Dice part left
+    sharp = (torch.nn.functional.one_hot(pseudo, 2).movedim(-1, 1).float() * 40 - 20).requires_grad_(True)
+    assert sam_consistency(sharp, pseudo, confidence, SamConsistencyConfig(loss=SamLoss.ce_dice)).item() < 1e-6
+
+
 def test_unweighted_sam_loss_is_semisam_mean():
     logits = _logits()
     pseudo = torch.zeros(2, 6, 6, 4, dtype=torch.long)
