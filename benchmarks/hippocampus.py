@@ -13,7 +13,9 @@ Binary hippocampus (MSD Task04, label > 0), a fixed split: 50 held-out volumes (
                probabilities (fusion mode ``average``) instead of taking the masker's mask on
                prompted slices
     c-tta1, .. as c-avg, and the round's student probability is the mean over flips along
-               each axis (test-time augmentation, ``student.flip_axes``)
+               each axis (test-time augmentation, ``student.flip_axes``); the SAM term is CE +
+               soft Dice with every voxel weighted 1 (``ce_dice``, not confidence-weighted),
+               and each student starts from the previous student's weights (warm start)
     d          supervised, all 150 training labels (the ceiling)
 
 Every student is evaluated on the held-out volumes (sliding window, Dice and 95HD in mm, with
@@ -106,7 +108,9 @@ def configs(iterations: int, seed: int) -> dict[str, TrainConfig]:
 
     ``b``/``c``: one loop (student 0 = Mean Teacher; students 1.. add the SAM term, here a
     confidence-weighted CE of weight 1 held constant); ``c-semisam``: SemiSAM's own SAM term
-    (MSE, weight 0.1, ramp-down) trained on the same loop's pseudo-labels.
+    (MSE, weight 0.1, ramp-down) trained on the same loop's pseudo-labels; ``c-avg``: as ``c``;
+    ``c-tta``: CE + soft Dice on the pseudo-labels, every voxel weighted 1, and each student
+    starts from the previous one's weights (`run_fused_rounds`).
     """
     sup = base_config(iterations, seed)
     sup.mean_teacher.enabled = sup.sam.enabled = False
@@ -114,7 +118,10 @@ def configs(iterations: int, seed: int) -> dict[str, TrainConfig]:
     loop = base_config(iterations, seed)
     loop.sam.loss, loop.sam.weight = SamLoss.ce, 1.0
     loop.sam.schedule, loop.sam.normalization = RampSchedule.constant, SamNormalization.confidence
-    return {"a": sup, "c": loop, "c-semisam": base_config(iterations, seed), "d": sup}
+    tta = loop.model_copy(deep=True)
+    tta.sam.loss, tta.sam.confidence_weighted = SamLoss.ce_dice, False
+    return {"a": sup, "c": loop, "c-semisam": base_config(iterations, seed), "c-avg": loop,
+            "c-tta": tta, "d": sup}
 
 
 def round_config(fusion: FusionMode = FusionMode.masker_on_prompted) -> RoundConfig:
@@ -141,9 +148,11 @@ def evaluate(student: Path, heldout: Path, previous: dict | None = None) -> dict
     return out
 
 
-def train_one(store: Path, out: Path, cfg: TrainConfig, round_index: int | None = None) -> float:
-    """Train (or resume) one student; its training seconds, earlier interrupted parts included."""
-    return train_student(store, out, cfg, round_index=round_index, resume=True).seconds
+def train_one(store: Path, out: Path, cfg: TrainConfig, round_index: int | None = None,
+              init: Path | None = None) -> float:
+    """Train (or resume) one student, from ``init``'s weights if given; its training seconds,
+    earlier interrupted parts included."""
+    return train_student(store, out, cfg, round_index=round_index, resume=True, init=init).seconds
 
 
 def run_seed(seed: int, args: argparse.Namespace, stores: dict[str, Path], results: dict) -> None:
@@ -169,7 +178,7 @@ def run_seed(seed: int, args: argparse.Namespace, stores: dict[str, Path], resul
                         "pseudo_label_dice": row.pseudo_label_dice, "seconds": row.seconds}
         log.info("seed %d %s: %s", seed, key, results[key])
         for setting in [x for x in ("c-avg", "c-tta") if row.round == 0 and x in args.settings]:
-            run_fused_rounds(setting, Path(row.student), work, stores, cfgs["c"], seed,
+            run_fused_rounds(setting, Path(row.student), work, stores, cfgs[setting], seed,
                              args.rounds, results)
         if row.round == 1 and "c-semisam" in args.settings:
             ckpt = work / f"c-semisam{row.round}.pt"
@@ -199,12 +208,25 @@ def run_fused_rounds(setting: str, student0: Path, work: Path, stores: dict[str,
     for r in range(1, rounds + 1):
         run_round(store, r, previous, fused_round_config(setting), show_progress=False)
         ckpt = work / f"{setting}{r}.pt"
-        seconds = train_one(store, ckpt, cfg, r)
+        seconds = train_one(store, ckpt, cfg, r, init=previous if setting == "c-tta" else None)
         key = f"{setting}{r}/{seed}"
         results[key] = {**evaluate(ckpt, stores["heldout"], results.get(key)), "seconds": seconds,
                         "pseudo_label_dice": pseudo_label_dice(store, r)}
         log.info("seed %d %s%d: %s", seed, setting, r, results[key])
         previous = ckpt
+
+
+class SavedResults(dict):
+    """``setting/seed -> figures``, rewritten to ``path`` (with ``header``) on every new entry,
+    so that an interrupted run keeps what it measured; starts from the file's entries."""
+
+    def __init__(self, path: Path, header: dict) -> None:
+        super().__init__(json.loads(path.read_text())["results"] if path.is_file() else {})
+        self.path, self.header = path, header
+
+    def __setitem__(self, key: str, value: dict) -> None:
+        super().__setitem__(key, value)
+        self.path.write_text(json.dumps({**self.header, "results": dict(self)}, indent=2))
 
 
 def table(results: dict) -> list[str]:
@@ -251,13 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     split = split_ids(ids, args.holdout, args.labeled)
     stores = prepare_stores(args.data, args.workdir, split)
     results_path = args.workdir / "results.json"
-    results = json.loads(results_path.read_text())["results"] if results_path.is_file() else {}
+    header = {"date": date.today().isoformat(), "command": " ".join(sys.argv), "split": split,
+              "iterations": args.iterations}
+    results = SavedResults(results_path, header)
     t0 = time.perf_counter()
     for seed in args.seeds:
         run_seed(seed, args, stores, results)
-        results_path.write_text(json.dumps({"date": date.today().isoformat(), "command": " ".join(sys.argv),
-                                            "split": split, "iterations": args.iterations,
-                                            "results": results}, indent=2))
     lines = table(results)
     print("\n".join(lines))
     log.info("total %.0f s; results in %s", time.perf_counter() - t0, results_path)

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +64,15 @@ def test_unsafe_volume_ids_rejected(bad):
 @pytest.mark.parametrize("good", ["la_001", "A4R1S23KR0KU2WSYHK2X", "hippocampus_001", "v-1.2"])
 def test_safe_volume_ids_pass(good):
     assert validate_volume_id(good) == good
+
+
+def test_example_loop_config_for_the_weight_free_masker_is_valid():
+    """docs/examples/loop-weight-free.json (the README's recipe) validates and says what the
+    README says it does."""
+    from semisam.schemas import FusionMode, SamLoss, load_loop_config
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "examples" / "loop-weight-free.json"
+    cfg = load_loop_config(path)
+    assert cfg.warm_start and cfg.train.sam.loss == SamLoss.ce_dice
+    assert not cfg.train.sam.confidence_weighted
+    assert cfg.round.fusion.mode == FusionMode.average and cfg.round.student.flip_axes == (0, 1, 2)
