@@ -16,6 +16,8 @@ Binary hippocampus (MSD Task04, label > 0), a fixed split: 50 held-out volumes (
                each axis (test-time augmentation, ``student.flip_axes``); the SAM term is CE +
                soft Dice with every voxel weighted 1 (``ce_dice``, not confidence-weighted),
                and each student starts from the previous student's weights (warm start)
+    c-mpr1, .. as c-tta, with the masker also run along the two other slice axes and its
+               probabilities averaged where the axes overlap (``prompts.extra_axes``)
     d          supervised, all 150 training labels (the ceiling)
 
 Every student is evaluated on the held-out volumes (sliding window, Dice and 95HD in mm, with
@@ -121,7 +123,7 @@ def configs(iterations: int, seed: int) -> dict[str, TrainConfig]:
     tta = loop.model_copy(deep=True)
     tta.sam.loss, tta.sam.confidence_weighted = SamLoss.ce_dice, False
     return {"a": sup, "c": loop, "c-semisam": base_config(iterations, seed), "c-avg": loop,
-            "c-tta": tta, "d": sup}
+            "c-tta": tta, "c-mpr": tta, "d": sup}
 
 
 def round_config(fusion: FusionMode = FusionMode.masker_on_prompted) -> RoundConfig:
@@ -165,7 +167,7 @@ def run_seed(seed: int, args: argparse.Namespace, stores: dict[str, Path], resul
         results[f"{name}/{seed}"] = {**evaluate(ckpt, stores["heldout"], results.get(f"{name}/{seed}")),
                                      "seconds": seconds}
         log.info("seed %d setting %s: %s", seed, name, results[f"{name}/{seed}"])
-    if not {"c", "c-avg", "c-tta"} & set(args.settings):
+    if not {"c", "c-avg", "c-tta", "c-mpr"} & set(args.settings):
         return
     store = work / "loop.zarr"  # rounds are per seed: each loop gets its own copy of the store
     if not store.exists():
@@ -177,7 +179,7 @@ def run_seed(seed: int, args: argparse.Namespace, stores: dict[str, Path], resul
         results[key] = {**evaluate(Path(row.student), stores["heldout"], results.get(key)),
                         "pseudo_label_dice": row.pseudo_label_dice, "seconds": row.seconds}
         log.info("seed %d %s: %s", seed, key, results[key])
-        for setting in [x for x in ("c-avg", "c-tta") if row.round == 0 and x in args.settings]:
+        for setting in [x for x in ("c-avg", "c-tta", "c-mpr") if row.round == 0 and x in args.settings]:
             run_fused_rounds(setting, Path(row.student), work, stores, cfgs[setting], seed,
                              args.rounds, results)
         if row.round == 1 and "c-semisam" in args.settings:
@@ -189,11 +191,14 @@ def run_seed(seed: int, args: argparse.Namespace, stores: dict[str, Path], resul
 
 
 def fused_round_config(setting: str) -> RoundConfig:
-    """Round config of settings c-avg (fusion ``average``) and c-tta (``average`` with the
-    student's flip test-time augmentation along every axis)."""
+    """Round config of settings c-avg (fusion ``average``), c-tta (``average`` with the
+    student's flip test-time augmentation along every axis) and c-mpr (c-tta with the masker
+    run along all three slice axes, `PromptConfig.extra_axes`)."""
     cfg = round_config(FusionMode.average)
-    if setting == "c-tta":
+    if setting in ("c-tta", "c-mpr"):
         cfg.student.flip_axes = (0, 1, 2)
+    if setting == "c-mpr":
+        cfg.prompts.extra_axes = (0, 1)
     return cfg
 
 
@@ -208,7 +213,7 @@ def run_fused_rounds(setting: str, student0: Path, work: Path, stores: dict[str,
     for r in range(1, rounds + 1):
         run_round(store, r, previous, fused_round_config(setting), show_progress=False)
         ckpt = work / f"{setting}{r}.pt"
-        seconds = train_one(store, ckpt, cfg, r, init=previous if setting == "c-tta" else None)
+        seconds = train_one(store, ckpt, cfg, r, init=previous if setting != "c-avg" else None)
         key = f"{setting}{r}/{seed}"
         results[key] = {**evaluate(ckpt, stores["heldout"], results.get(key)), "seconds": seconds,
                         "pseudo_label_dice": pseudo_label_dice(store, r)}
@@ -260,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labeled", type=int, default=4)
     parser.add_argument("--holdout", type=int, default=50)
     parser.add_argument("--settings", nargs="+", default=["a", "c", "d"],
-                        choices=["a", "c", "c-semisam", "c-avg", "c-tta", "d"],
-                        help="b is student 0 of c's loop (c-avg and c-tta start from it too)")
+                        choices=["a", "c", "c-semisam", "c-avg", "c-tta", "c-mpr", "d"],
+                        help="b is student 0 of c's loop (c-avg, c-tta, c-mpr start from it too)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if not (args.data / "images").is_dir():
