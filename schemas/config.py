@@ -84,6 +84,18 @@ class PromptConfig(StrictModel):
     positive_points: int = Field(1, ge=0, le=16, description="points at interior maxima")
     negative_points: int = Field(0, ge=0, le=16, description="points in the box, off the mask")
     mask_prompt: bool = Field(False, description="pass the student's low-res logits to SAM")
+    extra_axes: tuple[int, ...] = Field(
+        (), description="more slice axes to prompt and mask (multi-planar): where several axes "
+        "cover a voxel, their masker probabilities are averaged before fusion",
+    )
+
+    @model_validator(mode="after")
+    def _check_extra_axes(self) -> PromptConfig:
+        axes = self.extra_axes
+        if any(a not in (0, 1, 2) for a in axes) or len(set(axes)) != len(axes) or self.slice_axis in axes:
+            raise ValueError(f"extra_axes must be distinct axes among 0, 1, 2 other than slice_axis "
+                             f"{self.slice_axis}, got {list(axes)}")
+        return self
 
 
 class SamConfig(StrictModel):

@@ -14,6 +14,11 @@ Pseudo-label (uint8 {0, 1}), by `FusionMode`, on prompted slices:
 
 and ``p_s > T`` on every other slice.
 
+Multi-planar rounds (`PromptConfig.extra_axes`) give the masker's answer along several slice axes
+(`MaskerView`); ``p_m`` of a voxel is then the mean over the views whose prompted slices contain
+it, and "prompted" means covered by at least one view (`masker_volume`). With one axis this is
+the per-slice rule above.
+
 Confidence (float in [0, 1], stored as uint8 ``round(c * CONFIDENCE_SCALE)``):
 
 - prompted slices, modes ``masker_on_prompted``, ``intersection``, ``union``:
@@ -39,11 +44,11 @@ import numpy as np
 
 from semisam.schemas import CONFIDENCE_SCALE, FusionConfig, FusionMode, VolumeStats
 
-from .localization import put_slices, stack_slices
-
 __all__ = [
     "STUDENT_THRESHOLD",
     "FusionResult",
+    "MaskerView",
+    "masker_volume",
     "confidence_from_uint8",
     "confidence_to_uint8",
     "fuse",
@@ -69,6 +74,41 @@ class FusionResult:
     pseudo_label: np.ndarray
     confidence: np.ndarray
     stats: VolumeStats
+
+
+@dataclass(frozen=True)
+class MaskerView:
+    """The masker's answer along one slice axis.
+
+    Attributes:
+        axis: the slice axis of the volume.
+        indices: N unique slice indices along ``axis``.
+        prob: ``NxHxW`` float masker probabilities in [0, 1], in the frame of
+            `semisam.workers.localization.stack_slices`.
+    """
+
+    axis: int
+    indices: list[int]
+    prob: np.ndarray
+
+
+def masker_volume(shape: tuple[int, int, int], views: Sequence[MaskerView]) -> tuple[np.ndarray, np.ndarray]:
+    """Combine masker views into one volume.
+
+    Returns:
+        ``(p_m, covered)``: ``XxYxZ`` float32 mean probability over the views whose slices contain
+        each voxel (0 where none does) and ``XxYxZ`` bool coverage.
+    """
+    total = np.zeros(shape, np.float32)
+    count = np.zeros(shape, np.uint8)
+    for view in views:
+        if not len(view.indices):
+            continue
+        idx = np.asarray(view.indices, np.int64)
+        np.moveaxis(total, view.axis, 0)[idx] += np.asarray(view.prob, np.float32)
+        np.moveaxis(count, view.axis, 0)[idx] += 1
+    covered = count > 0
+    return np.where(covered, total / np.maximum(count, 1), 0.0).astype(np.float32), covered
 
 
 def margin(prob: np.ndarray, threshold: float) -> np.ndarray:
@@ -129,7 +169,7 @@ def _check_inputs(
 def _fuse_prompted(
     student: np.ndarray, masker: np.ndarray, config: FusionConfig
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``NxHxW`` (bool label, float32 confidence) on the prompted slices."""
+    """(bool label, float32 confidence) of prompted voxels, elementwise (any equal shapes)."""
     if config.mode == FusionMode.average:
         fused = config.masker_weight * masker + (1.0 - config.masker_weight) * student
         return fused > 0.5, margin(fused, 0.5)
@@ -154,6 +194,7 @@ def fuse(
     prompted: Sequence[int],
     config: FusionConfig,
     slice_axis: int,
+    extra_views: Sequence[MaskerView] = (),
 ) -> FusionResult:
     """Fuse the student's and the masker's probabilities into a pseudo-label and confidence.
 
@@ -164,6 +205,7 @@ def fuse(
         prompted: N unique slice indices along ``slice_axis``.
         config: fusion mode and masker threshold.
         slice_axis: the axis the slices were taken along.
+        extra_views: the masker's answers along further axes (multi-planar rounds).
 
     Returns:
         The pseudo-label, the uint8 confidence and the volume's statistics (formulas in the
@@ -173,15 +215,17 @@ def fuse(
         ValueError: shapes disagree, indices repeat or values are not finite.
     """
     student, masker, indices = _check_inputs(student_prob, masker_prob, prompted, slice_axis)
+    extra = []
+    for view in extra_views:
+        _, view_prob, view_indices = _check_inputs(student, view.prob, view.indices, view.axis)
+        extra.append(MaskerView(view.axis, view_indices, view_prob))
     label = student > STUDENT_THRESHOLD
     confidence = margin(student, STUDENT_THRESHOLD)
-    if indices:
-        student_sl = stack_slices(student, indices, slice_axis)
-        label_sl, conf_sl = _fuse_prompted(student_sl, masker, config)
-        put_slices(label, indices, slice_axis, label_sl)
-        put_slices(confidence, indices, slice_axis, conf_sl)
+    m, covered = masker_volume(student.shape, [MaskerView(slice_axis, indices, masker), *extra])
+    if covered.any():
+        label[covered], confidence[covered] = _fuse_prompted(student[covered], m[covered], config)
     pseudo_label = label.astype(np.uint8)
-    stats = volume_stats(pseudo_label, confidence, student, masker, indices, config, slice_axis)
+    stats = volume_stats(pseudo_label, confidence, student, masker, indices, config, slice_axis, extra)
     logger.debug("fused %d prompted slices: %s", len(indices), stats)
     return FusionResult(pseudo_label, confidence_to_uint8(confidence), stats)
 
@@ -194,6 +238,7 @@ def volume_stats(
     prompted: Sequence[int],
     config: FusionConfig,
     slice_axis: int,
+    extra_views: Sequence[MaskerView] = (),
 ) -> VolumeStats:
     """Per-volume statistics of a fused result.
 
@@ -205,24 +250,30 @@ def volume_stats(
         prompted: N slice indices along ``slice_axis``.
         config: gives the masker threshold.
         slice_axis: the slice axis.
+        extra_views: the masker's answers along further axes.
 
     Returns:
-        Slice counts along ``slice_axis``, foreground voxels and fraction of the pseudo-label,
-        mean confidence, and the Dice of ``student > 0.5`` vs ``masker > threshold`` over all
-        prompted slices together (1.0 when both are empty there; None without prompted slices).
+        Slice counts (summed over the axes), foreground voxels and fraction of the
+        pseudo-label, mean confidence, and the Dice of ``student > 0.5`` vs ``masker >
+        threshold`` over all prompted voxels together (the view-averaged masker where views
+        overlap; 1.0 when both are empty there; None without prompted slices).
     """
     indices = [int(i) for i in prompted]
     foreground = int(np.count_nonzero(pseudo_label))
     mean_confidence = float(np.mean(confidence, dtype=np.float64)) if np.size(confidence) else 0.0
+    views = [MaskerView(slice_axis, indices, masker_prob)] if indices and masker_prob is not None else []
+    views += [v for v in extra_views if len(v.indices)]
     dice = None
-    if indices and masker_prob is not None:
-        student_fg = stack_slices(np.asarray(student_prob), indices, slice_axis) > STUDENT_THRESHOLD
-        masker_fg = np.asarray(masker_prob) > config.masker_threshold
+    if views:
+        m, covered = masker_volume(np.shape(pseudo_label), views)
+        student_fg = np.asarray(student_prob)[covered] > STUDENT_THRESHOLD
+        masker_fg = m[covered] > config.masker_threshold
         total = int(student_fg.sum()) + int(masker_fg.sum())
         dice = 1.0 if total == 0 else 2.0 * int((student_fg & masker_fg).sum()) / total
+    axes = [slice_axis, *(v.axis for v in extra_views)]
     return VolumeStats(
-        slices_total=int(np.shape(pseudo_label)[slice_axis]),
-        slices_prompted=len(indices),
+        slices_total=sum(int(np.shape(pseudo_label)[a]) for a in axes),
+        slices_prompted=len(indices) + sum(len(v.indices) for v in extra_views),
         foreground_voxels=foreground,
         foreground_fraction=foreground / max(int(np.size(pseudo_label)), 1),
         mean_confidence=mean_confidence,

@@ -26,7 +26,7 @@ from semisam.store import (
     write_record,
 )
 
-from .fusion import fuse
+from .fusion import MaskerView, fuse
 from .intensity import window_volume
 from .localization import foreground_mask, slice_prompts, stack_slices
 from .maskers import Masker, build_masker
@@ -140,24 +140,25 @@ class VolumeProcessor:
 
         t = time.perf_counter()
         mask = foreground_mask(prob, cfg.prompts)
-        prompts = slice_prompts(mask, prob, cfg.prompts)
+        per_axis = {a: slice_prompts(mask, prob, cfg.prompts.model_copy(update={"slice_axis": a}))
+                    for a in (axis, *cfg.prompts.extra_axes)}
+        windowed = window_volume(image, cfg.intensity) if any(per_axis.values()) else None
+        stacks = {a: stack_slices(windowed, [p.index for p in prompts], a)
+                  for a, prompts in per_axis.items() if prompts}
         timings["prompts"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        indices = [p.index for p in prompts]
-        slices = stack_slices(window_volume(image, cfg.intensity), indices, axis) if prompts else None
-        timings["prompts"] += time.perf_counter() - t
-        masker_prob = None
-        if prompts:
+        views: dict[int, MaskerView] = {}
+        timings["masker"] = 0.0
+        for a, slices in stacks.items():
             with self._device_lock:
                 t = time.perf_counter()
-                masker_prob = self.masker.mask_slices(slices, prompts)
-                timings["masker"] = time.perf_counter() - t
-        else:
-            timings["masker"] = 0.0
+                views[a] = MaskerView(a, [p.index for p in per_axis[a]],
+                                      self.masker.mask_slices(slices, per_axis[a]))
+                timings["masker"] += time.perf_counter() - t
 
         t = time.perf_counter()
-        fused = fuse(prob, masker_prob, indices, cfg.fusion, axis)
+        main = views.get(axis)
+        fused = fuse(prob, main.prob if main else None, main.indices if main else [], cfg.fusion,
+                     axis, extra_views=[v for a, v in views.items() if a != axis])
         geometry = {"volume_id": volume_id, "spacing": list(meta.spacing), "affine": meta.affine,
                     "source": meta.source, "round": self.round}
         checksums = write_outputs(self.root, self.round, volume_id, fused.pseudo_label,

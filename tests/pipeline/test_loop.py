@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from semisam.pipeline.cli import app
 from semisam.pipeline.loop import Loop, LoopState
 from semisam.schemas import ConfigError, LoopConfig, RoundConfig, StudentSpec, TrainConfig
-from semisam.store import open_store, read_record, read_round_meta
+from semisam.store import open_store, read_output, read_record, read_round_meta
 from semisam.training import load_state
 from semisam.workers.student import load_student
 
@@ -96,3 +96,27 @@ def test_loop_cli_round_zero(phantom_store, tmp_path):
 def test_help(command):
     proc = CliRunner().invoke(app, [command, "--help"])
     assert proc.exit_code == 0 and "Usage" in proc.stdout
+
+
+def test_weight_free_recipe_runs_as_a_loop(local_ray, phantom_store, tmp_path):
+    """docs/examples/loop-weight-free.json (multi-planar masker, flip TTA, fusion average,
+    CE + Dice SAM term, warm start) with a tiny student: one round end to end."""
+    from pathlib import Path
+
+    from semisam.schemas import load_loop_config
+
+    example = Path(__file__).resolve().parents[2] / "docs" / "examples" / "loop-weight-free.json"
+    cfg = load_loop_config(example)
+    small = loop_config()
+    cfg.train.student, cfg.train.iterations, cfg.train.batch = small.train.student, 4, small.train.batch
+    cfg.train.checkpoint_every, cfg.train.mean_teacher.ramp_unit = 2, 1
+    cfg.round.runtime.workers = 1
+    state = Loop(phantom_store, cfg, tmp_path / "loop", holdout=["ph05"]).run(1)
+    assert [r.round for r in state.rows] == [0, 1]
+    root = open_store(phantom_store, read_only=True)
+    for vid in ("ph02", "ph03", "ph04", "ph05"):
+        record = read_record(root, 1, vid)
+        assert record.status.value == "done"
+        shape = read_output(root, 1, "pseudo_label", vid).shape
+        assert record.stats.slices_total == sum(shape)  # three slice axes
+    assert load_student(tmp_path / "loop" / "student_1.pt")[2]["round"] == 1

@@ -76,3 +76,4 @@ def test_example_loop_config_for_the_weight_free_masker_is_valid():
     assert cfg.warm_start and cfg.train.sam.loss == SamLoss.ce_dice
     assert not cfg.train.sam.confidence_weighted
     assert cfg.round.fusion.mode == FusionMode.average and cfg.round.student.flip_axes == (0, 1, 2)
+    assert cfg.round.prompts.extra_axes == (0, 1)
