@@ -24,9 +24,9 @@ Every student is evaluated on the held-out volumes (sliding window, Dice and 95H
 and without largest-component post-processing). Results go to ``WORKDIR/results.json``; the
 table is printed. Rerunning resumes: finished students and rounds are reused.
 
-    .venv/bin/python benchmarks/hippocampus.py                     # one seed, a b c1 d
-    .venv/bin/python benchmarks/hippocampus.py --seeds 0 1 2 --rounds 2 \
-        --settings a c c-semisam d                                  # the recorded run
+    .venv/bin/python benchmarks/hippocampus.py        # one seed: a, b, c-mpr1, d (~25 min here)
+    .venv/bin/python benchmarks/hippocampus.py --seeds 0 1 2 --rounds 1 \
+        --settings a c c-tta c-mpr d                   # the recorded 3-seed run
 """
 
 from __future__ import annotations
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--labeled", type=int, default=4)
     parser.add_argument("--holdout", type=int, default=50)
-    parser.add_argument("--settings", nargs="+", default=["a", "c", "d"],
+    parser.add_argument("--settings", nargs="+", default=["a", "c-mpr", "d"],
                         choices=["a", "c", "c-semisam", "c-avg", "c-tta", "c-mpr", "d"],
                         help="b is student 0 of c's loop (c-avg, c-tta, c-mpr start from it too)")
     args = parser.parse_args(argv)
