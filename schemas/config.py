@@ -108,6 +108,12 @@ class SamConfig(StrictModel):
     dtype: str = Field("float32", pattern="^(float32|bfloat16|float16)$")
     multimask_output: bool = False
     sdpa: bool = Field(True, description="encoder attention through scaled_dot_product_attention")
+    rel_pos: str = Field(
+        "auto", pattern="^(auto|fold|mask)$",
+        description="with sdpa, how the relative-position bias enters attention: 'fold' into "
+        "the query/key product (fused kernels; fastest on GPU), 'mask' as an additive mask "
+        "(fewer FLOPs; fastest on CPU), 'auto' = fold on CUDA, mask elsewhere",
+    )
     compile: bool = Field(False, description="torch.compile the encoder")
     compile_cache_dir: Path | None = None
 

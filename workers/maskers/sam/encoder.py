@@ -109,15 +109,18 @@ def rel_pos_augment(
     return torch.cat(q_parts, dim=-1), torch.cat(k_parts, dim=-1)
 
 
-def sdpa_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+def sdpa_attention(attn: Attention, x: torch.Tensor, fold: bool = True) -> torch.Tensor:
     """Forward of a segment-anything encoder `Attention` through SDPA, with its weights.
 
-    The relative-position bias is folded into the dot product (`rel_pos_augment`), so no
-    attention mask is passed and SDPA can pick a fused kernel.
+    With ``fold`` the relative-position bias is folded into the dot product
+    (`rel_pos_augment`), so no attention mask is passed and SDPA can pick a fused kernel (GPU);
+    without, it is passed as an additive mask (`rel_pos_bias`), which costs fewer FLOPs where
+    no fused kernel exists (CPU).
 
     Args:
         attn: the block's attention module (``qkv``, ``proj``, optional rel-pos tables).
         x: ``BxHxWxC`` tokens.
+        fold: fold the bias into q/k (True) or pass it as a mask (False).
 
     Returns:
         ``BxHxWxC``.
@@ -126,9 +129,12 @@ def sdpa_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
     heads = attn.num_heads
     qkv = attn.qkv(x).reshape(b, h * w, 3, heads, -1).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)  # each BxHeadsx(HW)xC
-    if attn.use_rel_pos:
+    if attn.use_rel_pos and fold:
         q, k = rel_pos_augment(q, k, attn.rel_pos_h, attn.rel_pos_w, (h, w), attn.scale)
         out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+    elif attn.use_rel_pos:
+        bias = rel_pos_bias(q, attn.rel_pos_h, attn.rel_pos_w, (h, w))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
     else:
         out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
     out = out.reshape(b, heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
@@ -141,12 +147,14 @@ class FastImageEncoder(nn.Module):
     Args:
         encoder: the model's image encoder; held as a submodule, not copied.
         sdpa: route attention through SDPA; False = the stock `Attention.forward`.
+        fold: with ``sdpa``, fold the rel-pos bias into q/k (see `sdpa_attention`).
     """
 
-    def __init__(self, encoder: ImageEncoderViT, sdpa: bool = True) -> None:
+    def __init__(self, encoder: ImageEncoderViT, sdpa: bool = True, fold: bool = True) -> None:
         super().__init__()
         self.encoder = encoder
         self.sdpa = sdpa
+        self.fold = fold
 
     def _block(self, blk: Block, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -154,7 +162,7 @@ class FastImageEncoder(nn.Module):
         if blk.window_size > 0:
             hw = (x.shape[1], x.shape[2])
             x, pad_hw = window_partition(x, blk.window_size)
-        x = sdpa_attention(blk.attn, x) if self.sdpa else blk.attn(x)
+        x = sdpa_attention(blk.attn, x, self.fold) if self.sdpa else blk.attn(x)
         if blk.window_size > 0:
             x = window_unpartition(x, blk.window_size, pad_hw, hw)
         x = shortcut + x
@@ -186,7 +194,9 @@ class SliceEncoder:
         self.batch_size = config.batch_size
         if self.dtype != torch.float32:
             encoder.to(self.dtype)
-        self.module: nn.Module = FastImageEncoder(encoder, sdpa=config.sdpa).eval()
+        device = next(encoder.parameters()).device
+        fold = config.rel_pos == "fold" or (config.rel_pos == "auto" and device.type == "cuda")
+        self.module: nn.Module = FastImageEncoder(encoder, sdpa=config.sdpa, fold=fold).eval()
         self.forward = self.module
         self.compiled = config.compile
         if config.compile:
