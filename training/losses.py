@@ -14,16 +14,25 @@ import torch.nn.functional as F
 from semisam.schemas import SamConsistencyConfig, SamLoss, SamNormalization, SupervisedConfig
 
 
-def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
+def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5,
+                   weights: torch.Tensor | None = None) -> torch.Tensor:
     """UA-MT's ``dice_loss``: ``1 - (2 sum(p y) + s) / (sum(p^2) + sum(y^2) + s)`` over the batch.
+
+    With ``weights`` every sum is weighted voxel by voxel (``sum(w p y)`` ...): a voxel of
+    weight 0 takes no part and gets no gradient.
 
     Args:
         prob: ``BxXxYxZ`` foreground probability.
         target: ``BxXxYxZ`` {0, 1}.
+        weights: ``BxXxYxZ`` in [0, 1], constant; None = every voxel 1.
     """
     target = target.float()
-    intersect = torch.sum(prob * target)
-    denominator = torch.sum(prob * prob) + torch.sum(target * target)
+    if weights is not None:
+        prob_w, target_w = weights * prob, weights * target
+    else:
+        prob_w, target_w = prob, target
+    intersect = torch.sum(prob_w * target)
+    denominator = torch.sum(prob_w * prob) + torch.sum(target_w * target)
     return 1.0 - (2.0 * intersect + smooth) / (denominator + smooth)
 
 
@@ -56,22 +65,6 @@ def softmax_mse(student_prob: torch.Tensor, target_prob: torch.Tensor) -> torch.
     return 0.5 * torch.mean((student_prob - target_prob.detach()) ** 2)
 
 
-def weighted_soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
-                            smooth: float = 1e-5) -> torch.Tensor:
-    """`soft_dice_loss` with per-voxel weights: ``1 - (2 sum(w p y) + s) / (sum(w p^2) +
-    sum(w y^2) + s)``; a voxel of weight 0 takes no part (and gets no gradient).
-
-    Args:
-        prob: ``BxXxYxZ`` foreground probability.
-        target: ``BxXxYxZ`` {0, 1}.
-        weights: ``BxXxYxZ`` in [0, 1], constant.
-    """
-    target = target.float()
-    intersect = torch.sum(weights * prob * target)
-    denominator = torch.sum(weights * prob * prob) + torch.sum(weights * target * target)
-    return 1.0 - (2.0 * intersect + smooth) / (denominator + smooth)
-
-
 def sam_voxel_weights(confidence: torch.Tensor, config: SamConsistencyConfig) -> torch.Tensor:
     """Per-voxel weights ``BxXxYxZ`` in [0, 1] from the stored confidence (no gradient).
 
@@ -99,7 +92,7 @@ def sam_consistency(student_logits: torch.Tensor, pseudo_label: torch.Tensor,
         Scalar: ``sum(w d) / N`` (``normalization=voxels``; equals SemiSAM's plain mean when
         ``w == 1``) or ``sum(w d) / sum(w)`` (``confidence``); 0 (with a zero gradient) when
         every weight is 0. ``d`` is ``0.5 * mean_c (p_c - y_c)^2`` (``mse``) or ``-log p_y``
-        (``ce`` and ``ce_dice``); ``ce_dice`` adds `weighted_soft_dice_loss` of the foreground
+        (``ce`` and ``ce_dice``); ``ce_dice`` adds the ``weights``-weighted `soft_dice_loss` of the foreground
         class, so that a small structure counts as much as the background around it (the
         per-voxel mean alone is dominated by easy background voxels).
     """
@@ -117,5 +110,5 @@ def sam_consistency(student_logits: torch.Tensor, pseudo_label: torch.Tensor,
         value = weighted / torch.sum(weights).clamp_min(1e-6)
     if config.loss == SamLoss.ce_dice:
         prob_fg = torch.softmax(student_logits, dim=1)[:, 1]
-        value = value + weighted_soft_dice_loss(prob_fg, pseudo_label == 1, weights)
+        value = value + soft_dice_loss(prob_fg, pseudo_label == 1, weights=weights)
     return value

@@ -225,7 +225,8 @@ def fuse(
     if covered.any():
         label[covered], confidence[covered] = _fuse_prompted(student[covered], m[covered], config)
     pseudo_label = label.astype(np.uint8)
-    stats = volume_stats(pseudo_label, confidence, student, masker, indices, config, slice_axis, extra)
+    stats = volume_stats(pseudo_label, confidence, student, masker, indices, config, slice_axis, extra,
+                         combined=(m, covered))
     logger.debug("fused %d prompted slices: %s", len(indices), stats)
     return FusionResult(pseudo_label, confidence_to_uint8(confidence), stats)
 
@@ -239,6 +240,7 @@ def volume_stats(
     config: FusionConfig,
     slice_axis: int,
     extra_views: Sequence[MaskerView] = (),
+    combined: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> VolumeStats:
     """Per-volume statistics of a fused result.
 
@@ -251,6 +253,7 @@ def volume_stats(
         config: gives the masker threshold.
         slice_axis: the slice axis.
         extra_views: the masker's answers along further axes.
+        combined: `masker_volume` of these views when the caller already has it.
 
     Returns:
         Slice counts (summed over the axes), foreground voxels and fraction of the
@@ -265,7 +268,7 @@ def volume_stats(
     views += [v for v in extra_views if len(v.indices)]
     dice = None
     if views:
-        m, covered = masker_volume(np.shape(pseudo_label), views)
+        m, covered = combined if combined is not None else masker_volume(np.shape(pseudo_label), views)
         student_fg = np.asarray(student_prob)[covered] > STUDENT_THRESHOLD
         masker_fg = m[covered] > config.masker_threshold
         total = int(student_fg.sum()) + int(masker_fg.sum())

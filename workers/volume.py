@@ -143,16 +143,15 @@ class VolumeProcessor:
         per_axis = {a: slice_prompts(mask, prob, cfg.prompts.model_copy(update={"slice_axis": a}))
                     for a in (axis, *cfg.prompts.extra_axes)}
         windowed = window_volume(image, cfg.intensity) if any(per_axis.values()) else None
-        stacks = {a: stack_slices(windowed, [p.index for p in prompts], a)
-                  for a, prompts in per_axis.items() if prompts}
+        indices = {a: [p.index for p in prompts] for a, prompts in per_axis.items() if prompts}
+        stacks = {a: stack_slices(windowed, idx, a) for a, idx in indices.items()}
         timings["prompts"] = time.perf_counter() - t
         views: dict[int, MaskerView] = {}
         timings["masker"] = 0.0
         for a, slices in stacks.items():
             with self._device_lock:
                 t = time.perf_counter()
-                views[a] = MaskerView(a, [p.index for p in per_axis[a]],
-                                      self.masker.mask_slices(slices, per_axis[a]))
+                views[a] = MaskerView(a, indices[a], self.masker.mask_slices(slices, per_axis[a]))
                 timings["masker"] += time.perf_counter() - t
 
         t = time.perf_counter()

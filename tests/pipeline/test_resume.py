@@ -49,19 +49,18 @@ def _kill_orphaned_actors(store: Path, ids: list[str], timeout: float = 30.0) ->
     volume it holds (a valid done record, but written after the test counted)."""
     root = open_store(store, read_only=True)
     pids = {r.worker_pid for v in ids if (r := read_record(root, 1, v)) is not None and r.worker_pid}
+    procs = []
     for pid in pids:
         try:
-            psutil.Process(pid).kill()
+            procs.append(psutil.Process(pid))
         except psutil.Error:
             continue
-    psutil.wait_procs([p for pid in pids if (p := _process(pid)) is not None], timeout=timeout)
-
-
-def _process(pid: int) -> psutil.Process | None:
-    try:
-        return psutil.Process(pid)
-    except psutil.Error:
-        return None
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            continue
+    psutil.wait_procs(procs, timeout=timeout)
 
 
 def _pgid(proc: psutil.Process) -> int | None:
