@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from pathlib import Path
 
 import h5py
@@ -34,15 +35,35 @@ def phantom_store(path: Path, count: int, labeled: int, shape=(96, 96, 64)) -> P
     return path
 
 
-def la_store(path: Path, files: list[Path], labeled: int) -> Path:
-    """LA h5 volumes (``image``, ``label``); the first ``labeled`` keep their labels."""
+def la_sources(la_dir: Path) -> list[Path]:
+    """LA volumes in ``la_dir``: ``<id>.h5`` files (``image``, ``label``) or packed
+    ``<id>.codes.npy`` / ``<id>.values.npy`` / ``<id>.label.npy`` triplets (the lossless
+    compact form carried to the GPU machine: image = values[codes])."""
+    files = sorted(la_dir.glob("*.h5"))
+    return files or sorted(la_dir.glob("*.codes.npy"))
+
+
+def read_la(source: Path) -> tuple[str, np.ndarray, np.ndarray]:
+    """``(volume id, float32 image, uint8 label)`` of one `la_sources` entry."""
+    if source.suffix == ".h5":
+        with h5py.File(source, "r") as h5:
+            return source.stem, np.asarray(h5["image"], np.float32), np.asarray(h5["label"], np.uint8)
+    stem = source.name[: -len(".codes.npy")]
+    values = np.load(source.with_name(f"{stem}.values.npy"))
+    image = values[np.load(source)].astype(np.float32)
+    return stem, image, np.load(source.with_name(f"{stem}.label.npy")).astype(np.uint8)
+
+
+def la_store(path: Path, files: list[Path], labeled: int, copies: int = 1) -> Path:
+    """LA volumes (see `la_sources`); the first ``labeled`` keep their labels. The unlabeled
+    ones are written ``copies`` times under ids ``<id>-<copy>`` (more volumes per round)."""
     root = open_store(path, create=True)
     for i, f in enumerate(files):
-        with h5py.File(f, "r") as h5:
-            image = np.asarray(h5["image"], np.float32)
-            label = np.asarray(h5["label"], np.uint8)
-        write_volume(root, _meta(f.stem, image.shape, i < labeled, str(f)), image,
-                     label if i < labeled else None)
+        vid, image, label = read_la(f)
+        for c in range(1 if i < labeled else copies):
+            name = vid if copies == 1 or i < labeled else f"{vid}-{c}"
+            write_volume(root, _meta(name, image.shape, i < labeled, str(f)), image,
+                         label if i < labeled else None)
     return path
 
 
@@ -75,6 +96,11 @@ def record_figures(records: list[VolumeRecord], wall: float, workers: int) -> di
     """Slices/s, efficiency (model time / (workers x wall)), skip share and peak memory."""
     done = [r for r in records if r.stats is not None]
     prompted = sum(r.stats.slices_prompted for r in done)
+    finished = sorted(done, key=lambda r: r.finished_at)
+    span = (datetime.fromisoformat(finished[-1].finished_at)
+            - datetime.fromisoformat(finished[0].finished_at)).total_seconds() if done else 0.0
+    # after start-up: slices of the volumes finished after the first one, over that span
+    steady = sum(r.stats.slices_prompted for r in finished[1:]) / span if span > 0 else None
     total = sum(r.stats.slices_total for r in done)
     model = sum(r.timings_s.get(k, 0.0) for r in done for k in MODEL_STAGES)
     stages = {k: round(sum(r.timings_s.get(k, 0.0) for r in done), 3)
@@ -83,6 +109,7 @@ def record_figures(records: list[VolumeRecord], wall: float, workers: int) -> di
         "volumes": len(done), "slices_total": total, "slices_prompted": prompted,
         "skipped_share": round(1 - prompted / total, 4) if total else None,
         "wall_seconds": round(wall, 3), "prompted_slices_per_s": round(prompted / wall, 2),
+        "steady_prompted_slices_per_s": round(steady, 2) if steady else None,
         "model_seconds": round(model, 3), "stage_seconds": stages,
         "efficiency": round(model / (workers * wall), 4) if wall else None,
         "peak_rss_mb": max((r.peak_rss_mb or 0) for r in done) if done else None,

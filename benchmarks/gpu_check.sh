@@ -1,19 +1,44 @@
 #!/usr/bin/env bash
-# One prepared GPU call (device tool): install carried wheels, expose the repo as semisam.*,
-# run the throughput benchmark eager and compiled. Results land in $OUT.
-set -euo pipefail
+# One prepared GPU call (device tool). Carries: .whl/ (wheels the GPU image lacks),
+# .gpu/carry/ray.tar.xz (Ray without its Java/dashboard/library parts: its wheel alone is over
+# the transfer limit) and .gpu/carry/la.tar.xz (12 LA volumes, lossless uint8 codes + values).
+# Runs: Triton kernel correctness + attention/encoder timings (encoder_paths.py), then the
+# SAM stage and end to end (worker path and run-round on a local Ray) with the faster
+# compiled rel-pos path (throughput.py). Results land in $OUT after every measurement.
+set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/semisam-bench}
 mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+t0=$(date +%s)
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+tar xJf .gpu/carry/ray.tar.xz -C /tmp/site || echo "ray unpack failed"
+mkdir -p /tmp/la && tar xJf .gpu/carry/la.tar.xz -C /tmp/la
 mkdir -p /tmp/ns/semisam
 cp semisam/__init__.py /tmp/ns/semisam/
 for d in schemas store workers pipeline training; do ln -sfn "$PWD/$d" "/tmp/ns/semisam/$d"; done
 export PYTHONPATH=/tmp/ns:/tmp/site
+export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-(cd /tmp && python3 -c "import torch, zarr, monai, segment_anything, semisam.workers.volume; print('torch', torch.__version__, 'zarr', zarr.__version__)"); echo
-COMMON="--device cuda --model vit_b --la-dir .gpu/la --slices ${SLICES:-256} --naive-slices 32 --batch ${BATCH:-32} --dtype bfloat16"
-[ -n "${SKIP_EAGER:-}" ] || timeout ${EAGER_TIMEOUT:-150} python3 benchmarks/throughput.py $COMMON --skip e2e --out "$OUT/gpu-eager.json" || echo "eager run failed: $?"
-timeout ${COMPILED_TIMEOUT:-330} python3 benchmarks/throughput.py $COMMON --compile --compile-cache /tmp/inductor \
-    --student-iters ${STUDENT_ITERS:-200} --volumes ${VOLUMES:-16} ${EXTRA:-} --out "$OUT/gpu-compiled.json" || echo "compiled run failed: $?"
+(cd /tmp && python3 -c "import torch, triton, zarr, monai, segment_anything, ray, semisam.workers.volume; print('torch', torch.__version__, 'triton', triton.__version__, 'ray', ray.__version__)")
+echo "setup $(( $(date +%s) - t0 )) s"
+timeout ${ENC_TIMEOUT:-230} python3 benchmarks/encoder_paths.py --out "$OUT/encoder.json" \
+    --compile ${COMPILE:-fold best triton_fp8_mlp} || echo "encoder_paths exit $?"
+REL_POS=$(python3 - "$OUT/encoder.json" <<'PY'
+import json, sys
+try:
+    enc = json.load(open(sys.argv[1]))["encoder"]
+except Exception:
+    print("fold"); raise SystemExit
+rate = lambda n: enc.get(n, {}).get("compiled_slices_per_s") or 0.0
+best = enc.get("best_eager_triton_variant", "triton")
+print("triton" if max(rate("triton"), rate(best)) > rate("fold") else "fold")
+PY
+)
+echo "encoder_paths done at $(( $(date +%s) - t0 )) s; run-round rel_pos=$REL_POS"
+timeout ${E2E_TIMEOUT:-290} python3 benchmarks/throughput.py --device cuda --model vit_b --la-dir /tmp/la \
+    --slices 256 --naive-slices 32 --batch 32 --dtype bfloat16 --compile --compile-cache /tmp/inductor \
+    --rel-pos "$REL_POS" --student-iters ${STUDENT_ITERS:-200} --volumes 12 --copies ${COPIES:-4} \
+    --tasks-in-flight 3 --ray-workers ${RAY_WORKERS:-2} --out "$OUT/throughput.json" \
+    || echo "throughput exit $?"
+echo "total $(( $(date +%s) - t0 )) s"
 ls -la "$OUT"

@@ -22,14 +22,21 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests.workers.sam_models (appended: the
 # installed semisam must win over the repo-root folder of the same name)
 
-from bench_round import la_store, phantom_store, ray_round, train_student, worker_path  # noqa: E402
+from bench_round import (  # noqa: E402
+    la_sources,
+    la_store,
+    phantom_store,
+    ray_round,
+    read_la,
+    train_student,
+    worker_path,
+)
 from bench_sam import agreement, naive_loop, project_path  # noqa: E402
 
 from semisam.pipeline.phantoms import make_phantom  # noqa: E402
@@ -49,13 +56,12 @@ def slice_set(n: int, la_dir: Path | None) -> tuple[np.ndarray, list]:
     """``n`` windowed slices with label-derived box+point prompts, zero-padded (bottom/right,
     so prompt coordinates stay valid) to one common ``HxW``."""
     slices, prompts = [], []
-    sources = sorted(la_dir.glob("*.h5")) if la_dir else [None] * 64
+    sources = la_sources(la_dir) if la_dir else [None] * 64
     for i, src in enumerate(sources):
         if src is None:
             image, label = make_phantom((160, 128, 48), seed=100 + i)
         else:
-            with h5py.File(src, "r") as h5:
-                image, label = np.asarray(h5["image"], np.float32), np.asarray(h5["label"], np.uint8)
+            _, image, label = read_la(src)
         prm = slice_prompts(label > 0, label.astype(np.float32), PromptConfig())
         win = window_volume(image, IntensityConfig())
         slices.extend(stack_slices(win, [p.index for p in prm], 2))
@@ -81,13 +87,17 @@ def sam_model(kind: str, device: torch.device):
     return small_sam(seed=0, embed_dim=96, depth=4, heads=4, patch=16).to(device).eval()
 
 
+def sam_config(args) -> SamConfig:
+    return SamConfig(batch_size=args.batch, dtype=args.dtype, sdpa=True, compile=args.compile,
+                     compile_cache_dir=args.compile_cache, rel_pos=args.rel_pos, fp8=args.fp8)
+
+
 def sam_section(args, device: torch.device) -> dict:
     slices, prompts = slice_set(args.slices, args.la_dir)
     model = sam_model(args.model, device)
     naive_n = min(args.naive_slices, len(slices))
     naive_s, naive_probs = naive_loop(model, slices[:naive_n], prompts[:naive_n], device)
-    cfg = SamConfig(batch_size=args.batch, dtype=args.dtype, sdpa=True, compile=args.compile,
-                    compile_cache_dir=args.compile_cache)
+    cfg = sam_config(args)
     fast = project_path(model, cfg, slices, prompts, device)
     fp32 = project_path(model, SamConfig(batch_size=args.batch, dtype="float32", sdpa=False),
                         slices[:naive_n], prompts[:naive_n], device, repeats=1)
@@ -107,21 +117,32 @@ def sam_section(args, device: torch.device) -> dict:
     }
 
 
-def e2e_section(args, device: torch.device, work: Path) -> dict:
-    out = {}
+def e2e_section(args, device: torch.device, work: Path, out: dict, save) -> dict:
+    """Fills ``out`` (and calls ``save()``) after each measurement."""
     if device.type == "cuda":
-        files = sorted(args.la_dir.glob("*.h5"))[: args.volumes] if args.la_dir else []
-        store = la_store(work / "la.zarr", files, labeled=2) if files else phantom_store(
-            work / "ph.zarr", args.volumes, 2)
+        files = la_sources(args.la_dir)[: args.volumes] if args.la_dir else []
+        store = la_store(work / "la.zarr", files, labeled=2, copies=args.copies) if files else \
+            phantom_store(work / "ph.zarr", args.volumes, 2)
         spec = StudentSpec(channels=(16, 32, 64, 128), strides=(2, 2, 2), patch_size=(96, 96, 80))
         student = train_student(store, work / "student.pt", spec, args.student_iters, device)
         cfg = RoundConfig()
         cfg.masker.kind = MaskerKind.sam
-        cfg.masker.sam = SamConfig(batch_size=args.batch, dtype=args.dtype, compile=args.compile,
-                                   compile_cache_dir=args.compile_cache)
+        cfg.masker.sam = sam_config(args)
         cfg.runtime.device = "cuda"
         cfg.runtime.tasks_in_flight = args.tasks_in_flight
-        out["worker_path"] = worker_path(store, student, cfg)
+        if "worker" not in args.skip:
+            out["worker_path"] = worker_path(store, student, cfg)
+            save()
+        if args.ray_workers:  # run-round on a local Ray: actors share the GPU
+            cfg.runtime.workers = args.ray_workers
+            cfg.runtime.gpus_per_worker = 1.0 / args.ray_workers
+            cfg.runtime.cpus_per_worker = 2.0
+            key = f"run_round_{args.ray_workers}_actors"
+            try:
+                out[key] = ray_round(store, student, cfg, round_index=2)
+            except Exception as exc:  # noqa: BLE001 - record and keep the other figures
+                out[key] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            save()
         return out
     spec = StudentSpec(channels=(8, 16, 32), strides=(2, 2), patch_size=(48, 48, 32))
     train = phantom_store(work / "train.zarr", 2, 2)
@@ -132,6 +153,7 @@ def e2e_section(args, device: torch.device, work: Path) -> dict:
     for n in args.round_volumes:
         store = phantom_store(work / f"round{n}.zarr", n + 2, 2)
         out[f"run_round_{n}"] = ray_round(store, student, cfg)
+        save()
     return out
 
 
@@ -163,13 +185,18 @@ def main() -> None:
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--compile", action="store_true")
     p.add_argument("--compile-cache", type=Path, default=None)
+    p.add_argument("--rel-pos", default="auto", choices=["auto", "fold", "mask", "triton"])
+    p.add_argument("--fp8", default="none", choices=["none", "mlp", "all"])
+    p.add_argument("--copies", type=int, default=1, help="GPU: each unlabeled LA volume N times")
+    p.add_argument("--ray-workers", type=int, default=0,
+                   help="GPU: also run-round on a local Ray with this many actors on the GPU")
     p.add_argument("--la-dir", type=Path, default=None)
     p.add_argument("--volumes", type=int, default=16)
     p.add_argument("--student-iters", type=int, default=60)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--tasks-in-flight", type=int, default=3, help="threads per worker")
     p.add_argument("--round-volumes", type=int, nargs="*", default=[8, 64])
-    p.add_argument("--skip", nargs="*", default=[], choices=["sam", "e2e"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["sam", "e2e", "worker"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("bench.json"))
     args = p.parse_args()
@@ -181,10 +208,15 @@ def main() -> None:
     if "sam" not in args.skip:
         results["sam"] = sam_section(args, device)
         results["sam"].pop("config", None)
+    def save() -> None:  # after every measurement: a timeout keeps what was measured
+        args.out.write_text(json.dumps(results, indent=2))
+
+    save()
     if "e2e" not in args.skip:
+        results["e2e"] = {}
         with tempfile.TemporaryDirectory() as work:
-            results["e2e"] = e2e_section(args, device, Path(work))
-    args.out.write_text(json.dumps(results, indent=2))
+            e2e_section(args, device, Path(work), results["e2e"], save)
+    save()
     render(results)
 
 

@@ -109,10 +109,17 @@ class SamConfig(StrictModel):
     multimask_output: bool = False
     sdpa: bool = Field(True, description="encoder attention through scaled_dot_product_attention")
     rel_pos: str = Field(
-        "auto", pattern="^(auto|fold|mask)$",
+        "auto", pattern="^(auto|fold|mask|triton)$",
         description="with sdpa, how the relative-position bias enters attention: 'fold' into "
-        "the query/key product (fused kernels; fastest on GPU), 'mask' as an additive mask "
-        "(fewer FLOPs; fastest on CPU), 'auto' = fold on CUDA, mask elsewhere",
+        "the query/key product (SDPA fused kernels), 'mask' as an additive mask (fewer FLOPs; "
+        "fastest on CPU), 'triton' inside the project's Triton attention kernel (CUDA), "
+        "'auto' = fold on CUDA, mask elsewhere",
+    )
+    fp8: str = Field(
+        "none", pattern="^(none|mlp|all)$",
+        description="encoder linear layers multiplied in fp8 e4m3 with row-wise scales "
+        "(Hopper; a few percent error per product, see docs/benchmarks.md): 'mlp' = the MLPs, "
+        "'all' = also qkv/proj; 'none' keeps dtype",
     )
     compile: bool = Field(False, description="torch.compile the encoder")
     compile_cache_dir: Path | None = None

@@ -11,8 +11,8 @@ from .base import StrictModel
 
 
 def utcnow() -> str:
-    """ISO-8601 UTC timestamp, second resolution."""
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    """ISO-8601 UTC timestamp, millisecond resolution (throughput from record times)."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 class VolumeMeta(StrictModel):

@@ -98,18 +98,46 @@ def write_outputs(
     """
     if pseudo_label.dtype != np.uint8 or confidence.dtype != np.uint8:
         raise TypeError("pseudo_label and confidence must be uint8")
-    chunks = slice_chunks(pseudo_label.shape, slice_axis)
     checksums = {}
     for kind, data in (("pseudo_label", pseudo_label), ("confidence", confidence)):
         path = output_path(round_index, kind, volume_id)
         parent, name = path.rsplit("/", 1)
         extra = {"encoding": "uint8, value/255 = confidence in [0, 1]"} if kind == "confidence" else {}
-        root.require_group(parent).create_array(
-            name, data=data, chunks=chunks, overwrite=True, attributes={**(attrs or {}), **extra},
-            dimension_names=DIMENSION_NAMES,
-        )
+        _write_array(root.require_group(parent), name, data, slice_axis, {**(attrs or {}), **extra})
         checksums[kind] = array_sha256(data)
     return checksums
+
+
+def _write_array(group: zarr.Group, name: str, data: np.ndarray, slice_axis: int, attrs: dict) -> None:
+    """A new array ``name`` holding ``data``, chunked by `slice_chunks`, overwriting any old one.
+
+    Chunks that are all zero (the fill value) are not stored, as zarr's default
+    ``write_empty_chunks=False`` would do; they are found here in one pass over ``data`` instead
+    of zarr comparing every chunk with the fill value.
+    """
+    chunks = slice_chunks(data.shape, slice_axis)
+    array = group.create_array(
+        name, shape=data.shape, dtype=data.dtype, chunks=chunks, overwrite=True, attributes=attrs,
+        dimension_names=DIMENSION_NAMES, config={"write_empty_chunks": True},
+    )
+    step, size = chunks[slice_axis], data.shape[slice_axis]
+    planes = data.any(axis=tuple(a for a in range(data.ndim) if a != slice_axis))
+    filled = [bool(planes[i : i + step].any()) for i in range(0, size, step)]
+    region = [slice(None)] * data.ndim
+    for first, last in _runs(filled):
+        region[slice_axis] = slice(first * step, min(last * step, size))
+        array[tuple(region)] = data[tuple(region)]
+
+
+def _runs(flags: list[bool]) -> list[tuple[int, int]]:
+    """``[start, stop)`` of every run of consecutive true flags."""
+    runs: list[tuple[int, int]] = []
+    for i, flag in enumerate(flags):
+        if flag and runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        elif flag:
+            runs.append((i, i + 1))
+    return runs
 
 
 def read_output(root: zarr.Group, round_index: int, kind: str, volume_id: str) -> np.ndarray | None:

@@ -100,23 +100,32 @@ def masker_volume(shape: tuple[int, int, int], views: Sequence[MaskerView]) -> t
         each voxel (0 where none does) and ``XxYxZ`` bool coverage.
     """
     total = np.zeros(shape, np.float32)
+    views = [view for view in views if len(view.indices)]
+    if len(views) == 1:  # the mean is the view itself: 0 + x, as summing gives, and x / 1 == x
+        (view,) = views
+        idx = np.asarray(view.indices, np.int64)
+        np.moveaxis(total, view.axis, 0)[idx] = np.add(view.prob, np.float32(0.0), dtype=np.float32)
+        prompted = np.zeros(shape[view.axis], bool)
+        prompted[idx] = True
+        along = [-1 if a == view.axis else 1 for a in range(len(shape))]
+        return total, np.broadcast_to(prompted.reshape(along), shape).copy()
     count = np.zeros(shape, np.uint8)
     for view in views:
-        if not len(view.indices):
-            continue
         idx = np.asarray(view.indices, np.int64)
         np.moveaxis(total, view.axis, 0)[idx] += np.asarray(view.prob, np.float32)
         np.moveaxis(count, view.axis, 0)[idx] += 1
-    covered = count > 0
-    return np.where(covered, total / np.maximum(count, 1), 0.0).astype(np.float32), covered
+    np.divide(total, np.maximum(count, 1), out=total)  # uncovered: 0 / 1 == 0
+    return total, count > 0
 
 
 def margin(prob: np.ndarray, threshold: float) -> np.ndarray:
     """Certainty of a thresholded probability: 0 at ``threshold``, 1 at 0 or 1 (same shape)."""
     prob = np.asarray(prob, np.float32)
-    above = (prob - threshold) / (1.0 - threshold)
-    below = (threshold - prob) / threshold
-    return np.clip(np.where(prob >= threshold, above, below), 0.0, 1.0).astype(np.float32)
+    above, below = np.empty_like(prob), np.empty_like(prob)
+    np.divide(np.subtract(prob, threshold, out=above), 1.0 - threshold, out=above)
+    np.divide(np.subtract(threshold, prob, out=below), threshold, out=below)
+    np.maximum(above, below, out=above)  # of the two formulas, the one for prob's side is >= 0
+    return np.clip(above, 0.0, 1.0, out=above)
 
 
 def confidence_to_uint8(confidence: np.ndarray) -> np.ndarray:
@@ -128,7 +137,14 @@ def confidence_to_uint8(confidence: np.ndarray) -> np.ndarray:
     c = np.asarray(confidence, np.float32)
     if not np.isfinite(c).all():
         raise ValueError(f"confidence holds {int((~np.isfinite(c)).sum())} non-finite values")
-    return np.rint(np.clip(c, 0.0, 1.0) * CONFIDENCE_SCALE).astype(np.uint8)
+    return _encode(c)
+
+
+def _encode(confidence: np.ndarray) -> np.ndarray:
+    """`confidence_to_uint8` of a float32 confidence known to be finite."""
+    out = np.clip(confidence, 0.0, 1.0)
+    np.multiply(out, CONFIDENCE_SCALE, out=out)
+    return np.rint(out, out=out).astype(np.uint8)
 
 
 def confidence_from_uint8(encoded: np.ndarray) -> np.ndarray:
@@ -171,7 +187,8 @@ def _fuse_prompted(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(bool label, float32 confidence) of prompted voxels, elementwise (any equal shapes)."""
     if config.mode == FusionMode.average:
-        fused = config.masker_weight * masker + (1.0 - config.masker_weight) * student
+        fused = config.masker_weight * masker
+        fused += (1.0 - config.masker_weight) * student
         return fused > 0.5, margin(fused, 0.5)
     masker_fg = masker > config.masker_threshold
     student_fg = student > STUDENT_THRESHOLD
@@ -183,9 +200,11 @@ def _fuse_prompted(
         label = masker_fg | student_fg
     else:  # pragma: no cover - the enum is closed
         raise ValueError(f"unknown fusion mode {config.mode!r}")
-    agreement = 1.0 - np.abs(masker - student)
-    confidence = margin(masker, config.masker_threshold) * agreement
-    return label, confidence.astype(np.float32)
+    agreement = np.subtract(masker, student)
+    np.abs(agreement, out=agreement)
+    np.subtract(1.0, agreement, out=agreement)
+    confidence = margin(masker, config.masker_threshold)
+    return label, np.multiply(confidence, agreement, out=confidence)
 
 
 def fuse(
@@ -223,12 +242,16 @@ def fuse(
     confidence = margin(student, STUDENT_THRESHOLD)
     m, covered = masker_volume(student.shape, [MaskerView(slice_axis, indices, masker), *extra])
     if covered.any():
-        label[covered], confidence[covered] = _fuse_prompted(student[covered], m[covered], config)
-    pseudo_label = label.astype(np.uint8)
+        # whole-volume elementwise passes, then a masked copy: cheaper than gathering the
+        # covered voxels and scattering them back, and the same values voxel by voxel
+        prompted_label, prompted_confidence = _fuse_prompted(student, m, config)
+        np.copyto(label, prompted_label, where=covered)
+        np.copyto(confidence, prompted_confidence, where=covered)
+    pseudo_label = label.view(np.uint8)  # bool is one byte, 0 or 1
     stats = volume_stats(pseudo_label, confidence, student, masker, indices, config, slice_axis, extra,
                          combined=(m, covered))
     logger.debug("fused %d prompted slices: %s", len(indices), stats)
-    return FusionResult(pseudo_label, confidence_to_uint8(confidence), stats)
+    return FusionResult(pseudo_label, _encode(confidence), stats)  # finite: inputs are checked
 
 
 def volume_stats(
@@ -269,10 +292,12 @@ def volume_stats(
     dice = None
     if views:
         m, covered = combined if combined is not None else masker_volume(np.shape(pseudo_label), views)
-        student_fg = np.asarray(student_prob)[covered] > STUDENT_THRESHOLD
-        masker_fg = m[covered] > config.masker_threshold
-        total = int(student_fg.sum()) + int(masker_fg.sum())
-        dice = 1.0 if total == 0 else 2.0 * int((student_fg & masker_fg).sum()) / total
+        student_fg = np.asarray(student_prob) > STUDENT_THRESHOLD
+        student_fg &= covered
+        masker_fg = m > config.masker_threshold
+        masker_fg &= covered
+        total = np.count_nonzero(student_fg) + np.count_nonzero(masker_fg)
+        dice = 1.0 if total == 0 else 2.0 * np.count_nonzero(student_fg & masker_fg) / total
     axes = [slice_axis, *(v.axis for v in extra_views)]
     return VolumeStats(
         slices_total=sum(int(np.shape(pseudo_label)[a]) for a in axes),

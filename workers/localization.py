@@ -124,14 +124,25 @@ def foreground_mask(prob: np.ndarray, config: PromptConfig) -> np.ndarray:
     mask = prob > config.threshold
     if not config.largest_component or not mask.any():
         return mask
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    # labelling the foreground's bounding box finds the same components in the same scan order
+    box = _bounding_box(mask)
+    labels, count = ndimage.label(mask[box], structure=np.ones((3, 3, 3), bool))
     if count <= 1:
         return mask
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     sizes[0] = 0
     keep = int(np.argmax(sizes))
     logger.debug("kept component %d of %d (%d voxels)", keep, count, sizes[keep])
-    return labels == keep
+    largest = np.zeros_like(mask)
+    largest[box] = labels == keep
+    return largest
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
+    """Slices of the smallest box holding every true voxel of a non-empty 3D mask."""
+    yz = mask.any(axis=0)
+    extents = (mask.any(axis=(1, 2)), yz.any(axis=1), yz.any(axis=0))
+    return tuple(slice(int(e[0]), int(e[-1]) + 1) for e in (np.flatnonzero(x) for x in extents))
 
 
 def slice_box(foreground: np.ndarray, margin: int) -> np.ndarray:
@@ -144,9 +155,14 @@ def slice_box(foreground: np.ndarray, margin: int) -> np.ndarray:
     cols = np.flatnonzero(foreground.any(axis=0))
     if rows.size == 0:
         raise ValueError("cannot box an empty slice foreground")
-    h, w = foreground.shape
-    x0, x1 = max(cols[0] - margin, 0), min(cols[-1] + margin, w - 1)
-    y0, y1 = max(rows[0] - margin, 0), min(rows[-1] + margin, h - 1)
+    return _grown_box(rows[0], rows[-1], cols[0], cols[-1], foreground.shape, margin)
+
+
+def _grown_box(r0: int, r1: int, c0: int, c1: int, shape: tuple[int, ...], margin: int) -> np.ndarray:
+    """XYXY box of rows ``r0..r1`` and columns ``c0..c1`` grown by ``margin``, clipped to ``shape``."""
+    h, w = shape
+    x0, x1 = max(c0 - margin, 0), min(c1 + margin, w - 1)
+    y0, y1 = max(r0 - margin, 0), min(r1 + margin, h - 1)
     return np.array([x0, y0, x1, y1], np.float32)
 
 
@@ -168,43 +184,84 @@ def positive_points(foreground: np.ndarray, prob: np.ndarray, k: int) -> np.ndar
     """
     if k == 0:
         return np.zeros((0, 2), np.float32)
-    rows, cols = np.nonzero(foreground)
+    rows = np.flatnonzero(foreground.any(axis=1))
+    cols = np.flatnonzero(foreground.any(axis=0))
     if rows.size == 0:
         raise ValueError("positive points need a non-empty slice foreground, got an empty one")
-    r0, c0 = rows.min(), cols.min()  # distances computed on the padded bounding box only
-    crop = foreground[r0 : rows.max() + 1, c0 : cols.max() + 1]
-    dist = np.zeros(foreground.shape)
-    dist[r0 : rows.max() + 1, c0 : cols.max() + 1] = ndimage.distance_transform_edt(
-        np.pad(crop, 1)
-    )[1:-1, 1:-1]
-    order = np.lexsort((cols, rows, -prob[rows, cols], -dist[rows, cols]))
-    rows, cols = rows[order].astype(np.float64), cols[order].astype(np.float64)
-    chosen = [0]
-    nearest = (rows - rows[0]) ** 2 + (cols - cols[0]) ** 2  # squared distance to chosen points
-    radius = max(float(dist[int(rows[0]), int(cols[0])]), 1.0)
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    return _positive_points(foreground[box], prob[box], k, rows[0], cols[0])
+
+
+def _positive_points(foreground: np.ndarray, prob: np.ndarray, k: int, r0: int, c0: int) -> np.ndarray:
+    """`positive_points` of a foreground cropped to its bounding box, whose corner is (r0, c0)."""
+    padded = np.zeros((foreground.shape[0] + 2, foreground.shape[1] + 2), bool)
+    padded[1:-1, 1:-1] = foreground  # the slice border counts as background
+    dist = ndimage.distance_transform_edt(padded)[1:-1, 1:-1]
+    rows, cols = np.nonzero(foreground)
+    dist, prob = dist[rows, cols], prob[rows, cols]
+    rows, cols = (rows + r0).astype(np.float64), (cols + c0).astype(np.float64)
+    best = _first_ranked(dist, prob)
+    chosen = _suppress(rows, cols, dist, prob, best, k) if k > 1 else [best]
+    chosen += [best] * (k - len(chosen))
+    return np.stack([cols[chosen], rows[chosen]], axis=1).astype(np.float32)
+
+
+def _suppress(
+    rows: np.ndarray, cols: np.ndarray, dist: np.ndarray, prob: np.ndarray, best: int, k: int
+) -> list[int]:
+    """Greedy non-maximum suppression of `positive_points`: up to ``k`` candidates from ``best``."""
+    chosen = [best]
+    nearest = (rows - rows[best]) ** 2 + (cols - cols[best]) ** 2  # squared distance to chosen points
+    radius = max(float(dist[best]), 1.0)
     while len(chosen) < k and radius >= 1.0:
         free = np.flatnonzero(nearest >= radius**2)
         if free.size == 0:
             radius /= 2.0
             continue
-        pick = int(free[0])
+        pick = _first_ranked(dist, prob, free)
         chosen.append(pick)
         nearest = np.minimum(nearest, (rows - rows[pick]) ** 2 + (cols - cols[pick]) ** 2)
-    chosen += [0] * (k - len(chosen))
-    return np.stack([cols[chosen], rows[chosen]], axis=1).astype(np.float32)
+    return chosen
+
+
+def _first_ranked(first: np.ndarray, second: np.ndarray, among: np.ndarray | None = None) -> int:
+    """The candidate ranked first: largest ``first``, then largest ``second``, then lowest index.
+
+    ``among`` (increasing indices, default all) restricts the candidates; NaN ranks below every
+    number. This is the first of ``among`` in ``np.lexsort((index, -second, -first))`` order,
+    found without sorting.
+    """
+    among = np.arange(first.size) if among is None else among
+    for key in (first, second):
+        values = key[among]
+        top = values.max()
+        if np.isnan(top):
+            numbers = ~np.isnan(values)
+            if not numbers.any():
+                continue
+            top = values[numbers].max()
+        among = among[values == top]
+        if among.size == 1:
+            break
+    return int(among[0])
 
 
 def _spread(candidates: np.ndarray, away: np.ndarray, prob: np.ndarray, k: int) -> np.ndarray:
-    """Farthest-point sampling of ``k`` candidate pixels, starting at the largest ``away``."""
+    """Farthest-point sampling of ``k`` candidate pixels, starting at the largest ``away``.
+
+    Candidates rank by larger ``away``, then lower ``prob``, then row, then column; the first
+    ranked starts and, among equally far candidates, breaks every tie.
+    """
     rows, cols = np.nonzero(candidates)
-    order = np.lexsort((cols, rows, prob[rows, cols], -away[rows, cols]))
-    rows, cols = rows[order].astype(np.float64), cols[order].astype(np.float64)
-    chosen = [0]
-    nearest = (rows - rows[0]) ** 2 + (cols - cols[0]) ** 2
+    away, low = away[rows, cols], -prob[rows, cols]
+    rows, cols = rows.astype(np.float64), cols.astype(np.float64)
+    chosen = [_first_ranked(away, low)]
+    nearest = (rows - rows[chosen[0]]) ** 2 + (cols - cols[chosen[0]]) ** 2
     while len(chosen) < k:
-        pick = int(np.argmax(nearest))  # first maximum: ties follow the ranking above
-        if nearest[pick] == 0:
+        farthest = nearest.max()
+        if farthest == 0:
             break
+        pick = _first_ranked(away, low, np.flatnonzero(nearest == farthest))
         chosen.append(pick)
         nearest = np.minimum(nearest, (rows - rows[pick]) ** 2 + (cols - cols[pick]) ** 2)
     chosen = [chosen[i % len(chosen)] for i in range(k)]
@@ -236,7 +293,7 @@ def negative_points(
     offset = np.array([x0, y0], np.float32)
     if fg_box.any() and not fg_box.all():
         away = ndimage.distance_transform_edt(~fg_box)
-        cleared = ~ndimage.binary_dilation(fg_box, iterations=NEGATIVE_CLEARANCE)
+        cleared = _cleared(fg_box, away)
         candidates = cleared if cleared.any() else ~fg_box
         return _spread(candidates, away, prob_box, k) + offset
     background = ~foreground
@@ -245,6 +302,18 @@ def negative_points(
         return _spread(background, away, prob, k)
     logger.debug("slice is all foreground: negative points at the lowest probabilities")
     return _spread(np.ones_like(foreground, bool), np.zeros(prob.shape), prob, k)
+
+
+def _cleared(foreground: np.ndarray, away: np.ndarray) -> np.ndarray:
+    """Pixels more than `NEGATIVE_CLEARANCE` pixels (city-block) off the foreground.
+
+    ``away`` is the Euclidean distance to the foreground. For a clearance c of 1 or 2 it selects
+    the same pixels as dilating c times: an integer offset has dx^2 + dy^2 <= c^2 exactly when
+    |dx| + |dy| <= c.
+    """
+    if NEGATIVE_CLEARANCE in (1, 2):
+        return away > NEGATIVE_CLEARANCE
+    return ~ndimage.binary_dilation(foreground, iterations=NEGATIVE_CLEARANCE)
 
 
 def _mask_logits(prob: np.ndarray) -> np.ndarray:
@@ -274,19 +343,24 @@ def slice_prompts(mask: np.ndarray, prob: np.ndarray, config: PromptConfig) -> l
     _check_axis(mask, axis)
     other = tuple(a for a in range(3) if a != axis)
     counts = mask.sum(axis=other)
+    # slice frames as views; each slice's foreground extent from two whole-volume reductions
+    fg_slices, prob_slices = np.moveaxis(mask, axis, 0), np.moveaxis(prob, axis, 0)
+    has_rows, has_cols = fg_slices.any(axis=2), fg_slices.any(axis=1)
+    plane = fg_slices.shape[1:]
     labels = np.array([1] * config.positive_points + [0] * config.negative_points, np.int64)
     prompts: list[SlicePrompt] = []
     for index in np.flatnonzero(counts >= config.min_slice_pixels):
         index = int(index)
-        fg, p = slice_image(mask, index, axis), slice_image(prob, index, axis)
-        box = slice_box(fg, config.box_margin)
-        points = np.concatenate(
-            [
-                positive_points(fg, p, config.positive_points),
-                negative_points(fg, p, box, config.negative_points),
-            ]
-        )
-        logits = _mask_logits(p) if config.mask_prompt else None
+        fg, p = fg_slices[index], prob_slices[index]
+        rows, cols = np.flatnonzero(has_rows[index]), np.flatnonzero(has_cols[index])
+        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+        box = _grown_box(r0, r1, c0, c1, plane, config.box_margin)
+        positive = np.zeros((0, 2), np.float32)
+        if config.positive_points:
+            inside = (slice(r0, r1 + 1), slice(c0, c1 + 1))
+            positive = _positive_points(fg[inside], p[inside], config.positive_points, r0, c0)
+        points = np.concatenate([positive, negative_points(fg, p, box, config.negative_points)])
+        logits = _mask_logits(slice_image(prob, index, axis)) if config.mask_prompt else None
         prompts.append(SlicePrompt(index, box, points, labels.copy(), logits))
     logger.debug("%d of %d slices prompted along axis %d", len(prompts), mask.shape[axis], axis)
     return prompts

@@ -16,6 +16,7 @@ from semisam.store import (
     write_record,
     write_volume,
 )
+from semisam.store.volumes import DIMENSION_NAMES, slice_chunks
 
 
 def _meta(vid="v1", labeled=False, shape=(5, 6, 7)):
@@ -83,3 +84,31 @@ def test_torn_record_counts_as_pending(tmp_path):
     write_record(root, 1, VolumeRecord(volume_id="v1", status=VolumeStatus.done))
     (tmp_path / "s.zarr" / "rounds/1/records/v1/zarr.json").write_text('{"zarr_format": 3, "node_ty')
     assert read_record(open_store(tmp_path / "s.zarr"), 1, "v1") is None
+
+
+@pytest.mark.parametrize("slice_axis", [0, 1, 2])
+def test_outputs_store_what_zarr_would(tmp_path, slice_axis):
+    """Same chunk files, bytes and metadata as zarr's own ``create_array(data=...)``: chunks that
+    are all zero (the fill value) are left out, including a partial last one."""
+    shape = [12, 13, 11]
+    shape[slice_axis] = 29  # chunks of 8 planes: 0-7, 8-15, 16-23, 24-28
+    rng = np.random.default_rng(slice_axis)
+    pl = (rng.random(shape) > 0.5).astype(np.uint8)
+    planes = np.moveaxis(pl, slice_axis, 0)
+    planes[:8] = planes[16:24] = 0  # empty: the first chunk and one in the middle
+    conf = np.full(shape, 9, np.uint8)
+    np.moveaxis(conf, slice_axis, 0)[24:] = 0  # empty: the partial last chunk
+    root = open_store(tmp_path / "s.zarr", create=True)
+    write_outputs(root, 1, "v1", pl, conf, slice_axis, attrs={"round": 1})
+    for kind, data in (("pseudo_label", pl), ("confidence", conf)):
+        extra = {"encoding": "uint8, value/255 = confidence in [0, 1]"} if kind == "confidence" else {}
+        root.require_group(f"rounds/2/{kind}").create_array(
+            "v1", data=data, chunks=slice_chunks(pl.shape, slice_axis), attributes={"round": 1, **extra},
+            dimension_names=DIMENSION_NAMES)
+        ours, theirs = (tmp_path / f"s.zarr/rounds/{r}/{kind}/v1" for r in (1, 2))
+        files = sorted(p.relative_to(ours) for p in ours.rglob("*") if p.is_file())
+        assert files == sorted(p.relative_to(theirs) for p in theirs.rglob("*") if p.is_file())
+        assert len(files) == 1 + (3 if kind == "confidence" else 2)  # zarr.json + chunks
+        for name in files:
+            assert (ours / name).read_bytes() == (theirs / name).read_bytes()
+        np.testing.assert_array_equal(read_output(root, 1, kind, "v1"), data)

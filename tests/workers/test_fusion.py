@@ -7,6 +7,7 @@ import pytest
 
 from semisam.schemas import CONFIDENCE_SCALE, FusionConfig, FusionMode
 from semisam.workers.fusion import (
+    MaskerView,
     confidence_from_uint8,
     confidence_to_uint8,
     fuse,
@@ -184,3 +185,63 @@ def test_end_to_end_on_a_phantom():
     assert dice(result.pseudo_label > 0, truth) >= 0.9
     assert dice(result.pseudo_label > 0, truth) > dice(student > 0.5, truth)
     assert result.stats.slices_prompted == len(prompts) > 0
+
+
+def _reference_margin(p: np.ndarray, t: float) -> np.ndarray:
+    above, below = (p - t) / (1.0 - t), (t - p) / t
+    return np.clip(np.where(p >= t, above, below), 0.0, 1.0).astype(np.float32)
+
+
+def _reference_fuse(student, views, config):
+    """The rules of the module docstring, voxel by voxel over the covered voxels."""
+    s = np.clip(student.astype(np.float32), 0.0, 1.0)
+    total, count = np.zeros(s.shape, np.float32), np.zeros(s.shape, np.uint8)
+    for axis, indices, prob in views:
+        np.moveaxis(total, axis, 0)[indices] += np.clip(prob, 0.0, 1.0)
+        np.moveaxis(count, axis, 0)[indices] += 1
+    covered = count > 0
+    m = np.where(covered, total / np.maximum(count, 1), 0.0).astype(np.float32)
+    label, conf = s > 0.5, _reference_margin(s, 0.5)
+    ps, pm, t = s[covered], m[covered], config.masker_threshold
+    if config.mode == FusionMode.average:
+        fused = config.masker_weight * pm + (1.0 - config.masker_weight) * ps
+        label[covered], conf[covered] = fused > 0.5, _reference_margin(fused, 0.5)
+    else:
+        label[covered] = {FusionMode.masker_on_prompted: pm > t,
+                          FusionMode.intersection: (pm > t) & (ps > 0.5),
+                          FusionMode.union: (pm > t) | (ps > 0.5)}[config.mode]
+        conf[covered] = _reference_margin(pm, t) * (1.0 - np.abs(pm - ps))
+    dice_s, dice_m = ps > 0.5, pm > t
+    total_fg = int(dice_s.sum()) + int(dice_m.sum())
+    dice = 1.0 if total_fg == 0 else 2.0 * int((dice_s & dice_m).sum()) / total_fg
+    encoded = np.rint(np.clip(conf, 0.0, 1.0) * CONFIDENCE_SCALE).astype(np.uint8)
+    return label.astype(np.uint8), encoded, float(np.mean(conf, dtype=np.float64)), dice
+
+
+@pytest.mark.parametrize("mode", list(FusionMode))
+def test_fuse_equals_the_voxelwise_reference(mode):
+    rng = np.random.default_rng(len(mode.value))
+    shape = (9, 8, 7)
+    for trial in range(12):
+        student = rng.uniform(-0.2, 1.2, shape).astype(np.float32)
+        student[rng.random(shape) < 0.1] = 0.5  # exactly at the threshold
+        student[rng.random(shape) < 0.05] = -0.0
+        axes = [2, 0, 1][: 1 + trial % 3]
+        views = []
+        for axis in axes:
+            indices = sorted(rng.choice(shape[axis], int(rng.integers(1, shape[axis])), replace=False))
+            plane = tuple(n for a, n in enumerate(shape) if a != axis)
+            prob = np.round(rng.uniform(-0.1, 1.1, (len(indices), *plane)), 1).astype(np.float32)
+            views.append((axis, [int(i) for i in indices], prob))
+        config = FusionConfig(mode=mode, masker_threshold=[0.5, 0.3][trial % 2],
+                              masker_weight=[0.5, 0.25, 1.0][trial % 3])
+        (axis, indices, prob), extra = views[0], views[1:]
+        result = fuse(student, prob, indices, config, axis,
+                      extra_views=[MaskerView(a, i, p) for a, i, p in extra])
+        label, conf, mean_conf, dice = _reference_fuse(student, views, config)
+        np.testing.assert_array_equal(result.pseudo_label, label)
+        np.testing.assert_array_equal(result.confidence, conf)
+        assert result.pseudo_label.dtype == result.confidence.dtype == np.uint8
+        assert result.stats.mean_confidence == mean_conf and result.stats.student_sam_dice == dice
+        np.testing.assert_array_equal(margin(student, config.masker_threshold),
+                                      _reference_margin(student, config.masker_threshold))

@@ -207,3 +207,110 @@ def test_deterministic_and_shape_checked(phantom):
         np.testing.assert_array_equal(pa.box, pb.box)
     with pytest.raises(ValueError, match="differs"):
         slice_prompts(mask[:-1], prob, config)
+
+
+# --- the fast paths against the plain rules of the module docstring (sort everything, scan) ---
+
+
+def _ranked(rows, cols, keys):
+    """Candidate pixels in np.lexsort order of ``keys`` (primary last), as float64 rows, cols."""
+    order = np.lexsort((cols, rows, *keys))
+    return rows[order].astype(np.float64), cols[order].astype(np.float64)
+
+
+def _reference_positive(fg: np.ndarray, prob: np.ndarray, k: int) -> np.ndarray:
+    dist = ndimage.distance_transform_edt(np.pad(fg, 1))[1:-1, 1:-1]
+    rows, cols = np.nonzero(fg)
+    radius = max(float(dist[rows, cols].max()), 1.0)
+    rows, cols = _ranked(rows, cols, (-prob[rows, cols], -dist[rows, cols]))
+    chosen, nearest = [0], (rows - rows[0]) ** 2 + (cols - cols[0]) ** 2
+    while len(chosen) < k and radius >= 1.0:
+        free = np.flatnonzero(nearest >= radius**2)
+        if free.size == 0:
+            radius /= 2.0
+            continue
+        chosen.append(int(free[0]))
+        nearest = np.minimum(nearest, (rows - rows[free[0]]) ** 2 + (cols - cols[free[0]]) ** 2)
+    chosen += [0] * (k - len(chosen))
+    return np.stack([cols[chosen], rows[chosen]], axis=1).astype(np.float32)
+
+
+def _reference_spread(candidates, away, prob, k):
+    rows, cols = np.nonzero(candidates)
+    rows, cols = _ranked(rows, cols, (prob[rows, cols], -away[rows, cols]))
+    chosen, nearest = [0], (rows - rows[0]) ** 2 + (cols - cols[0]) ** 2
+    while len(chosen) < k and nearest.max() > 0:
+        pick = int(np.argmax(nearest))
+        chosen.append(pick)
+        nearest = np.minimum(nearest, (rows - rows[pick]) ** 2 + (cols - cols[pick]) ** 2)
+    chosen = [chosen[i % len(chosen)] for i in range(k)]
+    return np.stack([cols[chosen], rows[chosen]], axis=1).astype(np.float32)
+
+
+def _reference_negative(fg, prob, box, k):
+    x0, y0, x1, y1 = (int(v) for v in box)
+    fg_box, prob_box = fg[y0 : y1 + 1, x0 : x1 + 1], prob[y0 : y1 + 1, x0 : x1 + 1]
+    assert fg_box.any() and not fg_box.all()  # the in-box rule only
+    cleared = ~ndimage.binary_dilation(fg_box, iterations=NEGATIVE_CLEARANCE)
+    candidates = cleared if cleared.any() else ~fg_box
+    away = ndimage.distance_transform_edt(~fg_box)
+    return _reference_spread(candidates, away, prob_box, k) + np.array([x0, y0], np.float32)
+
+
+def _random_slice(rng: np.random.Generator, shape=(23, 31)) -> tuple[np.ndarray, np.ndarray]:
+    """A blobby foreground with holes and a coarse probability (many ties), some of it NaN."""
+    fg = ndimage.gaussian_filter(rng.random(shape), rng.uniform(0.5, 2.5)) > rng.uniform(0.45, 0.55)
+    prob = np.round(rng.random(shape) * rng.choice([2, 5, 100])) / 100
+    prob[rng.random(shape) < 0.02] = np.nan
+    return fg, prob.astype(np.float32)
+
+
+def test_points_equal_the_sorted_reference():
+    rng = np.random.default_rng(7)
+    checked = 0
+    for _ in range(300):
+        fg, prob = _random_slice(rng)
+        if not fg.any() or fg.all():
+            continue
+        k = int(rng.integers(1, 7))
+        np.testing.assert_array_equal(positive_points(fg, prob, k), _reference_positive(fg, prob, k))
+        box = slice_box(fg, int(rng.integers(0, 6)))
+        x0, y0, x1, y1 = (int(v) for v in box)
+        if not fg[y0 : y1 + 1, x0 : x1 + 1].all():
+            np.testing.assert_array_equal(negative_points(fg, prob, box, k),
+                                          _reference_negative(fg, prob, box, k))
+            checked += 1
+    assert checked > 100
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_slice_prompts_equal_the_per_slice_functions(axis):
+    rng = np.random.default_rng(axis)
+    prob = ndimage.gaussian_filter(rng.random((26, 19, 22)), 1.5).astype(np.float32)
+    prob = (prob - prob.min()) / (prob.max() - prob.min())
+    config = PromptConfig(slice_axis=axis, threshold=0.45, positive_points=3, negative_points=2,
+                          mask_prompt=True, largest_component=False)
+    mask = foreground_mask(prob, config)
+    prompts = slice_prompts(mask, prob, config)
+    assert len(prompts) > 5
+    for prompt in prompts:
+        fg, p = slice_image(mask, prompt.index, axis), slice_image(prob, prompt.index, axis)
+        box = slice_box(fg, config.box_margin)
+        np.testing.assert_array_equal(prompt.box, box)
+        expected = np.concatenate([positive_points(fg, p, 3), negative_points(fg, p, box, 2)])
+        np.testing.assert_array_equal(prompt.points, expected)
+
+
+def test_largest_component_equals_labelling_the_whole_volume():
+    rng = np.random.default_rng(3)
+    for trial in range(40):
+        prob = ndimage.gaussian_filter(rng.random((21, 17, 15)), rng.uniform(0.6, 1.5))
+        prob = (prob > np.quantile(prob, rng.uniform(0.8, 0.97))).astype(np.float32)
+        if trial % 4 == 0:  # two equally large components: the first in scan order wins
+            prob[:] = 0
+            prob[12:15, 3:6, 9:12] = prob[2:5, 8:11, 4:7] = 1
+        labels, count = ndimage.label(prob > 0.5, structure=np.ones((3, 3, 3), bool))
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        expected = labels == np.argmax(sizes) if count > 1 else prob > 0.5
+        np.testing.assert_array_equal(foreground_mask(prob, PromptConfig()), expected)

@@ -160,13 +160,13 @@ def test_rel_pos_bias_matches_add_decomposed_rel_pos():
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("fold", [True, False])
-def test_sdpa_encoder_matches_stock(sam, fold):
+@pytest.mark.parametrize("rel_pos", ["fold", "mask"])
+def test_sdpa_encoder_matches_stock(sam, rel_pos):
     torch.manual_seed(1)
     x = torch.randn(2, 3, 1024, 1024)
     with torch.inference_mode():
         ref = sam.image_encoder(x)
-        ours = FastImageEncoder(sam.image_encoder, sdpa=True, fold=fold)(x)
+        ours = FastImageEncoder(sam.image_encoder, sdpa=True, rel_pos=rel_pos)(x)
         plain = FastImageEncoder(sam.image_encoder, sdpa=False)(x)
     assert (ours - ref).abs().max().item() < EXACT_ATOL
     assert torch.equal(plain, ref)

@@ -3,9 +3,10 @@
 `FastImageEncoder` runs the blocks of a segment-anything `ImageEncoderViT` with its own
 forward: the model's modules (and weights) are used as they are, nothing is copied and the
 stock modules are not patched, so a `SamPredictor` on the same model keeps the stock path.
-With ``sdpa=True`` each block's attention goes through
-``torch.nn.functional.scaled_dot_product_attention`` with the decomposed relative-position
-bias (what ``add_decomposed_rel_pos`` adds to the scores) passed as an additive float mask.
+With ``sdpa=True`` each block's attention goes through a fused path that adds the
+decomposed relative-position bias (what ``add_decomposed_rel_pos`` adds to the scores) without
+the stock ``(HW)x(HW)`` float32 score matrix: folded into the query/key product, as an
+additive SDPA mask, or inside the project's Triton kernel (`relpos_attention`).
 """
 
 from __future__ import annotations
@@ -27,9 +28,16 @@ from torch import nn
 
 from semisam.schemas import SamConfig
 
+from .fp8 import fp8_linears
+from .relpos_attention import available as triton_available
+from .relpos_attention import relpos_attention, relpos_tables
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["DTYPES", "FastImageEncoder", "SliceEncoder", "rel_pos_bias", "sdpa_attention"]
+__all__ = ["DTYPES", "REL_POS_PATHS", "FastImageEncoder", "SliceEncoder", "rel_pos_bias",
+           "resolve_rel_pos", "sdpa_attention"]
+
+REL_POS_PATHS = ("fold", "mask", "triton")
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -109,27 +117,36 @@ def rel_pos_augment(
     return torch.cat(q_parts, dim=-1), torch.cat(k_parts, dim=-1)
 
 
-def sdpa_attention(attn: Attention, x: torch.Tensor, fold: bool = True) -> torch.Tensor:
-    """Forward of a segment-anything encoder `Attention` through SDPA, with its weights.
+def sdpa_attention(attn: Attention, x: torch.Tensor, rel_pos: str = "fold",
+                   qkv: nn.Module | None = None, proj: nn.Module | None = None) -> torch.Tensor:
+    """Forward of a segment-anything encoder `Attention` through a fused path, with its weights.
 
-    With ``fold`` the relative-position bias is folded into the dot product
-    (`rel_pos_augment`), so no attention mask is passed and SDPA can pick a fused kernel (GPU);
-    without, it is passed as an additive mask (`rel_pos_bias`), which costs fewer FLOPs where
-    no fused kernel exists (CPU).
+    ``rel_pos`` says how the relative-position bias enters: ``fold`` into the query/key dot
+    product (`rel_pos_augment`: no mask, so SDPA can pick a fused kernel on a GPU); ``mask`` as
+    an additive SDPA mask (`rel_pos_bias`: fewer FLOPs where no fused kernel exists, CPUs);
+    ``triton`` inside the project's Triton attention kernel (`relpos_attention`: the bias is
+    added per score tile from two small per-query tables, CUDA).
 
     Args:
         attn: the block's attention module (``qkv``, ``proj``, optional rel-pos tables).
         x: ``BxHxWxC`` tokens.
-        fold: fold the bias into q/k (True) or pass it as a mask (False).
+        rel_pos: ``fold`` | ``mask`` | ``triton``.
+        qkv, proj: replacements of ``attn.qkv`` / ``attn.proj`` (fp8 copies), None = the
+            module's own.
 
     Returns:
         ``BxHxWxC``.
     """
     b, h, w, _ = x.shape
     heads = attn.num_heads
-    qkv = attn.qkv(x).reshape(b, h * w, 3, heads, -1).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)  # each BxHeadsx(HW)xC
-    if attn.use_rel_pos and fold:
+    proj = proj or attn.proj
+    packed = (qkv or attn.qkv)(x).reshape(b, h * w, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = packed.unbind(0)  # each BxHeadsx(HW)xC
+    if attn.use_rel_pos and rel_pos == "triton":
+        relh, relw = relpos_tables(q, attn.rel_pos_h, attn.rel_pos_w, (h, w))
+        out = relpos_attention(q, k, v, relh, relw, attn.scale, (h, w))  # Bx(HW)xHeadsxC
+        return proj(out.reshape(b, h, w, -1))
+    if attn.use_rel_pos and rel_pos == "fold":
         q, k = rel_pos_augment(q, k, attn.rel_pos_h, attn.rel_pos_w, (h, w), attn.scale)
         out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
     elif attn.use_rel_pos:
@@ -138,34 +155,51 @@ def sdpa_attention(attn: Attention, x: torch.Tensor, fold: bool = True) -> torch
     else:
         out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
     out = out.reshape(b, heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
-    return attn.proj(out)
+    return proj(out)
 
 
 class FastImageEncoder(nn.Module):
-    """`ImageEncoderViT` forward with the attention swapped for SDPA (weights shared).
+    """`ImageEncoderViT` forward with the attention swapped for a fused path (weights shared).
 
     Args:
         encoder: the model's image encoder; held as a submodule, not copied.
-        sdpa: route attention through SDPA; False = the stock `Attention.forward`.
-        fold: with ``sdpa``, fold the rel-pos bias into q/k (see `sdpa_attention`).
+        sdpa: route attention through `sdpa_attention`; False = the stock `Attention.forward`.
+        rel_pos: with ``sdpa``, ``fold`` | ``mask`` | ``triton`` (see `sdpa_attention`).
+        windowed_rel_pos: the same choice for the windowed blocks only (None = ``rel_pos``).
+        fp8: ``none`` | ``mlp`` | ``all``: which linear layers multiply in e4m3 (`fp8_linears`;
+            built from the encoder's weights as they are now, so cast the encoder first).
     """
 
-    def __init__(self, encoder: ImageEncoderViT, sdpa: bool = True, fold: bool = True) -> None:
+    def __init__(self, encoder: ImageEncoderViT, sdpa: bool = True, rel_pos: str = "fold",
+                 windowed_rel_pos: str | None = None, fp8: str = "none") -> None:
         super().__init__()
+        if rel_pos not in REL_POS_PATHS or (windowed_rel_pos or rel_pos) not in REL_POS_PATHS:
+            raise ValueError(f"rel_pos must be one of {REL_POS_PATHS}, got {rel_pos!r}, "
+                             f"{windowed_rel_pos!r}")
         self.encoder = encoder
         self.sdpa = sdpa
-        self.fold = fold
+        self.rel_pos = rel_pos
+        self.windowed_rel_pos = windowed_rel_pos or rel_pos
+        self.fp8 = fp8_linears(encoder.blocks, fp8)
 
-    def _block(self, blk: Block, x: torch.Tensor) -> torch.Tensor:
+    def _block(self, i: int, blk: Block, x: torch.Tensor) -> torch.Tensor:
+        fp8 = self.fp8
         shortcut = x
         x = blk.norm1(x)
         if blk.window_size > 0:
             hw = (x.shape[1], x.shape[2])
             x, pad_hw = window_partition(x, blk.window_size)
-        x = sdpa_attention(blk.attn, x, self.fold) if self.sdpa else blk.attn(x)
+        path = self.windowed_rel_pos if blk.window_size > 0 else self.rel_pos
+        if self.sdpa:
+            x = sdpa_attention(blk.attn, x, path, fp8[f"{i}_qkv"] if f"{i}_qkv" in fp8 else None,
+                               fp8[f"{i}_proj"] if f"{i}_proj" in fp8 else None)
+        else:
+            x = blk.attn(x)
         if blk.window_size > 0:
             x = window_unpartition(x, blk.window_size, pad_hw, hw)
         x = shortcut + x
+        if f"{i}_lin1" in fp8:
+            return x + fp8[f"{i}_lin2"](blk.mlp.act(fp8[f"{i}_lin1"](blk.norm2(x))))
         return x + blk.mlp(blk.norm2(x))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -174,9 +208,23 @@ class FastImageEncoder(nn.Module):
         x = enc.patch_embed(images)
         if enc.pos_embed is not None:
             x = x + enc.pos_embed
-        for blk in enc.blocks:
-            x = self._block(blk, x)
+        for i, blk in enumerate(enc.blocks):
+            x = self._block(i, blk, x)
         return enc.neck(x.permute(0, 3, 1, 2))
+
+
+def resolve_rel_pos(setting: str, device: torch.device) -> str:
+    """``sam.rel_pos`` -> the path used on ``device`` (``auto``: fold on CUDA, mask elsewhere).
+
+    Raises:
+        ValueError: ``triton`` asked for where the kernel cannot run.
+    """
+    if setting == "auto":
+        return "fold" if device.type == "cuda" else "mask"
+    if setting == "triton" and not triton_available(device):
+        raise ValueError(f"sam.rel_pos 'triton' needs a CUDA device and the triton package "
+                         f"(device {device}); use 'auto'")
+    return setting
 
 
 class SliceEncoder:
@@ -195,8 +243,9 @@ class SliceEncoder:
         if self.dtype != torch.float32:
             encoder.to(self.dtype)
         device = next(encoder.parameters()).device
-        fold = config.rel_pos == "fold" or (config.rel_pos == "auto" and device.type == "cuda")
-        self.module: nn.Module = FastImageEncoder(encoder, sdpa=config.sdpa, fold=fold).eval()
+        self.rel_pos = resolve_rel_pos(config.rel_pos, device)
+        self.module: nn.Module = FastImageEncoder(encoder, sdpa=config.sdpa, rel_pos=self.rel_pos,
+                                                  fp8=config.fp8).eval()
         self.forward = self.module
         self.compiled = config.compile
         if config.compile:

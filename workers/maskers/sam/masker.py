@@ -151,6 +151,8 @@ class SamMasker(Masker):
             "family": self.config.family.value,
             "dtype": self.config.dtype,
             "sdpa": self.config.sdpa,
+            "fp8": self.config.fp8,
+            "rel_pos": self.encoder.rel_pos,
             "compile": self.config.compile,
             "multimask_output": self.config.multimask_output,
             "checkpoint": None if checkpoint is None or self._given_model else str(checkpoint),
