@@ -92,8 +92,9 @@ def test_describe_given_model():
     info = masker.describe()
     assert info == {
         "name": "sam", "model_type": "vit_b", "family": "sam", "dtype": "bfloat16",
-        "sdpa": True, "compile": False, "multimask_output": False, "checkpoint": None,
-        "checkpoint_sha256": None, "weights": "given",
+        "sdpa": True, "fp8": "none", "rel_pos": "mask", "compile": False,
+        "multimask_output": False, "checkpoint": None, "checkpoint_sha256": None,
+        "weights": "given",
     }
     assert masker.model.image_encoder.patch_embed.proj.weight.dtype == torch.bfloat16
     assert masker.model.mask_decoder.iou_token.weight.dtype == torch.float32
