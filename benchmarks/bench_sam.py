@@ -62,7 +62,9 @@ def project_path(model: Sam, config: SamConfig, slices: np.ndarray,
 
     The model is deep-copied (a reduced-precision config casts the encoder in place).
     """
-    masker = SamMasker(config, device, model=copy.deepcopy(model))
+    start = time.perf_counter()
+    masker = SamMasker(config, device, model=copy.deepcopy(model))  # compiles every batch shape
+    init_s = time.perf_counter() - start
     warm = min(len(slices), config.batch_size)
     compile_s, _ = timed(lambda: masker.mask_slices(slices[:warm], prompts[:warm]), device)
     best, probs = float("inf"), None
@@ -76,7 +78,7 @@ def project_path(model: Sam, config: SamConfig, slices: np.ndarray,
         inputs = masker.input_prompts(prompts, hw)
         dec_s, _ = timed(lambda: decode_slices(masker.model, emb, inputs,
                                                config.multimask_output), device)
-    return {"seconds": best, "warmup_seconds": compile_s, "encoder_seconds": enc_s,
+    return {"seconds": best, "init_seconds": init_s, "warmup_seconds": compile_s, "encoder_seconds": enc_s,
             "decoder_seconds": dec_s, "probs": probs}
 
 

@@ -10,18 +10,20 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/semisam-bench}
 mkdir -p "$OUT"
 t0=$(date +%s)
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl 2>&1 | grep -v "WARNING: Target directory" || true
 tar xJf .gpu/carry/ray.tar.xz -C /tmp/site || echo "ray unpack failed"
 mkdir -p /tmp/la && tar xJf .gpu/carry/la.tar.xz -C /tmp/la
 mkdir -p /tmp/ns/semisam
 cp semisam/__init__.py /tmp/ns/semisam/
 for d in schemas store workers pipeline training; do ln -sfn "$PWD/$d" "/tmp/ns/semisam/$d"; done
 export PYTHONPATH=/tmp/ns:/tmp/site
+REPO=$PWD
+mkdir -p /tmp/run && cd /tmp/run  # Ray puts the driver's folder on its workers' sys.path: not the repo
 export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-(cd /tmp && python3 -c "import torch, triton, zarr, monai, segment_anything, ray, semisam.workers.volume; print('torch', torch.__version__, 'triton', triton.__version__, 'ray', ray.__version__)")
+(python3 -c "import torch, triton, zarr, monai, segment_anything, ray, semisam.workers.volume; print('torch', torch.__version__, 'triton', triton.__version__, 'ray', ray.__version__)")
 echo "setup $(( $(date +%s) - t0 )) s"
-timeout ${ENC_TIMEOUT:-230} python3 benchmarks/encoder_paths.py --out "$OUT/encoder.json" \
+timeout ${ENC_TIMEOUT:-200} python3 $REPO/benchmarks/encoder_paths.py --out "$OUT/encoder.json" \
     --compile ${COMPILE:-fold best triton_fp8_mlp} || echo "encoder_paths exit $?"
 REL_POS=$(python3 - "$OUT/encoder.json" <<'PY'
 import json, sys
@@ -35,7 +37,7 @@ print("triton" if max(rate("triton"), rate(best)) > rate("fold") else "fold")
 PY
 )
 echo "encoder_paths done at $(( $(date +%s) - t0 )) s; run-round rel_pos=$REL_POS"
-timeout ${E2E_TIMEOUT:-290} python3 benchmarks/throughput.py --device cuda --model vit_b --la-dir /tmp/la \
+timeout ${E2E_TIMEOUT:-330} python3 $REPO/benchmarks/throughput.py --device cuda --model vit_b --la-dir /tmp/la \
     --slices 256 --naive-slices 32 --batch 32 --dtype bfloat16 --compile --compile-cache /tmp/inductor \
     --rel-pos "$REL_POS" --student-iters ${STUDENT_ITERS:-200} --volumes 12 --copies ${COPIES:-4} \
     --tasks-in-flight 3 --ray-workers ${RAY_WORKERS:-2} --out "$OUT/throughput.json" \

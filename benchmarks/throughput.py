@@ -110,6 +110,7 @@ def sam_section(args, device: torch.device) -> dict:
         "project_fp32_batched_slices_per_s": round(naive_n / fp32["seconds"], 2),
         "encoder_slices_per_s": round(len(slices) / fast["encoder_seconds"], 2),
         "decoder_slices_per_s": round(len(slices) / fast["decoder_seconds"], 2),
+        "init_seconds": round(fast["init_seconds"], 2),
         "warmup_seconds": round(fast["warmup_seconds"], 2),
         "vs_naive": agreement(fast["probs"][:naive_n], naive_probs),
         "fp32_batched_vs_naive": agreement(fp32["probs"], naive_probs),
@@ -130,6 +131,7 @@ def e2e_section(args, device: torch.device, work: Path, out: dict, save) -> dict
         cfg.masker.sam = sam_config(args)
         cfg.runtime.device = "cuda"
         cfg.runtime.tasks_in_flight = args.tasks_in_flight
+        cfg.student.sw_batch_size = 8  # the whole LA volume's windows in one student pass
         if "worker" not in args.skip:
             out["worker_path"] = worker_path(store, student, cfg)
             save()

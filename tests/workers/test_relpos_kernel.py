@@ -137,3 +137,23 @@ def test_triton_setting_refused_without_gpu():
         resolve_rel_pos("triton", torch.device("cpu"))
     assert resolve_rel_pos("auto", torch.device("cpu")) == "mask"
     assert resolve_rel_pos("auto", torch.device("cuda")) == "fold"
+
+
+@interpreted
+def test_interpreted_custom_op_inside_torch_compile():
+    """On CUDA the kernel is the opaque custom op ``semisam::relpos_attention``: a compiled
+    graph around it (tables, reshapes) gives what the eager calls give."""
+    from semisam.workers.maskers.sam.relpos_attention import _opaque_op, relpos_tables
+
+    hw, c = (7, 7), 32
+    q, k, v, table_h, table_w = _qkv(2, 2, hw, c, torch.float32, seed=9)
+    op = _opaque_op()
+
+    def attend(q, k, v, table_h, table_w):
+        relh, relw = relpos_tables(q, table_h, table_w, hw)
+        return op(q, k, v, relh, relw, c ** -0.5, *hw).reshape(2, *hw, -1) * 2.0
+
+    eager = attend(q, k, v, table_h, table_w)
+    compiled = torch.compile(attend, dynamic=False)(q, k, v, table_h, table_w)
+    assert compiled.shape == (2, 7, 7, 2 * c)
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)

@@ -67,6 +67,8 @@ class SamMasker(Masker):
             model = load_sam(config.model_type, config.checkpoint, self.device)
         self.model = model.to(self.device).eval()
         self.encoder = SliceEncoder(self.model.image_encoder, config)
+        if config.compile:  # every static batch shape compiles now, not in the middle of a round
+            self.encoder.warm_up(self.img_size)
         self._sha256: str | None = None
 
     @property
@@ -76,29 +78,44 @@ class SamMasker(Masker):
     def input_prompts(self, prompts: Sequence[SlicePrompt], hw: tuple[int, int]
                       ) -> list[InputPrompt]:
         """Slice-frame prompts -> `InputPrompt` in the encoder input frame, on the device."""
-        family, dev = self.config.family, self.device
+        family = self.config.family
         masks: list[torch.Tensor | None] = [None] * len(prompts)
         with_mask = [i for i, p in enumerate(prompts) if p.mask_logits is not None]
         if with_mask:
-            stack = torch.stack([torch.as_tensor(np.asarray(prompts[i].mask_logits, np.float32))
-                                 for i in with_mask]).to(dev)
+            stack = self._to_device(np.stack([np.asarray(prompts[i].mask_logits, np.float32)
+                                              for i in with_mask]))
             low = mask_prompt_to_low_res(stack, family, self.img_size,
                                          self.model.prompt_encoder.mask_input_size[0])
             for j, i in enumerate(with_mask):
                 masks[i] = low[j]
-        out = []
-        for prompt, mask in zip(prompts, masks):
-            box = torch.as_tensor(np.asarray(prompt.box, np.float32), device=dev)
-            points = torch.as_tensor(np.asarray(prompt.points, np.float32), device=dev)
-            labels = torch.as_tensor(np.asarray(prompt.point_labels, np.int64), device=dev)
-            has_points = points.shape[0] > 0
-            out.append(InputPrompt(
-                box=scale_coords(box.reshape(2, 2), hw, family, self.img_size).reshape(4),
-                points=scale_coords(points, hw, family, self.img_size) if has_points else None,
-                labels=labels if has_points else None,
-                mask=mask,
-            ))
+        # one host->device copy per kind (boxes; points and labels when every prompt has the
+        # same point count, as `slice_prompts` guarantees) instead of three per slice
+        boxes = self._to_device(np.stack([np.asarray(p.box, np.float32).reshape(4) for p in prompts]))
+        boxes = scale_coords(boxes.reshape(-1, 2, 2), hw, family, self.img_size).reshape(-1, 4)
+        counts = {int(np.asarray(p.points).shape[0]) for p in prompts}
+        points: Sequence[torch.Tensor | None]
+        labels: Sequence[torch.Tensor | None]
+        if counts == {0}:
+            points = labels = [None] * len(prompts)
+        elif len(counts) == 1:
+            points = scale_coords(self._to_device(np.stack(
+                [np.asarray(p.points, np.float32) for p in prompts])), hw, family, self.img_size)
+            labels = self._to_device(np.stack([np.asarray(p.point_labels, np.int64) for p in prompts]))
+        else:
+            points = [scale_coords(self._to_device(np.asarray(p.points, np.float32)), hw, family,
+                                   self.img_size) if len(p.points) else None for p in prompts]
+            labels = [self._to_device(np.asarray(p.point_labels, np.int64)) if len(p.points)
+                      else None for p in prompts]
+        out = [InputPrompt(box=boxes[i], points=points[i], labels=labels[i], mask=masks[i])
+               for i in range(len(prompts))]
         return out
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        """Host array -> tensor on the device (pinned staging and a non-blocking copy on CUDA)."""
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if self.device.type != "cuda":
+            return tensor
+        return tensor.pin_memory().to(self.device, non_blocking=True)
 
     def encode(self, slices: torch.Tensor) -> torch.Tensor:
         """``NxHxW`` uint8 slices on the device -> ``NxCx64x64`` float32 embeddings."""
@@ -108,7 +125,7 @@ class SamMasker(Masker):
 
     def _mask_chunk(self, slices: np.ndarray, prompts: Sequence[SlicePrompt]) -> np.ndarray:
         hw = (int(slices.shape[1]), int(slices.shape[2]))
-        embeddings = self.encode(torch.from_numpy(np.ascontiguousarray(slices)).to(self.device))
+        embeddings = self.encode(self._to_device(slices))
         low_res, _ = decode_slices(self.model, embeddings, self.input_prompts(prompts, hw),
                                    self.config.multimask_output)
         probs = low_res_probabilities(low_res, self.config.family, hw, self.img_size)

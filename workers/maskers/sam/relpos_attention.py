@@ -4,16 +4,16 @@ SAM's encoder attention scores are ``scale * q_i.k_j + relh[i, row(j)] + relw[i,
 with ``relh = q.Rh`` (``(HW)xH``) and ``relw = q.Rw`` (``(HW)xW``) per query (see
 `encoder.rel_pos_bias`). The ``(HW)x(HW)`` bias never exists here: a flash-attention style
 Triton kernel (online softmax over key blocks) adds the two small per-query tables while it
-builds each score tile. When a key block is exactly one row of the key grid
-(``BLOCK_N == W``, the global-attention blocks of vit_b/l/h: a 64x64 grid), the column table
-of a query block is loaded once before the key loop and the row term is one value per query
-and key block; otherwise (windowed blocks, 14x14) the bias is gathered per tile.
+builds each score tile. Key blocks are whole key rows padded to a power-of-two width (64 for
+the 64x64 global-attention grid of vit_b/l/h, 16 for its 14x14 windows), so the column table
+of a query block is one tile loaded before the key loop and the row term is one value per
+query and key row.
 
 Arithmetic: q/k/v/tables in the encoder's dtype (bf16 on GPU), scores, softmax and the output
 accumulator in float32, exp2 with the log2(e) factor folded into the scale and the tables.
 
-`relpos_attention` is the entry point. On CUDA it is a ``torch.library.triton_op``
-(``semisam::relpos_attention``) so ``torch.compile`` keeps it in its graph; with
+`relpos_attention` is the entry point. On CUDA it is the custom op
+``semisam::relpos_attention`` (``torch.compile`` keeps it as one opaque call); with
 ``TRITON_INTERPRET=1`` (tests on CPU) the same kernel runs in Triton's interpreter.
 """
 
@@ -71,21 +71,31 @@ if triton is not None:
 
     def _configs() -> list:
         return [
-            triton.Config({"BLOCK_M": bm}, num_warps=nw, num_stages=ns)
+            triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=nw, num_stages=ns)
             for bm in (64, 128)
+            for bn in (32, 64, 128)
             for nw in (4, 8)
             for ns in (2, 3)
         ]
+
+    def _prune(configs: list, nargs: dict, **kwargs) -> list:
+        """Key blocks hold whole padded key rows; 128-wide blocks only for 128-wide rows."""
+        w_pad = {**nargs, **kwargs}["W_PAD"]
+        return [c for c in configs
+                if w_pad <= c.kwargs["BLOCK_N"] <= max(64, w_pad)]
 
     @triton.jit
     def _relpos_attention_jit(
         Q, K, V, RH, RW, Out,
         sq_z, sq_h, sq_n, sk_z, sk_h, sk_n, sv_z, sv_h, sv_n, so_z, so_h, so_n,
         heads, N, qk_scale,
-        GRID_H: tl.constexpr, GRID_W: tl.constexpr,
+        GRID_H: tl.constexpr, GRID_W: tl.constexpr, W_PAD: tl.constexpr,
         HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ROW_ALIGNED: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
+        # A key block is BLOCK_N // W_PAD whole key rows, each padded from GRID_W to W_PAD
+        # columns (a power of two): the column term of the bias is then the same tile for every
+        # key block (loaded once), the row term one value per query and key row.
         pid_m = tl.program_id(0)
         pid_zh = tl.program_id(1)
         z = pid_zh // heads
@@ -102,35 +112,43 @@ if triton is not None:
         k_base = K + z * sk_z + hd * sk_h
         v_base = V + z * sv_z + hd * sv_h
 
+        offs_b = tl.arange(0, BLOCK_N)
+        col = offs_b % W_PAD
+        sub = offs_b // W_PAD  # key row within the block
+        col_ok = col < GRID_W
+        rw_tile = tl.load(rw_base[:, None] + col[None, :], mask=row_ok[:, None] & col_ok[None, :],
+                          other=0.0).to(tl.float32)
+
         m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
         l_i = tl.zeros((BLOCK_M,), tl.float32)
         acc = tl.zeros((BLOCK_M, HEAD_DIM_PAD), tl.float32)
-        offs_b = tl.arange(0, BLOCK_N)
-        if ROW_ALIGNED:  # one key block = one key row: the column term is loop invariant
-            rw_tile = tl.load(rw_base[:, None] + offs_b[None, :], mask=row_ok[:, None],
-                              other=0.0).to(tl.float32)
-        for start_n in range(0, N, BLOCK_N):
-            offs_n = start_n + offs_b
-            col_ok = offs_n < N
+        for start_row in range(0, GRID_H, BLOCK_N // W_PAD):
+            key_row = start_row + sub
+            key_ok = col_ok & (key_row < GRID_H)
+            offs_n = key_row * GRID_W + col
             k = tl.load(k_base + offs_n[None, :] * sk_n + offs_d[:, None],
-                        mask=col_ok[None, :] & d_ok[:, None], other=0.0)  # HEAD_DIM_PAD x BLOCK_N
-            s = tl.dot(q, k) * qk_scale
-            if ROW_ALIGNED:
-                rh = tl.load(rh_base + start_n // GRID_W, mask=row_ok, other=0.0).to(tl.float32)
-                s += rw_tile + rh[:, None]
+                        mask=key_ok[None, :] & d_ok[:, None], other=0.0)  # HEAD_DIM_PAD x BLOCK_N
+            s = tl.dot(q, k) * qk_scale + rw_tile
+            if BLOCK_N // W_PAD == 1:
+                rh = tl.load(rh_base + start_row, mask=row_ok, other=0.0).to(tl.float32)
+                s += rh[:, None]
             else:
-                tile_ok = row_ok[:, None] & col_ok[None, :]
-                bias = tl.load(rh_base[:, None] + (offs_n // GRID_W)[None, :], mask=tile_ok,
-                               other=0.0).to(tl.float32)
-                bias += tl.load(rw_base[:, None] + (offs_n % GRID_W)[None, :], mask=tile_ok,
-                                other=0.0).to(tl.float32)
-                s = tl.where(col_ok[None, :], s + bias, float("-inf"))
+                bias_h = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+                for r in tl.static_range(BLOCK_N // W_PAD):
+                    rh = tl.load(rh_base + start_row + r, mask=row_ok & (start_row + r < GRID_H),
+                                 other=0.0).to(tl.float32)
+                    bias_h = tl.where(sub[None, :] == r, rh[:, None], bias_h)
+                s += bias_h
+            if GRID_W != W_PAD:
+                s = tl.where(key_ok[None, :], s, float("-inf"))
+            elif GRID_H % (BLOCK_N // W_PAD) != 0:
+                s = tl.where(key_ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             alpha = tl.exp2(m_i - m_new)
             p = tl.exp2(s - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
             v = tl.load(v_base + offs_n[:, None] * sv_n + offs_d[None, :],
-                        mask=col_ok[:, None] & d_ok[None, :], other=0.0)  # BLOCK_N x HEAD_DIM_PAD
+                        mask=key_ok[:, None] & d_ok[None, :], other=0.0)  # BLOCK_N x HEAD_DIM_PAD
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
         acc = acc / l_i[:, None]
@@ -138,36 +156,34 @@ if triton is not None:
         tl.store(o_ptrs, acc.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
     _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-    # the interpreter (CPU tests) has no benchmarker to autotune with: one fixed block size
+    # the interpreter (CPU tests) has no benchmarker to autotune with: fixed block sizes
     _relpos_attention_kernel = _relpos_attention_jit if _INTERPRETED else triton.autotune(
-        configs=_configs(), key=["N", "GRID_W", "HEAD_DIM", "BLOCK_N"])(_relpos_attention_jit)
+        configs=_configs(), key=["N", "GRID_W", "HEAD_DIM"],
+        prune_configs_by={"early_config_prune": _prune})(_relpos_attention_jit)
 
 
-def _block_n(grid_w: int) -> tuple[int, bool]:
-    """Key block size and whether it is one row of the key grid (the fast bias path)."""
-    if grid_w in (16, 32, 64, 128):
-        return grid_w, True
-    return 32, False
+MAX_GRID_W = 128
 
 
 def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, relh: torch.Tensor,
-            relw: torch.Tensor, scale: float, grid_h: int, grid_w: int, launch) -> torch.Tensor:
+            relw: torch.Tensor, scale: float, grid_h: int, grid_w: int) -> torch.Tensor:
     b, heads, n, c = q.shape
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    relh, relw = relh.contiguous(), relw.contiguous()
     out = q.new_empty((b, n, heads, c))  # token-major: the caller's reshape to BxHxWx(heads*C) is free
-    block_n, aligned = _block_n(grid_w)
+    w_pad = max(8, triton.next_power_of_2(grid_w))
     head_pad = max(16, triton.next_power_of_2(c))
 
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_M"]), b * heads)
 
-    fixed = {"BLOCK_M": 64} if _INTERPRETED else {}
-    launch(_relpos_attention_kernel)[grid](
+    fixed = {"BLOCK_M": 64, "BLOCK_N": max(32, w_pad)} if _INTERPRETED else {}
+    _relpos_attention_kernel[grid](
         q, k, v, relh, relw, out,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(2), out.stride(1),
         heads, n, scale * LOG2E,
-        GRID_H=grid_h, GRID_W=grid_w, HEAD_DIM=c, HEAD_DIM_PAD=head_pad,
-        BLOCK_N=block_n, ROW_ALIGNED=aligned, **fixed,
+        GRID_H=grid_h, GRID_W=grid_w, W_PAD=w_pad, HEAD_DIM=c, HEAD_DIM_PAD=head_pad, **fixed,
     )
     return out
 
@@ -175,16 +191,26 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, relh: torch.Tenso
 _op = None
 
 
-def _compiled_op():
-    """The kernel as ``semisam::relpos_attention`` (registered once, CUDA only)."""
+def _opaque_op():
+    """The kernel as the custom op ``semisam::relpos_attention`` (registered once).
+
+    A plain custom op, not a ``triton_op``: ``torch.compile`` keeps it as one opaque call in
+    its graph (Inductor does not recompile the kernel in its own workers) and the kernel's own
+    autotuner picks block sizes at the first call.
+    """
     global _op
     if _op is None:
-        from torch.library import triton_op, wrap_triton
+        from torch.library import custom_op
 
-        @triton_op("semisam::relpos_attention", mutates_args=())
+        @custom_op("semisam::relpos_attention", mutates_args=())
         def _relpos_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, relh: torch.Tensor,
                        relw: torch.Tensor, scale: float, grid_h: int, grid_w: int) -> torch.Tensor:
-            return _launch(q, k, v, relh, relw, scale, grid_h, grid_w, wrap_triton)
+            return _launch(q, k, v, relh, relw, scale, grid_h, grid_w)
+
+        @_relpos_op.register_fake
+        def _(q, k, v, relh, relw, scale, grid_h, grid_w):
+            b, heads, n, c = q.shape
+            return q.new_empty((b, n, heads, c))
 
         _op = _relpos_op
     return _op
@@ -218,11 +244,12 @@ def relpos_attention(
     if n != h * w or relh.shape != (b, heads, n, h) or relw.shape != (b, heads, n, w):
         raise ValueError(f"relpos_attention: {n} tokens, grid {hw}, relh {tuple(relh.shape)}, "
                          f"relw {tuple(relw.shape)} do not agree")
-    if c > 128 or min(q.stride(-1), k.stride(-1), v.stride(-1)) != 1:
-        raise ValueError(f"relpos_attention: head dim {c} (max 128) and unit last strides needed")
+    if c > 128 or w > MAX_GRID_W:
+        raise ValueError(f"relpos_attention: head dim {c} (max 128) or grid width {w} "
+                         f"(max {MAX_GRID_W}) too large")
     if q.device.type == "cuda":
-        return _compiled_op()(q, k, v, relh, relw, float(scale), h, w)
-    return _launch(q, k, v, relh, relw, float(scale), h, w, lambda kernel: kernel)
+        return _opaque_op()(q, k, v, relh, relw, float(scale), h, w)
+    return _launch(q, k, v, relh, relw, float(scale), h, w)
 
 
 def reference_attention(
