@@ -140,14 +140,30 @@ def test_triton_setting_refused_without_gpu():
 
 
 @interpreted
+def test_interpreted_encoder_traces_as_one_graph():
+    """No graph break anywhere in the encoder with the kernel: one graph per batch shape, so a
+    compiled encoder never splits into per-block frames that hit dynamo's recompile limit."""
+    from semisam.workers.maskers.sam import FastImageEncoder
+
+    from .sam_models import small_sam
+
+    sam = small_sam(seed=0)
+    x = torch.randn(2, 3, 1024, 1024, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        explained = torch._dynamo.explain(FastImageEncoder(sam.image_encoder, rel_pos="triton"))(x)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
+
+
+@interpreted
 def test_interpreted_custom_op_inside_torch_compile():
     """On CUDA the kernel is the opaque custom op ``semisam::relpos_attention``: a compiled
     graph around it (tables, reshapes) gives what the eager calls give."""
-    from semisam.workers.maskers.sam.relpos_attention import _opaque_op, relpos_tables
+    from semisam.workers.maskers.sam.relpos_attention import relpos_tables
 
     hw, c = (7, 7), 32
     q, k, v, table_h, table_w = _qkv(2, 2, hw, c, torch.float32, seed=9)
-    op = _opaque_op()
+    op = torch.ops.semisam.relpos_attention
 
     def attend(q, k, v, table_h, table_w):
         relh, relw = relpos_tables(q, table_h, table_w, hw)

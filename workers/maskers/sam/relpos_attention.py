@@ -12,9 +12,9 @@ query and key row.
 Arithmetic: q/k/v/tables in the encoder's dtype (bf16 on GPU), scores, softmax and the output
 accumulator in float32, exp2 with the log2(e) factor folded into the scale and the tables.
 
-`relpos_attention` is the entry point. On CUDA it is the custom op
-``semisam::relpos_attention`` (``torch.compile`` keeps it as one opaque call); with
-``TRITON_INTERPRET=1`` (tests on CPU) the same kernel runs in Triton's interpreter.
+`relpos_attention` is the entry point; it calls the custom op ``semisam::relpos_attention``
+(``torch.compile`` keeps it as one opaque call). With ``TRITON_INTERPRET=1`` (tests on CPU)
+the same kernel runs in Triton's interpreter.
 """
 
 from __future__ import annotations
@@ -188,32 +188,22 @@ def _launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, relh: torch.Tenso
     return out
 
 
-_op = None
+if triton is not None:
+    # Registered at import, not on first use: defining the op inside a function that
+    # torch.compile is tracing would break the graph (and split the encoder into per-block
+    # frames that recompile for every block index).
+    @torch.library.custom_op("semisam::relpos_attention", mutates_args=())
+    def _relpos_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, relh: torch.Tensor,
+                   relw: torch.Tensor, scale: float, grid_h: int, grid_w: int) -> torch.Tensor:
+        """The kernel as the custom op ``semisam::relpos_attention``: ``torch.compile`` keeps it
+        as one opaque call (Inductor does not rebuild the kernel; its autotuner picks block
+        sizes at the first call)."""
+        return _launch(q, k, v, relh, relw, scale, grid_h, grid_w)
 
-
-def _opaque_op():
-    """The kernel as the custom op ``semisam::relpos_attention`` (registered once).
-
-    A plain custom op, not a ``triton_op``: ``torch.compile`` keeps it as one opaque call in
-    its graph (Inductor does not recompile the kernel in its own workers) and the kernel's own
-    autotuner picks block sizes at the first call.
-    """
-    global _op
-    if _op is None:
-        from torch.library import custom_op
-
-        @custom_op("semisam::relpos_attention", mutates_args=())
-        def _relpos_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, relh: torch.Tensor,
-                       relw: torch.Tensor, scale: float, grid_h: int, grid_w: int) -> torch.Tensor:
-            return _launch(q, k, v, relh, relw, scale, grid_h, grid_w)
-
-        @_relpos_op.register_fake
-        def _(q, k, v, relh, relw, scale, grid_h, grid_w):
-            b, heads, n, c = q.shape
-            return q.new_empty((b, n, heads, c))
-
-        _op = _relpos_op
-    return _op
+    @_relpos_op.register_fake
+    def _(q, k, v, relh, relw, scale, grid_h, grid_w):
+        b, heads, n, c = q.shape
+        return q.new_empty((b, n, heads, c))
 
 
 def relpos_attention(
@@ -247,9 +237,7 @@ def relpos_attention(
     if c > 128 or w > MAX_GRID_W:
         raise ValueError(f"relpos_attention: head dim {c} (max 128) or grid width {w} "
                          f"(max {MAX_GRID_W}) too large")
-    if q.device.type == "cuda":
-        return _opaque_op()(q, k, v, relh, relw, float(scale), h, w)
-    return _launch(q, k, v, relh, relw, float(scale), h, w)
+    return _relpos_op(q, k, v, relh, relw, float(scale), h, w)
 
 
 def reference_attention(
