@@ -113,7 +113,7 @@ class SamConfig(StrictModel):
         description="with sdpa, how the relative-position bias enters attention: 'fold' into "
         "the query/key product (SDPA fused kernels), 'mask' as an additive mask (fewer FLOPs; "
         "fastest on CPU), 'triton' inside the project's Triton attention kernel (CUDA), "
-        "'auto' = fold on CUDA, mask elsewhere",
+        "'auto' = triton on CUDA (fold without the triton package), mask elsewhere",
     )
     fp8: str = Field(
         "none", pattern="^(none|mlp|all)$",

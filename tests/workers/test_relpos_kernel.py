@@ -136,7 +136,8 @@ def test_triton_setting_refused_without_gpu():
     with pytest.raises(ValueError, match="rel_pos 'triton' needs a CUDA device"):
         resolve_rel_pos("triton", torch.device("cpu"))
     assert resolve_rel_pos("auto", torch.device("cpu")) == "mask"
-    assert resolve_rel_pos("auto", torch.device("cuda")) == "fold"
+    assert resolve_rel_pos("auto", torch.device("cuda")) == "triton"  # triton is installed here
+    assert resolve_rel_pos("fold", torch.device("cpu")) == "fold"
 
 
 @interpreted
