@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU call (device tool). Carries: .whl/ (wheels the GPU image lacks),
+# One prepared GPU call (device tool); benchmarks/gpu_carry.sh builds what it carries: .whl/ (wheels the GPU image lacks),
 # .gpu/carry/ray.tar.xz (Ray without its Java/dashboard/library parts: its wheel alone is over
 # the transfer limit) and .gpu/carry/la.tar.xz (12 LA volumes, lossless uint8 codes + values).
 # Runs: Triton kernel correctness + attention/encoder timings (encoder_paths.py), then the
