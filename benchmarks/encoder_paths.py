@@ -191,7 +191,28 @@ def vit_b(dtype) -> torch.nn.Module:
     return sam_model_registry["vit_b"]().image_encoder.cuda().eval().to(dtype)
 
 
-def bench_encoder(out: Path, batch: int, compiled: list[str], reps: int) -> None:
+def kernel_profile(fn, rows: int = 25) -> list[dict]:
+    """Where one call of ``fn`` spends device (CPU: host) time: the top ``rows`` operators and
+    kernels by self time, from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = CFG["device"] == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    fn()
+    with profile(activities=activities) as prof:
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0.0), reverse=True)
+    total = sum(getattr(e, key, 0.0) for e in events) or 1.0
+    return [{"name": e.key[:120], "ms": round(getattr(e, key, 0.0) / 1e3, 3),
+             "share": round(getattr(e, key, 0.0) / total, 4), "calls": e.count}
+            for e in events[:rows]]
+
+
+def bench_encoder(out: Path, batch: int, compiled: list[str], reps: int,
+                  profile_variant: str | None = None) -> None:
     res = RESULTS.setdefault("encoder", {})
     dev = CFG["device"]
     gen = torch.Generator(device=dev).manual_seed(2)
@@ -226,7 +247,8 @@ def bench_encoder(out: Path, batch: int, compiled: list[str], reps: int) -> None
             with torch.inference_mode():
                 start = time.perf_counter()
                 fast(xb)
-                torch.cuda.synchronize()
+                if dev == "cuda":
+                    torch.cuda.synchronize()
                 warm = time.perf_counter() - start
                 err = float((fast(xb)[:4].double() - ref).norm() / ref.norm())
                 t = timed(lambda f=fast: f(xb), reps=reps)
@@ -234,8 +256,16 @@ def bench_encoder(out: Path, batch: int, compiled: list[str], reps: int) -> None
                               "compile_seconds": round(warm, 1), "compiled_rel_err_vs_fp32": err})
         except Exception as exc:  # noqa: BLE001
             res[name]["compile_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            fast = None
         save(out)
         print(name, "compiled", res[name], flush=True)
+        if fast is not None and name == (best if profile_variant == "best" else profile_variant):
+            with torch.inference_mode():
+                RESULTS["profile"] = {"variant": name, "compiled": True,
+                                      "top": kernel_profile(lambda f=fast: f(xb))}
+            save(out)
+            for row in RESULTS["profile"]["top"][:12]:
+                print(f"  {row['share']:6.1%} {row['ms']:9.3f} ms x{row['calls']:<4} {row['name']}")
 
 
 def main() -> None:
@@ -245,6 +275,8 @@ def main() -> None:
     p.add_argument("--compile", nargs="*", default=["fold", "best", "triton_fp8_mlp"],
                    help=f"variants to compile, among {list(VARIANTS)} or 'best'")
     p.add_argument("--skip", nargs="*", default=[], choices=["check", "attention", "encoder"])
+    p.add_argument("--profile", default=None,
+                   help="compiled variant to profile (top kernels by device time), or 'best'")
     p.add_argument("--out", type=Path, default=Path("encoder.json"))
     p.add_argument("--smoke", action="store_true",
                    help="CPU, small SAM, Triton interpreter (set TRITON_INTERPRET=1): script check")
@@ -261,7 +293,7 @@ def main() -> None:
     if "attention" not in args.skip:
         bench_attention(args.out, args.batch)
     if "encoder" not in args.skip:
-        bench_encoder(args.out, args.batch, args.compile, args.reps)
+        bench_encoder(args.out, args.batch, args.compile, args.reps, args.profile)
     save(args.out)
 
 

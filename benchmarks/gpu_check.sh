@@ -24,7 +24,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 (python3 -c "import torch, triton, zarr, monai, segment_anything, ray, semisam.workers.volume; print('torch', torch.__version__, 'triton', triton.__version__, 'ray', ray.__version__)")
 echo "setup $(( $(date +%s) - t0 )) s"
 timeout ${ENC_TIMEOUT:-200} python3 $REPO/benchmarks/encoder_paths.py --out "$OUT/encoder.json" \
-    --compile ${COMPILE:-fold best triton_fp8_mlp} || echo "encoder_paths exit $?"
+    --compile ${COMPILE:-fold best triton_fp8_mlp} --profile best || echo "encoder_paths exit $?"
 REL_POS=$(python3 - "$OUT/encoder.json" <<'PY'
 import json, sys
 try:
