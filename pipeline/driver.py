@@ -121,6 +121,7 @@ class Dispatcher:
         self._up_since = self._started = time.monotonic()
         for i in range(n):
             self._ping(i)
+        progress.workers_up(0, n)
 
     # -- workers ---------------------------------------------------------------------------
     def _ping(self, i: int) -> None:
@@ -142,6 +143,7 @@ class Dispatcher:
         if not self.ready[i]:
             log.info("worker %d up: %s pid %s", i, where.get("node"), where.get("pid"))
         self.ready[i] = True
+        self.progress.workers_up(sum(self.ready), len(self.ready))
 
     def _replace(self, i: int, exc: BaseException) -> None:
         """A worker Ray will not restart: start a new one in its place (a few times at most)."""

@@ -24,6 +24,7 @@ class RoundProgress:
     def __init__(self, total: int, already: int, enabled: bool = True) -> None:
         self.total, self.already, self.enabled = total, already, enabled
         self.failed = 0
+        self._up = self._workers = 0
         self._progress: Progress | None = None
 
     def __enter__(self) -> RoundProgress:
@@ -36,6 +37,20 @@ class RoundProgress:
             self._task = self._progress.add_task("volumes", total=self.total, completed=self.already)
         return self
 
+    @property
+    def description(self) -> str:
+        """The bar's label: failures so far and, while workers start, how many are up."""
+        notes = [f"{self.failed} failed"] if self.failed else []
+        if self._up < self._workers:
+            notes.append(f"workers starting: {self._up}/{self._workers} up")
+        return f"volumes ({', '.join(notes)})" if notes else "volumes"
+
+    def workers_up(self, up: int, total: int) -> None:
+        """Show worker start-up (model loading; a cold ``torch.compile`` can take minutes)."""
+        self._up, self._workers = up, total
+        if self._progress is not None:
+            self._progress.update(self._task, description=self.description)
+
     def advance(self, record: VolumeRecord) -> None:
         if record.status == VolumeStatus.failed:
             self.failed += 1
@@ -43,8 +58,7 @@ class RoundProgress:
         else:
             log.debug("done: %s", record.volume_id)
         if self._progress is not None:
-            desc = f"volumes ({self.failed} failed)" if self.failed else "volumes"
-            self._progress.update(self._task, advance=1, description=desc)
+            self._progress.update(self._task, advance=1, description=self.description)
 
     def __exit__(self, *exc) -> None:
         if self._progress is not None:
