@@ -100,17 +100,10 @@ def masker_volume(shape: tuple[int, int, int], views: Sequence[MaskerView]) -> t
         each voxel (0 where none does) and ``XxYxZ`` bool coverage.
     """
     total = np.zeros(shape, np.float32)
-    views = [view for view in views if len(view.indices)]
-    if len(views) == 1:  # the mean is the view itself: 0 + x, as summing gives, and x / 1 == x
-        (view,) = views
-        idx = np.asarray(view.indices, np.int64)
-        np.moveaxis(total, view.axis, 0)[idx] = np.add(view.prob, np.float32(0.0), dtype=np.float32)
-        prompted = np.zeros(shape[view.axis], bool)
-        prompted[idx] = True
-        along = [-1 if a == view.axis else 1 for a in range(len(shape))]
-        return total, np.broadcast_to(prompted.reshape(along), shape).copy()
     count = np.zeros(shape, np.uint8)
     for view in views:
+        if not len(view.indices):
+            continue
         idx = np.asarray(view.indices, np.int64)
         np.moveaxis(total, view.axis, 0)[idx] += np.asarray(view.prob, np.float32)
         np.moveaxis(count, view.axis, 0)[idx] += 1

@@ -360,7 +360,7 @@ def slice_prompts(mask: np.ndarray, prob: np.ndarray, config: PromptConfig) -> l
             inside = (slice(r0, r1 + 1), slice(c0, c1 + 1))
             positive = _positive_points(fg[inside], p[inside], config.positive_points, r0, c0)
         points = np.concatenate([positive, negative_points(fg, p, box, config.negative_points)])
-        logits = _mask_logits(slice_image(prob, index, axis)) if config.mask_prompt else None
+        logits = _mask_logits(p) if config.mask_prompt else None
         prompts.append(SlicePrompt(index, box, points, labels.copy(), logits))
     logger.debug("%d of %d slices prompted along axis %d", len(prompts), mask.shape[axis], axis)
     return prompts
