@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import h5py
@@ -92,8 +92,13 @@ def train_student(store: Path, out: Path, spec: StudentSpec, iterations: int,
     return out
 
 
-def record_figures(records: list[VolumeRecord], wall: float, workers: int) -> dict:
-    """Slices/s, efficiency (model time / (workers x wall)), skip share and peak memory."""
+def record_figures(records: list[VolumeRecord], wall: float, workers: int,
+                   started_at: datetime | None = None) -> dict:
+    """Slices/s, efficiency (model time / (workers x wall)), skip share and peak memory.
+
+    With ``started_at`` (when the timed call began) also the start-up: seconds until the first
+    volume began (its finish time minus its stage times: actor start, imports, model loading),
+    and the efficiency over the rest of the wall."""
     done = [r for r in records if r.stats is not None]
     prompted = sum(r.stats.slices_prompted for r in done)
     finished = sorted(done, key=lambda r: r.finished_at)
@@ -105,6 +110,11 @@ def record_figures(records: list[VolumeRecord], wall: float, workers: int) -> di
     model = sum(r.timings_s.get(k, 0.0) for r in done for k in MODEL_STAGES)
     stages = {k: round(sum(r.timings_s.get(k, 0.0) for r in done), 3)
               for k in ("read", "student", "prompts", "masker", "write")}
+    startup = None
+    if started_at is not None and done:
+        first = min(datetime.fromisoformat(r.finished_at).timestamp() - sum(r.timings_s.values())
+                    for r in done)
+        startup = max(0.0, first - started_at.timestamp())
     return {
         "volumes": len(done), "slices_total": total, "slices_prompted": prompted,
         "skipped_share": round(1 - prompted / total, 4) if total else None,
@@ -112,6 +122,9 @@ def record_figures(records: list[VolumeRecord], wall: float, workers: int) -> di
         "steady_prompted_slices_per_s": round(steady, 2) if steady else None,
         "model_seconds": round(model, 3), "stage_seconds": stages,
         "efficiency": round(model / (workers * wall), 4) if wall else None,
+        "startup_seconds": round(startup, 3) if startup is not None else None,
+        "efficiency_after_startup": round(model / (workers * (wall - startup)), 4)
+        if startup is not None and wall > startup else None,
         "peak_rss_mb": max((r.peak_rss_mb or 0) for r in done) if done else None,
         "peak_device_mb": max((r.peak_device_mb or 0) for r in done) if done else None,
     }
@@ -141,6 +154,7 @@ def ray_round(store: Path, student: Path, config: RoundConfig, round_index: int 
 
     start_ray(None, config)
     try:
+        started_at = datetime.now(timezone.utc)
         start = time.perf_counter()
         summary = run_round(store, round_index, student, config, show_progress=False)
         wall = time.perf_counter() - start
@@ -148,6 +162,7 @@ def ray_round(store: Path, student: Path, config: RoundConfig, round_index: int 
         ray.shutdown()
     root = open_store(store, read_only=True)
     records = [read_record(root, round_index, v.volume_id) for v in summary.volumes]
-    figures = record_figures([r for r in records if r is not None], wall, config.runtime.workers)
+    figures = record_figures([r for r in records if r is not None], wall, config.runtime.workers,
+                             started_at)
     figures["actor_model_load_included"] = True
     return figures

@@ -212,7 +212,7 @@ def kernel_profile(fn, rows: int = 25) -> list[dict]:
 
 
 def bench_encoder(out: Path, batch: int, compiled: list[str], reps: int,
-                  profile_variant: str | None = None) -> None:
+                  profile_variant: str | None = None, modes: tuple[str, ...] = ("default",)) -> None:
     res = RESULTS.setdefault("encoder", {})
     dev = CFG["device"]
     gen = torch.Generator(device=dev).manual_seed(2)
@@ -240,32 +240,44 @@ def bench_encoder(out: Path, batch: int, compiled: list[str], reps: int,
     res["best_eager_triton_variant"] = best
     for name in compiled:
         name = best if name == "best" else name
-        rp, wrp, fp8 = VARIANTS[name]
-        try:
-            module = FastImageEncoder(enc, True, rp, windowed_rel_pos=wrp, fp8=fp8).eval()
-            fast = torch.compile(module, dynamic=False)
-            with torch.inference_mode():
-                start = time.perf_counter()
-                fast(xb)
-                if dev == "cuda":
-                    torch.cuda.synchronize()
-                warm = time.perf_counter() - start
-                err = float((fast(xb)[:4].double() - ref).norm() / ref.norm())
-                t = timed(lambda f=fast: f(xb), reps=reps)
-            res[name].update({"compiled_slices_per_s": round(batch / t, 1),
-                              "compile_seconds": round(warm, 1), "compiled_rel_err_vs_fp32": err})
-        except Exception as exc:  # noqa: BLE001
-            res[name]["compile_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-            fast = None
-        save(out)
-        print(name, "compiled", res[name], flush=True)
-        if fast is not None and name == (best if profile_variant == "best" else profile_variant):
-            with torch.inference_mode():
-                RESULTS["profile"] = {"variant": name, "compiled": True,
-                                      "top": kernel_profile(lambda f=fast: f(xb))}
+        for mode in modes:
+            fast = compile_variant(res, name, mode, enc, xb, probe, ref, reps)
             save(out)
-            for row in RESULTS["profile"]["top"][:12]:
-                print(f"  {row['share']:6.1%} {row['ms']:9.3f} ms x{row['calls']:<4} {row['name']}")
+            print(name, "compiled", mode, res[name], flush=True)
+            if fast is not None and mode == modes[0] and \
+                    name == (best if profile_variant == "best" else profile_variant):
+                with torch.inference_mode():
+                    RESULTS["profile"] = {"variant": name, "compiled": True, "mode": mode,
+                                          "top": kernel_profile(lambda f=fast: f(xb))}
+                save(out)
+                for row in RESULTS["profile"]["top"][:12]:
+                    print(f"  {row['share']:6.1%} {row['ms']:9.3f} ms x{row['calls']:<4} {row['name']}")
+
+
+def compile_variant(res: dict, name: str, mode: str, enc, xb, probe, ref, reps: int):
+    """Compile variant ``name`` with torch.compile ``mode`` and time it; figures go into
+    ``res[name]`` (keys prefixed ``compiled_`` for the default mode, ``<mode>_`` otherwise).
+    Returns the compiled module (None if compiling failed)."""
+    rp, wrp, fp8 = VARIANTS[name]
+    key = "compiled" if mode == "default" else mode
+    try:
+        module = FastImageEncoder(enc, True, rp, windowed_rel_pos=wrp, fp8=fp8).eval()
+        fast = torch.compile(module, dynamic=False, mode=mode)
+        with torch.inference_mode():
+            start = time.perf_counter()
+            fast(xb)
+            if CFG["device"] == "cuda":
+                torch.cuda.synchronize()
+            warm = time.perf_counter() - start
+            err = float((fast(xb)[:4].double() - ref).norm() / ref.norm())
+            t = timed(lambda f=fast: f(xb), reps=reps)
+        res[name].update({f"{key}_slices_per_s": round(xb.shape[0] / t, 1),
+                          f"{key}_compile_seconds": round(warm, 1),
+                          f"{key}_rel_err_vs_fp32": err})
+        return fast
+    except Exception as exc:  # noqa: BLE001 - a benchmark records the failure and goes on
+        res[name][f"{key}_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        return None
 
 
 def main() -> None:
@@ -274,6 +286,10 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=6)
     p.add_argument("--compile", nargs="*", default=["fold", "best", "triton_fp8_mlp"],
                    help=f"variants to compile, among {list(VARIANTS)} or 'best'")
+    p.add_argument("--compile-mode", nargs="+", default=["default"],
+                   choices=["default", "max-autotune-no-cudagraphs", "reduce-overhead"],
+                   help="torch.compile modes for each compiled variant (`sam.compile_mode`; "
+                   "reduce-overhead = CUDA graphs, measured here in one thread only)")
     p.add_argument("--skip", nargs="*", default=[], choices=["check", "attention", "encoder"])
     p.add_argument("--profile", default=None,
                    help="compiled variant to profile (top kernels by device time), or 'best'")
@@ -293,7 +309,8 @@ def main() -> None:
     if "attention" not in args.skip:
         bench_attention(args.out, args.batch)
     if "encoder" not in args.skip:
-        bench_encoder(args.out, args.batch, args.compile, args.reps, args.profile)
+        bench_encoder(args.out, args.batch, args.compile, args.reps, args.profile,
+                      tuple(args.compile_mode))
     save(args.out)
 
 

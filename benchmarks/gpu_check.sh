@@ -23,8 +23,10 @@ export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 (python3 -c "import torch, triton, zarr, monai, segment_anything, ray, semisam.workers.volume; print('torch', torch.__version__, 'triton', triton.__version__, 'ray', ray.__version__)")
 echo "setup $(( $(date +%s) - t0 )) s"
+# ENC_SKIP="check attention" leaves out what earlier calls measured; MODES adds compile modes
 timeout ${ENC_TIMEOUT:-200} python3 $REPO/benchmarks/encoder_paths.py --out "$OUT/encoder.json" \
-    --compile ${COMPILE:-fold best triton_fp8_mlp} --profile best || echo "encoder_paths exit $?"
+    --compile ${COMPILE:-fold best triton_fp8_mlp} --profile best --skip ${ENC_SKIP:-} \
+    --compile-mode ${MODES:-default} || echo "encoder_paths exit $?"
 REL_POS=$(python3 - "$OUT/encoder.json" <<'PY'
 import json, sys
 try:
@@ -39,7 +41,7 @@ PY
 echo "encoder_paths done at $(( $(date +%s) - t0 )) s; run-round rel_pos=$REL_POS"
 timeout ${E2E_TIMEOUT:-330} python3 $REPO/benchmarks/throughput.py --device cuda --model vit_b --la-dir /tmp/la \
     --slices 256 --naive-slices 32 --batch 32 --dtype bfloat16 --compile --compile-cache /tmp/inductor \
-    --rel-pos "$REL_POS" --student-iters ${STUDENT_ITERS:-200} --volumes 12 --copies ${COPIES:-4} \
+    --rel-pos "$REL_POS" --compile-mode ${E2E_MODE:-default} --student-iters ${STUDENT_ITERS:-200} --volumes 12 --copies ${COPIES:-4} \
     --tasks-in-flight 3 --ray-workers ${RAY_WORKERS:-2} --out "$OUT/throughput.json" \
     || echo "throughput exit $?"
 echo "total $(( $(date +%s) - t0 )) s"

@@ -89,7 +89,8 @@ def sam_model(kind: str, device: torch.device):
 
 def sam_config(args) -> SamConfig:
     return SamConfig(batch_size=args.batch, dtype=args.dtype, sdpa=True, compile=args.compile,
-                     compile_cache_dir=args.compile_cache, rel_pos=args.rel_pos, fp8=args.fp8)
+                     compile_cache_dir=args.compile_cache, compile_mode=args.compile_mode,
+                     rel_pos=args.rel_pos, fp8=args.fp8)
 
 
 def sam_section(args, device: torch.device) -> dict:
@@ -187,6 +188,7 @@ def main() -> None:
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--compile", action="store_true")
     p.add_argument("--compile-cache", type=Path, default=None)
+    p.add_argument("--compile-mode", default="default", choices=["default", "max-autotune-no-cudagraphs"])
     p.add_argument("--rel-pos", default="auto", choices=["auto", "fold", "mask", "triton"])
     p.add_argument("--fp8", default="none", choices=["none", "mlp", "all"])
     p.add_argument("--copies", type=int, default=1, help="GPU: each unlabeled LA volume N times")

@@ -122,6 +122,13 @@ class SamConfig(StrictModel):
         "'all' = also qkv/proj; 'none' keeps dtype",
     )
     compile: bool = Field(False, description="torch.compile the encoder")
+    compile_mode: str = Field(
+        "default", pattern="^(default|max-autotune-no-cudagraphs)$",
+        description="torch.compile mode of the encoder: 'max-autotune-no-cudagraphs' also "
+        "autotunes Triton GEMM templates (fusing e.g. GELU into the MLP matmul; a longer cold "
+        "compile). CUDA graphs are not offered: the masker runs in the threads of a threaded "
+        "actor, and the encoder's ~90 ms batches leave launch overhead nothing to win",
+    )
     compile_cache_dir: Path | None = None
 
 
@@ -222,6 +229,7 @@ class RoundConfig(StrictModel):
         # the checkpoint path may move between machines; its sha256 is fingerprinted instead
         data["masker"]["sam"].pop("checkpoint", None)
         data["masker"]["sam"].pop("compile_cache_dir", None)
+        data["masker"]["sam"].pop("compile_mode", None)  # kernel choice; outputs within bf16
         return data
 
     @field_validator("seed")

@@ -7,6 +7,7 @@ from semisam.schemas import (
     ConfigError,
     InputError,
     RoundConfig,
+    SamConfig,
     load_round_config,
     validate_volume_id,
 )
@@ -50,9 +51,17 @@ def test_fingerprint_ignores_runtime_and_paths():
     a, b = RoundConfig(), RoundConfig()
     b.runtime.workers = 7
     b.masker.sam.checkpoint = "/somewhere/else.pth"
+    b.masker.sam.compile_cache_dir = "/cache"
+    b.masker.sam.compile_mode = "max-autotune-no-cudagraphs"
     assert a.fingerprint_payload() == b.fingerprint_payload()
     b.prompts.box_margin = 9
     assert a.fingerprint_payload() != b.fingerprint_payload()
+
+
+def test_compile_mode_choices():
+    assert SamConfig(compile_mode="max-autotune-no-cudagraphs").compile_mode.startswith("max")
+    with pytest.raises(ValueError, match="compile_mode"):
+        SamConfig(compile_mode="reduce-overhead")
 
 
 @pytest.mark.parametrize("bad", ["a/b", "..", "a..b", "x\x01y", "", ".hidden", "a b", "a\\b"])

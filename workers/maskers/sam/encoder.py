@@ -252,7 +252,8 @@ class SliceEncoder:
         encoder: the model's image encoder. With ``config.dtype`` other than float32 its
             weights are cast IN PLACE (the masker owns its model); inputs are cast to match and
             embeddings are returned as float32.
-        config: ``dtype``, ``sdpa``, ``compile``, ``compile_cache_dir``, ``batch_size``.
+        config: ``dtype``, ``sdpa``, ``rel_pos``, ``fp8``, ``compile``, ``compile_mode``,
+            ``compile_cache_dir``, ``batch_size``.
     """
 
     def __init__(self, encoder: ImageEncoderViT, config: SamConfig) -> None:
@@ -275,7 +276,7 @@ class SliceEncoder:
             cache.mkdir(parents=True, exist_ok=True)
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
             logger.info("torch.compile cache: %s", cache)
-        return torch.compile(self.module, dynamic=False)
+        return torch.compile(self.module, dynamic=False, mode=config.compile_mode)
 
     def padded_sizes(self) -> list[int]:
         """The static batch sizes a compiled encoder runs (`padded_size` of 1..batch_size)."""

@@ -171,6 +171,7 @@ class SamMasker(Masker):
             "fp8": self.config.fp8,
             "rel_pos": self.encoder.rel_pos,
             "compile": self.config.compile,
+            "compile_mode": self.config.compile_mode,
             "multimask_output": self.config.multimask_output,
             "checkpoint": None if checkpoint is None or self._given_model else str(checkpoint),
             "checkpoint_sha256": self._sha256,
