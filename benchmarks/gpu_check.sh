@@ -4,7 +4,9 @@
 # the transfer limit) and .gpu/carry/la.tar.xz (12 LA volumes, lossless uint8 codes + values).
 # Runs: Triton kernel correctness + attention/encoder timings (encoder_paths.py), then the
 # SAM stage and end to end (worker path and run-round on a local Ray) with the faster
-# compiled rel-pos path (throughput.py). Results land in $OUT after every measurement.
+# compiled rel-pos path (throughput.py), optionally max-autotune (AUTOTUNE=1). Results land in
+# $OUT after every measurement. Next call suggested (kernel and attention already measured):
+#   ENC_SKIP="check attention" EAGER="fold triton" COMPILE="triton" AUTOTUNE=1 bash benchmarks/gpu_check.sh
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/semisam-bench}
@@ -23,10 +25,11 @@ export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 (python3 -c "import torch, triton, zarr, monai, segment_anything, ray, semisam.workers.volume; print('torch', torch.__version__, 'triton', triton.__version__, 'ray', ray.__version__)")
 echo "setup $(( $(date +%s) - t0 )) s"
-# ENC_SKIP="check attention" leaves out what earlier calls measured; MODES adds compile modes
+# What earlier calls measured can be left out: ENC_SKIP="check attention", EAGER="fold triton"
+# (variants timed eager); MODES adds torch.compile modes for the compiled variants.
 timeout ${ENC_TIMEOUT:-200} python3 $REPO/benchmarks/encoder_paths.py --out "$OUT/encoder.json" \
     --compile ${COMPILE:-fold best triton_fp8_mlp} --profile best --skip ${ENC_SKIP:-} \
-    --compile-mode ${MODES:-default} || echo "encoder_paths exit $?"
+    ${EAGER:+--eager $EAGER} --compile-mode ${MODES:-default} || echo "encoder_paths exit $?"
 REL_POS=$(python3 - "$OUT/encoder.json" <<'PY'
 import json, sys
 try:
@@ -44,5 +47,13 @@ timeout ${E2E_TIMEOUT:-330} python3 $REPO/benchmarks/throughput.py --device cuda
     --rel-pos "$REL_POS" --compile-mode ${E2E_MODE:-default} --student-iters ${STUDENT_ITERS:-200} --volumes 12 --copies ${COPIES:-4} \
     --tasks-in-flight 3 --ray-workers ${RAY_WORKERS:-2} --out "$OUT/throughput.json" \
     || echo "throughput exit $?"
+# AUTOTUNE=1: then, while AUTOTUNE_BUDGET seconds of the call are left, the triton encoder
+# compiled with max-autotune-no-cudagraphs (GEMM templates with fused epilogues; long compile)
+left=$(( ${AUTOTUNE_BUDGET:-560} - ($(date +%s) - t0) ))
+if [ "${AUTOTUNE:-0}" = 1 ] && [ "$left" -gt 90 ]; then
+    timeout $left python3 $REPO/benchmarks/encoder_paths.py --out "$OUT/encoder-autotune.json" \
+        --skip check attention --eager triton --compile triton \
+        --compile-mode max-autotune-no-cudagraphs default || echo "autotune exit $?"
+fi
 echo "total $(( $(date +%s) - t0 )) s"
 ls -la "$OUT"
