@@ -31,7 +31,13 @@ from semisam.store import open_store, write_record
 from .actor import actor_class
 from .lock import RoundLock, acquire_round_lock
 from .progress import RoundProgress
-from .round_state import check_checkpoints, finish_round, plan_round
+from .round_state import (
+    check_checkpoints,
+    checkpoints_vetted,
+    current_fingerprint,
+    finish_round,
+    plan_round,
+)
 from .summary import RoundSummary, summarize_round
 
 log = logging.getLogger(__name__)
@@ -315,19 +321,25 @@ def run_round(
         The round summary (counts, per-volume rows, per-node counts).
 
     Raises:
-        CheckpointError: a checkpoint is unusable (checked on the driver before Ray starts).
+        CheckpointError: a checkpoint is unusable (checked on the driver before Ray starts,
+            unless the round exists with the same fingerprint: those bytes passed before).
         RoundError: the round is locked by another driver, its fingerprint differs, or it
             cannot run (see `Dispatcher.run`).
     """
     config = config or RoundConfig()
     store = str(store)
     root = open_store(store, storage=config.runtime.storage)
-    check_checkpoints(config, Path(student))
+    hashes = current_fingerprint(config, Path(student))
+    if checkpoints_vetted(root, round_index, hashes[0]):
+        log.info("round %d: checkpoints unchanged since the round began (same sha256); "
+                 "not loaded again on the driver", round_index)
+    else:
+        check_checkpoints(config, Path(student))
     started = time.perf_counter()
     with acquire_round_lock(root, store, round_index, config.runtime.lock_timeout_s,
                             break_lock=break_lock) as lock:
         plan = plan_round(root, round_index, config, Path(student), force=force,
-                          retry_failed=retry_failed)
+                          retry_failed=retry_failed, hashes=hashes)
         total = len(plan.todo) + len(plan.done) + len(plan.failed)
         log.info("round %d: %d volumes, %d to do (%s)", round_index, total, len(plan.todo),
                  "resumed" if plan.resumed else "new")

@@ -51,6 +51,27 @@ def round_fingerprint(config: RoundConfig, student_sha: str, sam_sha: str | None
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def current_fingerprint(config: RoundConfig, student_checkpoint: Path) -> tuple[str, str, str | None]:
+    """``(fingerprint, student sha256, SAM sha256 or None)`` of a round run now.
+
+    Raises:
+        CheckpointError: a checkpoint file cannot be read.
+    """
+    student_sha = sha256_file(student_checkpoint)
+    sam_ckpt = config.masker.sam.checkpoint if config.masker.kind.value == "sam" else None
+    sam_sha = sha256_file(sam_ckpt) if sam_ckpt else None
+    return round_fingerprint(config, student_sha, sam_sha), student_sha, sam_sha
+
+
+def checkpoints_vetted(root: zarr.Group, round_index: int, fingerprint: str) -> bool:
+    """True when round ``round_index`` already exists with this ``fingerprint`` (this config,
+    these very checkpoint bytes): they passed `check_checkpoints` when the round began, so a
+    resume need not load them on the driver again (no torch/MONAI import: a finished round's
+    rerun returns in about a second)."""
+    existing = read_round_meta(root, round_index)
+    return existing is not None and existing.fingerprint == fingerprint
+
+
 @dataclass
 class RoundPlan:
     """What a (re)run of a round has to do."""
@@ -69,20 +90,21 @@ def plan_round(
     student_checkpoint: Path,
     force: bool = False,
     retry_failed: bool = False,
+    hashes: tuple[str, str, str | None] | None = None,
 ) -> RoundPlan:
     """Create or resume round ``round_index`` and list the volumes still to process.
 
     Done volumes are skipped; failed ones are skipped unless ``retry_failed``; everything
     else (never started, or started without a done record) is to do. A different fingerprint
     than the stored one is refused unless ``force``, which restarts the round from scratch.
+    ``hashes``: `current_fingerprint`'s result when the caller has it (checkpoints are hashed
+    once per run: a vit_h checkpoint is 2.5 GB).
 
     Raises:
         RoundError: fingerprint mismatch without ``force``, or no unlabeled volumes.
     """
-    student_sha = sha256_file(student_checkpoint)
+    fingerprint, student_sha, sam_sha = hashes or current_fingerprint(config, student_checkpoint)
     sam_ckpt = config.masker.sam.checkpoint if config.masker.kind.value == "sam" else None
-    sam_sha = sha256_file(sam_ckpt) if sam_ckpt else None
-    fingerprint = round_fingerprint(config, student_sha, sam_sha)
     volumes = [m.volume_id for m in list_metas(root) if not m.labeled]
     if not volumes:
         raise RoundError("store has no unlabeled volumes: nothing to pseudo-label")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from semisam.pipeline.driver import run_round
-from semisam.schemas import RoundConfig, RoundError, VolumeStatus
+from semisam.schemas import CheckpointError, RoundConfig, RoundError, VolumeStatus
 from semisam.store import list_metas, open_store, read_output, read_record, read_round_meta
 from tests.conftest import SPACING, phantom_affine
 
@@ -56,6 +60,34 @@ def test_rerun_skips_done_volumes(local_ray, phantom_store, trained_student):
     assert again.skipped == 4 and again.done == 4
     after = {vid: read_record(root, 1, vid).finished_at for vid in before}
     assert before == after
+
+
+def test_rerun_of_a_finished_round_loads_no_model_and_starts_no_ray(local_ray, phantom_store,
+                                                                    trained_student):
+    """Same config and checkpoint bytes as the stored round: the driver does not load the
+    checkpoints again (they passed when the round began), so a finished round's rerun in a
+    fresh process imports neither torch nor MONAI and starts no Ray."""
+    run_round(phantom_store, 1, trained_student, _config(workers=1), show_progress=False)
+    code = ("import sys, ray; from semisam.pipeline.driver import run_round; "
+            "from semisam.schemas import RoundConfig; "
+            "s = run_round(sys.argv[1], 1, sys.argv[2], RoundConfig(), show_progress=False); "
+            "print(s.skipped, s.done, 'torch' in sys.modules, 'monai' in sys.modules, "
+            "ray.is_initialized())")
+    out = subprocess.run([sys.executable, "-c", code, str(phantom_store), str(trained_student)],
+                         capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split()[-5:] == ["4", "4", "False", "False", "False"], out.stderr[-2000:]
+
+
+def test_checkpoint_corrupted_after_the_round_began_is_caught_on_resume(
+        local_ray, phantom_store, trained_student, tmp_path):
+    """New checkpoint bytes (another fingerprint) are loaded and checked again: a broken file
+    is a CheckpointError naming it, not a fingerprint refusal or a worker that cannot start."""
+    student = tmp_path / "student.pt"
+    shutil.copy(trained_student, student)
+    run_round(phantom_store, 1, student, _config(workers=1), show_progress=False)
+    student.write_bytes(student.read_bytes()[:1000])  # truncated
+    with pytest.raises(CheckpointError, match="student.pt"):
+        run_round(phantom_store, 1, student, _config(workers=1), show_progress=False)
 
 
 def test_changed_config_refused_then_forced(local_ray, phantom_store, trained_student):
