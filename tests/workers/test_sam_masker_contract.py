@@ -92,7 +92,7 @@ def test_describe_given_model():
     info = masker.describe()
     assert info == {
         "name": "sam", "model_type": "vit_b", "family": "sam", "dtype": "bfloat16",
-        "sdpa": True, "fp8": "none", "rel_pos": "mask", "compile": False,
+        "sdpa": True, "fp8": "none", "rel_pos": "mask", "compile": False, "compile_mode": "default",
         "multimask_output": False, "checkpoint": None, "checkpoint_sha256": None,
         "weights": "given",
     }

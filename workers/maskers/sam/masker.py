@@ -123,13 +123,15 @@ class SamMasker(Masker):
                                    self.model.pixel_std, self.img_size)
         return self.encoder(images)
 
-    def _mask_chunk(self, slices: np.ndarray, prompts: Sequence[SlicePrompt]) -> np.ndarray:
+    def _mask_chunk(self, slices: np.ndarray, prompts: Sequence[SlicePrompt]) -> torch.Tensor:
+        """One encoder batch: ``nxHxW`` uint8 slices -> ``nxHxW`` float32 probabilities, left
+        on the device (no synchronisation: the next batch is queued behind this one)."""
         hw = (int(slices.shape[1]), int(slices.shape[2]))
         embeddings = self.encode(self._to_device(slices))
         low_res, _ = decode_slices(self.model, embeddings, self.input_prompts(prompts, hw),
                                    self.config.multimask_output)
         probs = low_res_probabilities(low_res, self.config.family, hw, self.img_size)
-        return probs[:, 0].clamp_(0.0, 1.0).cpu().numpy().astype(np.float32, copy=False)
+        return probs[:, 0].clamp_(0.0, 1.0).to(torch.float32)
 
     def mask_slices(self, slices: np.ndarray, prompts: Sequence[SlicePrompt]) -> np.ndarray:
         """Segment each slice given its prompts.
@@ -151,10 +153,19 @@ class SamMasker(Masker):
         for i, prompt in enumerate(prompts):
             _check_prompt(i, prompt)
         step = self.config.batch_size
+        cuda = self.device.type == "cuda"
+        # on CUDA every batch's probabilities go to one pinned host buffer by non-blocking
+        # copies and the stream is synchronised once per call, so the host queues batch i+1
+        # (its upload, preprocessing and kernel launches) while the device still runs batch i
+        host = torch.empty(slices.shape, dtype=torch.float32, pin_memory=cuda)
         with torch.inference_mode():
             for start in range(0, slices.shape[0], step):
                 stop = start + step
-                out[start:stop] = self._mask_chunk(slices[start:stop], prompts[start:stop])
+                host[start:stop].copy_(self._mask_chunk(slices[start:stop], prompts[start:stop]),
+                                       non_blocking=cuda)
+        if cuda:
+            torch.cuda.current_stream(self.device).synchronize()
+        out[:] = host.numpy()
         return out
 
     def describe(self) -> dict:
