@@ -103,9 +103,12 @@ def test_describe_given_model():
 def test_compile_sets_inductor_cache_dir(tmp_path, monkeypatch):
     """Compilation itself is lazy (first forward); here only the wiring is checked."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "restored-after-the-test")
+    monkeypatch.setenv("TRITON_CACHE_DIR", "unset-below")  # so that the teardown restores it
+    monkeypatch.delenv("TRITON_CACHE_DIR")
     cache = tmp_path / "inductor"
     config = SamConfig(compile=True, compile_cache_dir=cache)
     masker = SamMasker(config, "cpu", model=small_sam(seed=0))
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache.resolve())
+    assert os.environ["TRITON_CACHE_DIR"] == str(cache.resolve() / "triton-kernels")
     assert cache.is_dir()
     assert isinstance(masker.encoder.forward, torch._dynamo.eval_frame.OptimizedModule)

@@ -275,6 +275,8 @@ class SliceEncoder:
             cache = config.compile_cache_dir.expanduser().resolve()
             cache.mkdir(parents=True, exist_ok=True)
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
+            # the rel-pos kernel's binaries and autotune timings, unless the user chose a place
+            os.environ.setdefault("TRITON_CACHE_DIR", str(cache / "triton-kernels"))
             logger.info("torch.compile cache: %s", cache)
         return torch.compile(self.module, dynamic=False, mode=config.compile_mode)
 

@@ -19,6 +19,7 @@ the same kernel runs in Triton's interpreter.
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import torch
@@ -156,10 +157,14 @@ if triton is not None:
         tl.store(o_ptrs, acc.to(Out.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
     _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+    # autotune timings kept on disk (Triton's cache dir) where this Triton can: each new
+    # worker process then skips benchmarking the block sizes again
+    _CACHE = ({"cache_results": True}
+              if "cache_results" in inspect.signature(triton.autotune).parameters else {})
     # the interpreter (CPU tests) has no benchmarker to autotune with: fixed block sizes
     _relpos_attention_kernel = _relpos_attention_jit if _INTERPRETED else triton.autotune(
         configs=_configs(), key=["N", "GRID_W", "HEAD_DIM"],
-        prune_configs_by={"early_config_prune": _prune})(_relpos_attention_jit)
+        prune_configs_by={"early_config_prune": _prune}, **_CACHE)(_relpos_attention_jit)
 
 
 MAX_GRID_W = 128
