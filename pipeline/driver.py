@@ -331,8 +331,8 @@ def run_round(
     root = open_store(store, storage=config.runtime.storage)
     hashes = current_fingerprint(config, Path(student))
     if checkpoints_vetted(root, round_index, hashes[0]):
-        log.info("round %d: checkpoints unchanged since the round began (same sha256); "
-                 "not loaded again on the driver", round_index)
+        log.debug("round %d: checkpoints unchanged since the round began (same sha256); "
+                  "not loaded again on the driver", round_index)
     else:
         check_checkpoints(config, Path(student))
     started = time.perf_counter()
