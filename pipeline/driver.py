@@ -330,7 +330,7 @@ def run_round(
     store = str(store)
     root = open_store(store, storage=config.runtime.storage)
     hashes = current_fingerprint(config, Path(student))
-    if checkpoints_vetted(root, round_index, hashes[0]):
+    if checkpoints_vetted(root, round_index, config, hashes):
         log.debug("round %d: checkpoints unchanged since the round began (same sha256); "
                   "not loaded again on the driver", round_index)
     else:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import zarr
+from pydantic import ValidationError
 
 from semisam.schemas import (
     CheckpointError,
@@ -63,13 +64,35 @@ def current_fingerprint(config: RoundConfig, student_checkpoint: Path) -> tuple[
     return round_fingerprint(config, student_sha, sam_sha), student_sha, sam_sha
 
 
-def checkpoints_vetted(root: zarr.Group, round_index: int, fingerprint: str) -> bool:
-    """True when round ``round_index`` already exists with this ``fingerprint`` (this config,
-    these very checkpoint bytes): they passed `check_checkpoints` when the round began, so a
-    resume need not load them on the driver again (no torch/MONAI import: a finished round's
-    rerun returns in about a second)."""
+def same_settings(existing: RoundMeta, config: RoundConfig, student_sha: str,
+                  sam_sha: str | None) -> bool:
+    """Whether a stored round ran with ``config`` and these checkpoint bytes, when its stored
+    fingerprint differs only because an older semisam wrote it.
+
+    The round's meta keeps its whole config. Read with today's schema, fields added since then
+    take their defaults (a new field's default keeps the old behaviour); a field that no
+    longer exists, or any output-relevant value that differs, means different settings.
+    """
+    if (existing.student_sha256, existing.sam_sha256) != (student_sha, sam_sha):
+        return False
+    data = {k: v for k, v in existing.config.items() if k != "runtime"}  # not output-relevant
+    try:
+        stored = RoundConfig.model_validate(data)
+    except ValidationError:
+        return False
+    return stored.fingerprint_payload() == config.fingerprint_payload()
+
+
+def checkpoints_vetted(root: zarr.Group, round_index: int, config: RoundConfig,
+                       hashes: tuple[str, str, str | None]) -> bool:
+    """True when round ``round_index`` already exists with this config and these very
+    checkpoint bytes (``hashes`` from `current_fingerprint`): they passed `check_checkpoints`
+    when the round began, so a resume need not load them on the driver again (no torch/MONAI
+    import: a finished round's rerun returns in about a second)."""
     existing = read_round_meta(root, round_index)
-    return existing is not None and existing.fingerprint == fingerprint
+    if existing is None:
+        return False
+    return existing.fingerprint == hashes[0] or same_settings(existing, config, *hashes[1:])
 
 
 @dataclass
@@ -111,7 +134,12 @@ def plan_round(
 
     existing = read_round_meta(root, round_index)
     resumed = existing is not None
-    if existing is not None and existing.fingerprint != fingerprint:
+    if existing is not None and existing.fingerprint != fingerprint and \
+            same_settings(existing, config, student_sha, sam_sha):
+        log.warning("round %d was begun by an older semisam (fingerprint %s); its stored config, "
+                    "with the fields added since at their defaults, and its checkpoints are "
+                    "this run's: resuming it", round_index, existing.fingerprint[:12])
+    elif existing is not None and existing.fingerprint != fingerprint:
         if not force:
             raise RoundError(
                 f"round {round_index} exists with another config/checkpoints (fingerprint "
