@@ -157,7 +157,8 @@ class SamMasker(Masker):
         # on CUDA every batch's probabilities go to one pinned host buffer by non-blocking
         # copies and the stream is synchronised once per call, so the host queues batch i+1
         # (its upload, preprocessing and kernel launches) while the device still runs batch i
-        host = torch.empty(slices.shape, dtype=torch.float32, pin_memory=cuda)
+        host = torch.empty(slices.shape, dtype=torch.float32, pin_memory=True) if cuda \
+            else torch.from_numpy(out)
         with torch.inference_mode():
             for start in range(0, slices.shape[0], step):
                 stop = start + step
@@ -165,7 +166,7 @@ class SamMasker(Masker):
                                        non_blocking=cuda)
         if cuda:
             torch.cuda.current_stream(self.device).synchronize()
-        out[:] = host.numpy()
+            out[:] = host.numpy()
         return out
 
     def describe(self) -> dict:
