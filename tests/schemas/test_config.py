@@ -86,3 +86,15 @@ def test_example_loop_config_for_the_weight_free_masker_is_valid():
     assert not cfg.train.sam.confidence_weighted
     assert cfg.round.fusion.mode == FusionMode.average and cfg.round.student.flip_axes == (0, 1, 2)
     assert cfg.round.prompts.extra_axes == (0, 1)
+
+
+def test_gpu_recipe_in_the_throughput_guide_is_a_valid_round_config():
+    """docs/throughput.md's JSON recipe validates, and asks for what the guide says it does."""
+    import re
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "throughput.md").read_text()
+    recipe = json.loads(re.search(r"```json\n(.*?)```", text, re.S).group(1))
+    cfg = RoundConfig.model_validate(recipe)
+    assert (cfg.masker.sam.dtype, cfg.masker.sam.batch_size, cfg.masker.sam.compile) == \
+        ("bfloat16", 32, True)
+    assert cfg.runtime.workers * cfg.runtime.gpus_per_worker == 1.0
