@@ -28,9 +28,13 @@ def array_sha256(data: np.ndarray) -> str:
 
 
 def list_rounds(root: zarr.Group) -> list[int]:
+    """Indices of the rounds that have begun (their meta is written). A group that holds only a
+    lock, left by a start that was refused before the round began, is not a round."""
     if "rounds" not in root:
         return []
-    return sorted(int(k) for k in root["rounds"].group_keys() if k.isdigit())
+    rounds = root["rounds"]
+    return sorted(int(k) for k in rounds.group_keys()
+                  if k.isdigit() and "meta" in rounds[k].attrs)
 
 
 def read_round_meta(root: zarr.Group, round_index: int) -> RoundMeta | None:

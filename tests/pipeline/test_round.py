@@ -11,8 +11,15 @@ import pytest
 
 from semisam.pipeline.driver import run_round
 from semisam.schemas import CheckpointError, RoundConfig, RoundError, VolumeStatus
-from semisam.store import list_metas, open_store, read_output, read_record, read_round_meta
-from tests.conftest import SPACING, phantom_affine
+from semisam.store import (
+    list_metas,
+    list_rounds,
+    open_store,
+    read_output,
+    read_record,
+    read_round_meta,
+)
+from tests.conftest import SPACING, build_phantom_store, phantom_affine
 
 
 def _config(workers: int = 2) -> RoundConfig:
@@ -113,3 +120,14 @@ def test_bad_volume_is_recorded_failed_and_round_completes(local_ray, phantom_st
     assert record.status == VolumeStatus.failed
     assert "ph03" in record.error and "NaN" in record.error and "\n" not in record.error
     assert read_output(root, 1, "pseudo_label", "ph03") is None
+
+
+def test_refused_start_leaves_no_round_behind(tmp_path, trained_student):
+    """A store without unlabeled volumes is refused; the lock it took is no round: the store
+    lists no rounds afterwards."""
+    store = build_phantom_store(tmp_path / "labeled.zarr", count=2, labeled=2, seed=4)
+    with pytest.raises(RoundError, match="no unlabeled volumes"):
+        run_round(store, 1, trained_student, _config(workers=1), show_progress=False)
+    root = open_store(store, read_only=True)
+    assert "rounds/1/lock" in root and list_rounds(root) == []
+
