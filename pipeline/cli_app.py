@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
 from typing import Annotated
 
@@ -17,12 +18,21 @@ _state = {"debug": False}
 
 
 def guard(fn):
-    """Print user errors (`SemisamError`) as one line and exit 2; tracebacks only with --debug."""
+    """Print user errors (`SemisamError`) as one line and exit 2; tracebacks only with --debug.
+    An interrupted command (Ctrl-C, or SIGTERM during a round: `interrupt.Interrupted`) says so
+    in one line and exits 128 + the signal number."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            if _state["debug"]:
+                raise
+            signum = getattr(exc, "signum", signal.SIGINT)
+            typer.echo(f"interrupted ({signal.Signals(signum).name}); what had finished is "
+                       "stored (run-round: rerun the same command to resume)", err=True)
+            raise typer.Exit(128 + signum) from None
         except SemisamError as exc:
             if _state["debug"]:
                 raise

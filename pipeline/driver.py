@@ -29,6 +29,7 @@ from semisam.schemas import RoundConfig, RoundError, VolumeRecord, VolumeStatus
 from semisam.store import open_store, write_record
 
 from .actor import actor_class
+from .interrupt import sigterm_as_interrupt
 from .lock import RoundLock, acquire_round_lock
 from .progress import RoundProgress
 from .round_state import (
@@ -346,7 +347,8 @@ def run_round(
         if plan.todo:
             started_ray = start_ray(address, config)
             try:
-                with RoundProgress(total, len(plan.done) + len(plan.failed), show_progress) as bar:
+                with sigterm_as_interrupt(), \
+                        RoundProgress(total, len(plan.done) + len(plan.failed), show_progress) as bar:
                     Dispatcher(root, store, round_index, config, Path(student), plan.todo, bar,
                                lock=lock).run()
             finally:

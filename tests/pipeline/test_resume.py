@@ -113,3 +113,40 @@ def test_sigkill_driver_then_resume(local_ray, tmp_path, trained_student):
         for kind in ("pseudo_label", "confidence"):
             np.testing.assert_array_equal(read_output(root, 1, kind, vid), read_output(ref_root, 1, kind, vid),
                                           err_msg=f"{kind} of {vid} differs after resume")
+
+
+def test_sigterm_stops_the_round_cleanly_then_resume(local_ray, tmp_path, trained_student):
+    """SIGTERM (what batch schedulers send) mid-round: the driver stops its workers, marks its
+    lock released (so a driver on another host need not wait for it to go stale), says so in
+    one line and exits 128 + 15; the rerun finishes only the rest."""
+    from semisam.pipeline.lock import _LockKeys
+
+    store = build_phantom_store(tmp_path / "s.zarr", count=10, labeled=2, seed=6)
+    ids = [m.volume_id for m in list_metas(open_store(store, read_only=True)) if not m.labeled]
+    cfg = tmp_path / "round.json"
+    cfg.write_text(json.dumps({"runtime": {"workers": 1, "tasks_in_flight": 1}}))
+    proc = subprocess.Popen(
+        [SEMISAM, "run-round", str(store), "--round", "1", "--student", str(trained_student),
+         "--config", str(cfg), "--no-progress"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not _done(store, ids):
+            assert proc.poll() is None, "run-round ended before it could be stopped"
+            assert time.monotonic() < deadline, "no volume finished in time"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        _wait_group_quiet(proc.pid)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert "interrupted (SIGTERM)" in stderr and "Traceback" not in stderr, stderr[-2000:]
+    keys = _LockKeys(open_store(store), 1)
+    assert keys.read(keys.generations()[-1]).released
+    done_before = _done(store, ids)
+    assert 1 <= len(done_before) < len(ids), done_before
+
+    config = RoundConfig()
+    config.runtime.workers = 1
+    rerun = run_round(store, 1, trained_student, config, show_progress=False)
+    assert rerun.skipped == len(done_before) and rerun.done == len(ids)
