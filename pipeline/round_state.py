@@ -134,21 +134,23 @@ def plan_round(
 
     existing = read_round_meta(root, round_index)
     resumed = existing is not None
-    if existing is not None and existing.fingerprint != fingerprint and \
-            same_settings(existing, config, student_sha, sam_sha):
-        log.warning("round %d was begun by an older semisam (fingerprint %s); its stored config, "
-                    "with the fields added since at their defaults, and its checkpoints are "
-                    "this run's: resuming it", round_index, existing.fingerprint[:12])
-    elif existing is not None and existing.fingerprint != fingerprint:
-        if not force:
+    if existing is not None and existing.fingerprint != fingerprint:
+        if same_settings(existing, config, student_sha, sam_sha):
+            log.warning("round %d was begun by an older semisam (fingerprint %s); its stored "
+                        "config, with the fields added since at their defaults, and its "
+                        "checkpoints are this run's: resuming it", round_index,
+                        existing.fingerprint[:12])
+        elif not force:
             raise RoundError(
                 f"round {round_index} exists with another config/checkpoints (fingerprint "
                 f"{existing.fingerprint[:12]} != {fingerprint[:12]}); use --force to redo it"
             )
-        log.warning("round %d: --force, fingerprint changed: redoing every volume", round_index)
-        for vid in volumes:
-            clear_record(root, round_index, vid)
-        resumed = False
+        else:
+            log.warning("round %d: --force, fingerprint changed: redoing every volume",
+                        round_index)
+            for vid in volumes:
+                clear_record(root, round_index, vid)
+            resumed = False
     meta = RoundMeta(
         round=round_index,
         config=config.model_dump(mode="json"),
