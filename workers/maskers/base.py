@@ -66,6 +66,12 @@ class Masker(ABC):
             ``NxHxW`` float32 foreground probability in [0, 1].
         """
 
+    def mask_slices_scored(self, slices: np.ndarray, prompts: Sequence[SlicePrompt]
+                           ) -> tuple[np.ndarray, np.ndarray | None]:
+        """`mask_slices` and the masker's own per-slice quality score (``N`` float32 in about
+        [0, 1], e.g. SAM's predicted IoU), or None when the masker has none."""
+        return self.mask_slices(slices, prompts), None
+
     def describe(self) -> dict:
         """Short JSON-able description for logs and records."""
         return {"name": self.name}

@@ -19,6 +19,12 @@ def _build_sam(config: MaskerConfig, device: torch.device) -> Masker:
     return SamMasker(config.sam, device)
 
 
+def _build_litemedsam(config: MaskerConfig, device: torch.device) -> Masker:
+    from .litemedsam.masker import LiteMedSamMasker
+
+    return LiteMedSamMasker(config.litemedsam, device)
+
+
 def _build_random_walker(config: MaskerConfig, device: torch.device) -> Masker:
     from .random_walker import RandomWalkerMasker
 
@@ -26,6 +32,7 @@ def _build_random_walker(config: MaskerConfig, device: torch.device) -> Masker:
 
 
 MASKERS: dict[MaskerKind, MaskerBuilder] = {
+    MaskerKind.litemedsam: _build_litemedsam,
     MaskerKind.sam: _build_sam,
     MaskerKind.random_walker: _build_random_walker,
 }

@@ -1,0 +1,131 @@
+"""`LiteMedSamMasker`: LiteMedSAM behind the `Masker` contract, batched over slices."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from semisam.schemas import LiteMedSamConfig
+
+from ..base import Masker, SlicePrompt, check_batch
+from ..sam.decoder import InputPrompt, decode_slices
+from ..sam.masker import _check_prompt
+from .checkpoint import load_litemedsam
+from .encoder import LiteEncoder
+from .preprocess import (
+    box_to_input,
+    logits_to_probabilities,
+    mask_to_input,
+    preprocess_slices,
+    scale,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LiteMedSamMasker"]
+
+
+class LiteMedSamMasker(Masker):
+    """Prompted slices -> LiteMedSAM foreground probabilities (and its predicted IoUs).
+
+    The encoder runs ``config.batch_size`` slices at a time; the mask decoder runs once per
+    batch with one prompt set per slice (slice-aligned, nothing repeated).
+
+    Args:
+        config: LiteMedSAM settings (checkpoint, batch size, dtype, channels_last, compile).
+        device: where the model runs.
+        model: use this model as is (tests); None = `load_litemedsam` of ``config.checkpoint``
+            (None there = the bundled trained weights).
+    """
+
+    name = "litemedsam"
+
+    def __init__(self, config: LiteMedSamConfig, device: torch.device | str,
+                 model: nn.Module | None = None) -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.checkpoint: str | None = None
+        self.sha256: str | None = None
+        if model is None:
+            model, path, self.sha256 = load_litemedsam(config.checkpoint, self.device)
+            self.checkpoint = str(path)
+        self.model = model.to(self.device).eval()
+        self.encoder = LiteEncoder(self.model.image_encoder, config, self.device)
+
+    def encode(self, slices: np.ndarray) -> torch.Tensor:
+        """``NxHxW`` uint8 slices -> ``Nx256x64x64`` float32 embeddings (on the device)."""
+        return self.encoder(preprocess_slices(slices))
+
+    def input_prompts(self, prompts: Sequence[SlicePrompt], hw: tuple[int, int]
+                      ) -> list[InputPrompt]:
+        """Slice-frame prompts -> `InputPrompt` in the 256 input frame, on the device."""
+        dev = self.device
+        boxes = torch.from_numpy(box_to_input(np.stack([np.asarray(p.box, np.float32).reshape(4)
+                                                        for p in prompts]), hw)).to(dev)
+        ratio = scale(hw)
+        masks: list[torch.Tensor | None] = [None] * len(prompts)
+        with_mask = [i for i, p in enumerate(prompts) if p.mask_logits is not None]
+        if with_mask:
+            low = mask_to_input(torch.from_numpy(np.stack(
+                [np.asarray(prompts[i].mask_logits, np.float32) for i in with_mask]))).to(dev)
+            for j, i in enumerate(with_mask):
+                masks[i] = low[j]
+        out = []
+        for i, p in enumerate(prompts):
+            points = labels = None
+            if len(p.points):
+                points = torch.from_numpy(np.asarray(p.points, np.float32) * ratio).to(dev)
+                labels = torch.from_numpy(np.asarray(p.point_labels, np.int64)).to(dev)
+            out.append(InputPrompt(box=boxes[i], points=points, labels=labels, mask=masks[i]))
+        return out
+
+    def decode(self, embeddings: torch.Tensor, prompts: Sequence[SlicePrompt],
+               hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings + prompts -> (``NxHxW`` float32 probabilities, ``N`` predicted IoUs)."""
+        low_res, iou = decode_slices(self.model, embeddings, self.input_prompts(prompts, hw),
+                                     self.config.multimask_output)
+        return logits_to_probabilities(low_res, hw)[:, 0].clamp_(0.0, 1.0), iou
+
+    def mask_slices_scored(self, slices: np.ndarray, prompts: Sequence[SlicePrompt]
+                           ) -> tuple[np.ndarray, np.ndarray]:
+        """`mask_slices` plus the decoder's predicted IoU per slice (``N`` float32)."""
+        slices = check_batch(slices, prompts)
+        out = np.zeros(slices.shape, np.float32)
+        scores = np.zeros(slices.shape[0], np.float32)
+        for i, prompt in enumerate(prompts):
+            _check_prompt(i, prompt)
+        hw = (int(slices.shape[1]), int(slices.shape[2]))
+        step = self.config.batch_size
+        with torch.inference_mode():
+            for start in range(0, slices.shape[0], step):
+                stop = start + step
+                probs, iou = self.decode(self.encode(slices[start:stop]), prompts[start:stop], hw)
+                out[start:stop] = probs.cpu().numpy()
+                scores[start:stop] = iou.float().cpu().numpy()
+        return out, scores
+
+    def mask_slices(self, slices: np.ndarray, prompts: Sequence[SlicePrompt]) -> np.ndarray:
+        """Segment each slice given its prompts.
+
+        Args:
+            slices: ``NxHxW`` uint8 in [0, 255], windowed intensities, one per prompt.
+            prompts: N prompts in the slices' pixel frame; ``prompts[i]`` for ``slices[i]``.
+
+        Returns:
+            ``NxHxW`` float32 foreground probability in [0, 1].
+
+        Raises:
+            ValueError: not ``NxHxW`` uint8, lengths differ, or a malformed prompt.
+        """
+        return self.mask_slices_scored(slices, prompts)[0]
+
+    def describe(self) -> dict:
+        """Checkpoint (path, sha256), dtype and batching, for logs and records."""
+        return {"name": self.name, "checkpoint": self.checkpoint, "checkpoint_sha256": self.sha256,
+                "weights": "given" if self.checkpoint is None else (
+                    "bundled" if self.config.checkpoint is None else "checkpoint"),
+                **self.config.model_dump(mode="json", exclude={"checkpoint"})}
