@@ -265,7 +265,7 @@ def train_student(
     if resume and session.state.is_file():
         start, elapsed = session.resume()
     elif resume:
-        log.warning("no training state at %s: starting from iteration 0", session.state)
+        log.info("no training state at %s: starting from iteration 0", session.state)
     result = session.run(start, elapsed, on_step)
     nets = session.nets
     exported = nets.ema if config.export.value == "teacher" else nets.model

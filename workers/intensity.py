@@ -64,7 +64,11 @@ def percentiles(image: np.ndarray, q: list[float]) -> np.ndarray:
     flat = np.asarray(image).ravel()
     n = flat.size
     if flat.dtype.kind != "f" or n < _SELECT_MIN_SIZE:
-        return np.percentile(image, q)
+        with np.errstate(over="ignore", invalid="ignore"):
+            result = np.percentile(image, q)
+        if flat.dtype.kind == "f" and not np.isfinite(result).all() and np.isfinite(flat).all():
+            result = _wide_percentiles(flat, q)
+        return result
     virtual = (n - 1) * np.true_divide(q, 100)
     previous = np.floor(virtual)
     following = previous + 1
@@ -76,11 +80,22 @@ def percentiles(image: np.ndarray, q: list[float]) -> np.ndarray:
     ranks = np.unique(np.concatenate([previous, following]) % n)
     values = _order_statistics(flat, ranks)
     a, b = values[np.searchsorted(ranks, previous % n)], values[np.searchsorted(ranks, following % n)]
-    diff = b - a
+    with np.errstate(over="ignore"):
+        diff = b - a
+    if not np.isfinite(diff).all() and np.isfinite(a).all() and np.isfinite(b).all():
+        # finite neighbours further apart than the dtype can subtract
+        return _wide_percentiles(flat, q)
     result = np.add(a, diff * gamma)
     np.subtract(b, diff * (1 - gamma), out=result, where=gamma >= 0.5, casting="unsafe",
                 dtype=type(result.dtype))
     return result
+
+
+def _wide_percentiles(flat: np.ndarray, q: list[float]) -> np.ndarray:
+    """Percentiles of a float array whose values lie further apart than its dtype can subtract
+    (e.g. float32 voxels near +-3.4e38): interpolated in float64, the dtype ``np.percentile``
+    returns for float ``q`` anyway, without its overflow (inf, NaN)."""
+    return np.percentile(flat.astype(np.float64), q)
 
 
 def _order_statistics(flat: np.ndarray, ranks: np.ndarray) -> np.ndarray:
@@ -138,6 +153,12 @@ def window_volume(image: np.ndarray, config: IntensityConfig) -> np.ndarray:
     if not high > low:
         logger.debug("zero-width intensity window (%s, %s): output is all zeros", low, high)
         return np.zeros(image.shape, np.uint8)
+    with np.errstate(over="ignore"):
+        too_wide = not np.isfinite(np.float32(high) - np.float32(low))
+    if too_wide:
+        # a window wider than float32 can subtract (values near +-3.4e38): scale in float64
+        scaled64 = (np.clip(image, low, high).astype(np.float64) - low) * (255.0 / (high - low))
+        return np.rint(np.clip(scaled64, 0.0, 255.0)).astype(np.uint8)
     scaled = np.clip(image, low, high)
     np.subtract(scaled, np.float32(low), out=scaled)
     np.multiply(scaled, np.float32(255.0 / (high - low)), out=scaled)
