@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from pathlib import Path
 from typing import Any
@@ -102,3 +103,53 @@ def open_store(store: str | Path, *, create: bool = False, read_only: bool = Fal
             f"understands ({SCHEMA_VERSION}); upgrade semisam"
         )
     return root
+
+
+# OSErrors that mean the store cannot take writes at all (every later write fails the same way),
+# with the words messages use. A volume that failed with one of them is not bad data.
+_WRITE_FAILURES = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "no space left (disk quota exceeded)",
+    errno.EROFS: "store is on a read-only file system",
+    errno.EACCES: "permission denied writing the store",
+}
+_WRITE_FAILURE_TEXT = {  # the same failures after crossing a process boundary as text
+    "[Errno 28]": errno.ENOSPC, "No space left on device": errno.ENOSPC,
+    "[Errno 122]": errno.EDQUOT, "Disk quota exceeded": errno.EDQUOT,
+    "[Errno 30]": errno.EROFS, "Read-only file system": errno.EROFS,
+    "[Errno 13]": errno.EACCES, "Permission denied": errno.EACCES,
+}
+
+
+def store_write_failure(exc: BaseException | str | None) -> str | None:
+    """What makes ``exc`` a store-wide write failure (``"no space left on device"``, ...) or None.
+
+    ``exc`` may be an exception (its ``__cause__``/``__context__`` chain and a Ray task error's
+    ``cause`` are followed) or the one-line text of one (a worker's record)."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        item = todo.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, str):
+            for needle, code in _WRITE_FAILURE_TEXT.items():
+                if needle in item:
+                    return _WRITE_FAILURES[code]
+            continue
+        if isinstance(item, OSError) and item.errno in _WRITE_FAILURES:
+            return _WRITE_FAILURES[item.errno]
+        if isinstance(item, BaseException):
+            todo += [item.__cause__, item.__context__, getattr(item, "cause", None), str(item)]
+    return None
+
+
+def store_full_error(location: str, failure: str, doing: str, after: str = "") -> StoreError:
+    """One line for a store that cannot take writes: ``<store>: no space left on device while
+    <doing>; <after> nothing is lost: ...``."""
+    fix = ("make the store writable" if "read-only" in failure or "permission" in failure
+           else "free space (or raise the quota)")
+    tail = f" {after}" if after else ""
+    return StoreError(f"{location}: {failure} while {doing};{tail} {fix} and rerun the same "
+                      "command to go on (what was stored is kept)")

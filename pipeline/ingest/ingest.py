@@ -29,11 +29,25 @@ from semisam.schemas import (
     validate_volume_id,
     volume_path,
 )
-from semisam.store import open_store, read_meta, slice_chunks, write_volume
+from semisam.store import (
+    open_store,
+    read_meta,
+    slice_chunks,
+    store_full_error,
+    store_write_failure,
+    write_volume,
+)
 from semisam.store.volumes import DIMENSION_NAMES
 
-from .readers import LoadedVolume, file_sha256, read_label, read_volume, volume_id_for
-from .validate import check_label_shape, display_path, input_error, split_suffix
+from .readers import LoadedVolume, file_sha256, read_label_file, read_volume, volume_id_for
+from .validate import (
+    align_label,
+    check_file,
+    check_label_shape,
+    display_path,
+    input_error,
+    split_suffix,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +96,8 @@ class IngestReport(StrictModel):
 
 
 def collect_sources(sources: Iterable[Path | str]) -> list[Path]:
-    """Expand directories (every supported, non-hidden file directly inside, sorted by name).
+    """Expand directories (every non-hidden entry directly inside named like a supported file,
+    sorted by name; entries that are not files fail later, one line each).
 
     Files named explicitly are kept whatever their suffix (an unsupported one fails later, on its
     own); duplicates (same resolved path) are dropped.
@@ -92,10 +107,12 @@ def collect_sources(sources: Iterable[Path | str]) -> list[Path]:
     for source in sources:
         source = Path(source)
         if source.is_dir():
+            # anything named like a volume: a directory or a broken link named so fails on its
+            # own (one line), instead of vanishing from the ingest unnoticed
             found = sorted(
                 p
                 for p in source.iterdir()
-                if p.is_file() and not p.name.startswith(".") and split_suffix(p) is not None
+                if not p.name.startswith(".") and split_suffix(p) is not None
             )
             if not found:
                 log.warning("%s: directory holds no supported volume files", display_path(source))
@@ -158,6 +175,7 @@ class _Plan:
     def __init__(self, path: Path, labels_dir: Path | None, labeled_ids: set[str] | None) -> None:
         self.path = path
         self.volume_id = volume_id_for(path)
+        check_file(path)
         self.sha256 = file_sha256(path)
         self.label_file = _label_path(path, labels_dir)
         embedded = split_suffix(path)[1] == "h5" and _h5_has_label(path)  # type: ignore[index]
@@ -202,19 +220,37 @@ def _existing_status(root: zarr.Group, plan: _Plan, overwrite: bool) -> IngestSt
     raise input_error(plan.path, f"volume '{plan.volume_id}' {problem}")
 
 
+def _changed(path: Path, before: str | None, after: str) -> None:
+    """Refuse a file whose bytes changed between planning (hash) and reading."""
+    if before is not None and before != after:
+        raise input_error(
+            path,
+            f"file changed while being ingested (sha256 {before[:12]} before reading, "
+            f"{after[:12]} after): is it still being written? rerun when it is complete",
+        )
+
+
 def _load(plan: _Plan, binarize: bool) -> tuple[LoadedVolume, np.ndarray | None]:
-    """Read the image and its label (``XxYxZ`` uint8 or None), shapes checked."""
+    """Read the image and its label (``XxYxZ`` uint8 or None), on the image's voxel grid."""
     volume = read_volume(plan.path, binarize=binarize)
+    _changed(plan.path, plan.sha256, volume.sha256)
     label = volume.label
     if plan.label_file is not None:
-        label, _, label_affine = read_label(plan.label_file, binarize=binarize)
-        check_label_shape(label.shape, volume.image.shape, plan.label_file)
-        if not np.allclose(label_affine, volume.affine, atol=1e-3):
-            log.warning(
-                "%s: label affine differs from the image's (%s); image geometry kept",
-                display_path(plan.label_file),
-                display_path(plan.path),
-            )
+        loaded = read_label_file(plan.label_file, binarize=binarize)
+        _changed(plan.label_file, plan.label_sha256, file_sha256(plan.label_file))
+        label = loaded.label
+        if volume.has_geometry and loaded.has_geometry:
+            label = align_label(label, loaded.affine, volume.image.shape, volume.affine,
+                                plan.label_file)
+        else:
+            check_label_shape(label.shape, volume.image.shape, plan.label_file)
+    if label is not None and plan.labeled and not label.any():
+        where = plan.label_file if plan.label_file is not None else plan.path
+        raise input_error(
+            where,
+            "label is empty (no voxel is 1): a failed export? ingest the volume without its "
+            "label (not in --labeled) if it has no structure",
+        )
     return volume, label
 
 
@@ -283,12 +319,16 @@ def _ingest_checked(
 
 
 def _ingest_one(root: zarr.Group, path: Path, claimed: dict[str, Path], **options) -> VolumeIngest:
-    """Ingest one file; any failure becomes a ``failed`` entry with a one-line reason."""
+    """Ingest one file; any failure becomes a ``failed`` entry with a one-line reason, except a
+    store that cannot take writes (full, read-only): that stops the ingest (`StoreError`)."""
     try:
         result = _ingest_checked(root, path, claimed, **options)
     except SemisamError as exc:
         return _failed(path, str(exc))
     except Exception as exc:  # a library failing in an unforeseen way must not stop the rest
+        if store_write_failure(exc):
+            raise
+
         log.exception("unexpected error ingesting %s", display_path(path))
         return _failed(path, str(input_error(path, f"unexpected {type(exc).__name__}: {exc}")))
     state = "labeled" if result.labeled else "unlabeled"
@@ -336,15 +376,25 @@ def ingest(
     for path in collect_sources(sources):
         split = split_suffix(path)
         named.add(split[0] if split else path.name)
-        result = _ingest_one(
-            root,
-            path,
-            claimed,
-            labels_dir=Path(labels_dir) if labels_dir else None,
-            labeled_ids=labeled_ids,
-            overwrite=overwrite,
-            binarize=binarize,
-        )
+        try:
+            result = _ingest_one(
+                root,
+                path,
+                claimed,
+                labels_dir=Path(labels_dir) if labels_dir else None,
+                labeled_ids=labeled_ids,
+                overwrite=overwrite,
+                binarize=binarize,
+            )
+        except Exception as exc:
+            failure = store_write_failure(exc)
+            if failure is None:
+                raise
+            done = report.count(IngestStatus.added) + report.count(IngestStatus.replaced)
+            raise store_full_error(
+                str(store), failure, f"writing volume from {display_path(path)}",
+                f"{done} volume(s) were ingested before it, it is not (a volume counts only "
+                "once its metadata is written);") from None
         report.volumes.append(result)
         if on_volume is not None:
             on_volume(result.volume_id, result.status.value)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from nibabel.spatialimages import HeaderDataError
 from semisam.schemas import InputError, validate_volume_id
 
 from .validate import (
+    check_file,
     check_geometry,
     check_image,
     check_label,
@@ -75,6 +77,8 @@ class LoadedVolume:
         source_format: ``nifti`` | ``nrrd`` | ``h5`` | ``npy``.
         source_dtype: the image dtype in the file (e.g. ``uint8``) before conversion to float32.
         sha256: hex sha256 of the file bytes.
+        has_geometry: the file places its voxels in the world (NIfTI; NRRD with
+            ``space directions``); npy, h5 and NRRD without directions do not.
     """
 
     path: Path
@@ -85,6 +89,18 @@ class LoadedVolume:
     source_format: str
     source_dtype: str
     sha256: str
+    has_geometry: bool = False
+
+
+@dataclass(frozen=True)
+class LoadedLabel:
+    """A label file read on its own: ``XxYxZ`` uint8 {0, 1}, spacing, affine, and whether the
+    file places its voxels in the world (see `LoadedVolume.has_geometry`)."""
+
+    label: np.ndarray
+    spacing: tuple[float, float, float]
+    affine: list[list[float]]
+    has_geometry: bool
 
 
 @dataclass
@@ -95,6 +111,7 @@ class _Raw:
     label: np.ndarray | None
     spacing: tuple[float, ...]
     affine: np.ndarray
+    has_geometry: bool = False  # the file says where its voxels are (NIfTI, NRRD directions)
 
 
 def file_sha256(path: Path, block: int = 1 << 20) -> str:
@@ -125,18 +142,131 @@ def volume_id_for(path: Path) -> str:
         raise input_error(path, str(exc)) from None
 
 
+_GZIP_MAGIC = b"\x1f\x8b"
+_NIFTI_HEADERS = {348: nib.Nifti1Header, 540: nib.Nifti2Header}  # sizeof_hdr -> header class
+
+
+def _size_text(n: float) -> str:
+    """``1.0 KB``, ``256.0 GB``: a byte count for messages (powers of 1000)."""
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
+def _nifti_header(head: bytes, path: Path, what: str) -> nib.Nifti1Header:
+    """The header at the start of ``head`` (NIfTI-1 or NIfTI-2, either byte order), unfixed
+    (``check=False``: nibabel's fixes, such as pixdim 0 -> 1, would hide what the file says)."""
+    if not head:
+        raise input_error(path, f"empty file (0 bytes{what})")
+    for order in ("<", ">"):
+        size = int(np.frombuffer(head[:4], f"{order}i4")[0]) if len(head) >= 4 else 0
+        if size in _NIFTI_HEADERS:
+            klass = _NIFTI_HEADERS[size]
+            if len(head) < size:
+                raise input_error(path, f"too short for a NIfTI header ({len(head)} bytes{what}, "
+                                        f"a header is {size})")
+            return klass(head[:size], endianness=order, check=False)
+    raise input_error(path, f"cannot read nifti file, truncated or corrupt? (not a NIfTI header: "
+                            f"its{what.replace(',', '')} bytes start with {head[:16]!r})")
+
+
+def _check_nifti_header(header: nib.Nifti1Header, path: Path) -> tuple[int, int]:
+    """Refuse headers nibabel would read with silent guesses; ``(data offset, data bytes)``.
+
+    - pixdim[1..3] must be finite and > 0 (nibabel sets 0 to 1 mm with only a warning; spacing
+      drives 95HD/ASD in mm and any resampling);
+    - a NaN/Inf scl_slope means "no scaling" (nibabel writes it for float images; NIfTI readers
+      ignore both fields then), unless scl_inter asks for an offset: that is ambiguous;
+    - the voxel data the header claims (shape x dtype) is computed here, so it can be compared
+      with the bytes the file holds before anything is allocated.
+    """
+    try:
+        shape = tuple(int(n) for n in header.get_data_shape())
+        dtype = header.get_data_dtype()
+    except (HeaderDataError, ValueError, KeyError) as exc:
+        raise input_error(path, f"bad NIfTI header ({exc})") from None
+    pixdim = [float(v) for v in header["pixdim"][1 : 1 + min(3, len(shape))]]
+    if not all(math.isfinite(v) and v > 0 for v in pixdim):
+        shown = ", ".join(f"{v:g}" for v in pixdim)
+        raise input_error(
+            path,
+            f"NIfTI header field pixdim[1:{1 + len(pixdim)}] = ({shown}): voxel spacing must be "
+            "finite and > 0 mm (nibabel would assume 1 mm); fix the spacing in the header",
+        )
+    slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
+    if not math.isfinite(slope) and math.isfinite(inter) and inter != 0:
+        raise input_error(
+            path,
+            f"NIfTI header field scl_slope is {slope:g} but scl_inter is {inter:g}: the intensity "
+            "scaling is ambiguous (a slope of NaN means no scaling, which drops the offset)",
+        )
+    if slope != 0 and math.isfinite(slope) and not math.isfinite(inter):
+        raise input_error(path, f"NIfTI header field scl_inter is {inter:g} (scl_slope {slope:g})")
+    offset = max(int(header.get_data_offset()), int(header["sizeof_hdr"]) + 4)
+    return offset, int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+
+
+def _too_short(path: Path, header: nib.Nifti1Header, need: int, have: int, what: str) -> InputError:
+    shape = tuple(int(n) for n in header.get_data_shape())
+    return input_error(
+        path,
+        f"header claims shape {shape} {header.get_data_dtype()} = {_size_text(need)} of voxel "
+        f"data, but the file holds {_size_text(max(have, 0))}{what}: truncated (still being "
+        "copied?) or a wrong header",
+    )
+
+
 def _read_nifti(path: Path) -> _Raw:
-    if path.name.lower().endswith(".gz"):
-        # decompress the whole stream first: gzip checks its CRC and length at the end, which
-        # nibabel's reader never reaches, so scrambled deflate data would pass as voxels
-        with gzip.open(path, "rb") as f:
-            img = nib.Nifti1Image.from_bytes(f.read())
-    else:
+    """Read a NIfTI-1/2 file after checking its header against the bytes it holds.
+
+    The header is read first (unfixed) and its claimed voxel data compared with the file's size
+    (``.nii``) or with the decompressed stream (``.nii.gz``, read in pieces: a header claiming
+    256 GB costs what the file holds, not 256 GB). A ``.gz`` stream is read to its end, so
+    gzip checks its CRC and length, which nibabel's reader never reaches (scrambled deflate
+    data would otherwise pass as voxels).
+    """
+    with open(path, "rb") as fh:
+        start = fh.read(540)
+    gz_name = path.name.lower().endswith(".gz")
+    if start[:2] != _GZIP_MAGIC:
+        if gz_name and start:
+            try:
+                _nifti_header(start, path, "")
+                hint = "an uncompressed NIfTI named .nii.gz: rename it to .nii"
+            except InputError:
+                raise input_error(path, "cannot read nifti file, truncated or corrupt? (not "
+                                        f"gzip-compressed: it starts with {start[:16]!r})") from None
+            raise input_error(path, f"not gzip-compressed ({hint})")
+        header = _nifti_header(start, path, "")
+        offset, nbytes = _check_nifti_header(header, path)
+        size = path.stat().st_size
+        if size < offset + nbytes:
+            raise _too_short(path, header, nbytes, size - offset, "")
         img = nib.load(str(path))
+    else:
+        what = ", decompressed"
+        with gzip.open(path, "rb") as f:
+            head = f.read(540)
+            header = _nifti_header(head, path, what)
+            offset, nbytes = _check_nifti_header(header, path)
+            buf = bytearray(head[: offset + nbytes])
+            total = len(head)
+            while piece := f.read(1 << 22):  # to the end: gzip checks CRC and length there
+                total += len(piece)
+                room = offset + nbytes - len(buf)
+                if room > 0:
+                    buf += piece[:room]
+        if total < offset + nbytes:
+            raise _too_short(path, header, nbytes, total - offset, what)
+        klass = nib.Nifti2Image if int(header["sizeof_hdr"]) == 540 else nib.Nifti1Image
+        img = klass.from_bytes(bytes(buf))
     data = np.asanyarray(img.dataobj)  # reads every byte now
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     return _Raw(
-        image=data, label=None, spacing=zooms, affine=np.asarray(img.affine, dtype=np.float64)
+        image=data, label=None, spacing=zooms, affine=np.asarray(img.affine, dtype=np.float64),
+        has_geometry=True,
     )
 
 
@@ -178,7 +308,8 @@ def _nrrd_affine(header: dict, ndim: int, path: Path) -> tuple[tuple[float, ...]
 def _read_nrrd(path: Path) -> _Raw:
     data, header = nrrd.read(str(path))  # index_order="F": array axes = file axes (x, y, z)
     spacing, affine = _nrrd_affine(header, data.ndim, path)
-    return _Raw(image=data, label=None, spacing=spacing, affine=affine)
+    return _Raw(image=data, label=None, spacing=spacing, affine=affine,
+                has_geometry=header.get("space directions") is not None)
 
 
 def _h5_spacing(fh: h5py.File) -> tuple[float, ...]:
@@ -224,8 +355,7 @@ _READERS = {"nifti": _read_nifti, "nrrd": _read_nrrd, "h5": _read_h5, "npy": _re
 def _read_raw(path: Path) -> tuple[str, _Raw]:
     """Format and raw contents of ``path``; every library failure becomes an `InputError`."""
     fmt = check_suffix(path)
-    if not path.is_file():
-        raise input_error(path, "no such file")
+    check_file(path)
     try:
         return fmt, _READERS[fmt](path)
     except InputError:
@@ -270,6 +400,7 @@ def read_volume(path: Path, *, binarize: bool = False) -> LoadedVolume:
         source_format=fmt,
         source_dtype=source_dtype,
         sha256=file_sha256(path),
+        has_geometry=raw.has_geometry,
     )
 
 
@@ -287,6 +418,12 @@ def read_label(
         InputError: unreadable file, or a label that is not integer, >= 0 and binary (unless
             ``binarize``).
     """
+    loaded = read_label_file(path, binarize=binarize)
+    return loaded.label, loaded.spacing, loaded.affine
+
+
+def read_label_file(path: Path, *, binarize: bool = False) -> LoadedLabel:
+    """`read_label`, with whether the file has a world geometry (`LoadedLabel`)."""
     path = Path(path)
     if check_suffix(path) == "h5":
         raw = _read_raw_h5_label(path)
@@ -294,13 +431,12 @@ def read_label(
         raw = _read_raw(path)[1]
     label = check_label(raw.image, path, binarize=binarize)
     spacing, affine = check_geometry(raw.spacing, raw.affine, path)
-    return label, spacing, affine
+    return LoadedLabel(label, spacing, affine, raw.has_geometry)
 
 
 def _read_raw_h5_label(path: Path) -> _Raw:
     """An h5 label file: its ``label`` dataset (or ``image`` if it has none) as the raw image."""
-    if not path.is_file():
-        raise input_error(path, "no such file")
+    check_file(path)
     try:
         with h5py.File(path, "r") as fh:
             name = "label" if isinstance(fh.get("label"), h5py.Dataset) else "image"

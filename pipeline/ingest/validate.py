@@ -57,6 +57,25 @@ def check_suffix(path: Path) -> str:
     return split[1]
 
 
+def check_file(path: Path) -> None:
+    """Raise `InputError` unless ``path`` is a regular file (or a link to one), saying what it is:
+    a directory named like a volume, a broken symbolic link, a missing file, a pipe or device."""
+    path = Path(path)
+    if path.is_file():
+        return
+    if path.is_symlink() and not path.exists():
+        try:
+            target = str(path.readlink())
+        except OSError:
+            target = "?"
+        raise input_error(path, f"broken symbolic link (to {display_path(target)}: no such file)")
+    if path.is_dir():
+        raise input_error(path, "is a directory, not a volume file (only files are ingested)")
+    if path.exists():
+        raise input_error(path, "not a regular file (a pipe, socket or device?)")
+    raise input_error(path, "no such file")
+
+
 def check_dtype(array: np.ndarray, path: Path, what: str, *, allow_bool: bool = False) -> None:
     """Raise `InputError` unless ``array`` holds int, uint or float values (bool if allowed)."""
     kind = array.dtype.kind
@@ -183,3 +202,79 @@ def check_geometry(
     if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
         raise input_error(path, f"affine must be a finite 4x4 matrix, got {matrix.tolist()}")
     return (values[0], values[1], values[2]), matrix.tolist()
+
+
+_AXES = "ijk"
+
+
+def align_label(
+    label: np.ndarray,
+    label_affine: list[list[float]] | np.ndarray,
+    image_shape: tuple[int, ...],
+    image_affine: list[list[float]] | np.ndarray,
+    path: Path,
+    tol: float = 1e-2,
+) -> np.ndarray:
+    """The label on the image's voxel grid, judged by the world geometry of both files.
+
+    ``inv(label_affine) @ image_affine`` maps image voxels to label voxels. When it is the
+    identity the label is returned as is. When it only reorders and/or reverses axes (the same
+    world grid stored in another axis order or direction, e.g. an export that mirrors the
+    voxel order and its affine), the label is transposed/flipped onto the image grid and a
+    warning says so. Anything else (another spacing, a shift, a rotation, or a mirrored affine
+    over other voxels) is refused: training on it would teach the wrong anatomy.
+
+    Args:
+        tol: allowed deviation from an exact axis mapping, in voxels.
+
+    Raises:
+        InputError: the label is not on the image's world grid (naming ``path``).
+    """
+    lab_aff = np.asarray(label_affine, dtype=np.float64)
+    img_aff = np.asarray(image_affine, dtype=np.float64)
+    try:
+        to_label = np.linalg.inv(lab_aff) @ img_aff
+    except np.linalg.LinAlgError:
+        raise input_error(path, "label affine is singular: cannot place the label") from None
+    linear, offset = to_label[:3, :3], to_label[:3, 3]
+    perm = np.round(linear)
+    signed_perm = (
+        np.allclose(linear, perm, atol=tol)
+        and (np.abs(perm).sum(axis=0) == 1).all()
+        and (np.abs(perm).sum(axis=1) == 1).all()
+    )
+    source_axis = [int(np.argmax(np.abs(perm[:, a]))) for a in range(3)] if signed_perm else []
+    sign = [int(perm[source_axis[a], a]) for a in range(3)] if signed_perm else []
+    if signed_perm:  # the same axes up to order/direction: a shape mismatch says just that
+        check_label_shape(tuple(label.shape[a] for a in source_axis), image_shape, path)
+    fits = signed_perm and all(
+        label.shape[source_axis[a]] == image_shape[a]
+        and abs(offset[source_axis[a]] - (0 if sign[a] > 0 else image_shape[a] - 1)) <= tol
+        for a in range(3)
+    )
+    if not fits:
+        shown = np.round(to_label[:3], 3).tolist()
+        raise input_error(
+            path,
+            f"label is not on its image's world grid (label shape {tuple(label.shape)}, image "
+            f"shape {tuple(image_shape)}; image voxel -> label voxel {shown}): resample the "
+            "label onto the image first",
+        )
+    if source_axis == [0, 1, 2] and sign == [1, 1, 1]:
+        return label
+    aligned = np.transpose(label, source_axis)
+    flips = tuple(a for a in range(3) if sign[a] < 0)
+    if flips:
+        aligned = np.flip(aligned, axis=flips)
+    changes = []
+    if source_axis != [0, 1, 2]:
+        changes.append("axes (" + ", ".join(_AXES[a] for a in source_axis) + ") -> (i, j, k)")
+    if flips:
+        changes.append("reversed along " + ", ".join(_AXES[a] for a in flips))
+    log.warning(
+        "%s: label reoriented onto its image's voxel grid (%s): same world grid, other axis "
+        "order/direction",
+        display_path(path),
+        "; ".join(changes),
+    )
+    return np.ascontiguousarray(aligned)

@@ -106,6 +106,153 @@ def _good(seed: int) -> Callable[[Path], None]:
     return lambda path: save_nifti(path, volume(seed))
 
 
+# -- second corpus (issue 14): what hospital exports, copies and disks produce ------------------
+def raw_nifti(path: Path, data: np.ndarray, edit: Callable[[nib.Nifti1Header], None] | None = None,
+              *, gz: bool | None = None, affine: np.ndarray | None = None,
+              claim_shape: tuple[int, ...] | None = None, keep: float = 1.0) -> Path:
+    """A NIfTI-1 file written byte by byte, so that header fields nibabel's writer would fix
+    (pixdim 0, scl_slope NaN with an offset, a shape the data does not have) stay as given.
+    ``keep``: fraction of the voxel bytes written (a file still being copied)."""
+    header = nib.Nifti1Header()
+    header.set_data_dtype(data.dtype)
+    header.set_data_shape(claim_shape or data.shape)
+    header.set_sform(np.diag([0.8, 0.8, 2.0, 1.0]) if affine is None else affine, code=1)
+    header.set_qform(np.diag([0.8, 0.8, 2.0, 1.0]) if affine is None else affine, code=1)
+    header["vox_offset"] = 352
+    if edit is not None:
+        edit(header)
+    voxels = np.asfortranarray(data).tobytes(order="F")
+    payload = header.binaryblock + b"\0" * 4 + voxels[: int(len(voxels) * keep)]
+    gz = path.name.endswith(".gz") if gz is None else gz
+    path.write_bytes(gzip.compress(payload) if gz else payload)
+    return path
+
+
+def _empty_file(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def _empty_gzip(path: Path) -> None:
+    path.write_bytes(gzip.compress(b""))
+
+
+def _huge_header(path: Path) -> None:
+    """Header: 4000x4000x4000 float32 (256 GB); data: 1 KB."""
+    raw_nifti(path, np.zeros(256, np.float32), claim_shape=(4000, 4000, 4000))
+
+
+def _half_written(path: Path) -> None:
+    """The first half of a valid file: an export still being copied into the folder."""
+    raw_nifti(path, volume(30), keep=0.5)
+
+
+def _pixdim(value: float) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        def edit(h: nib.Nifti1Header) -> None:
+            h["pixdim"][1:4] = value
+        raw_nifti(path, volume(31), edit)
+    return write
+
+
+def _scaled(slope: float, inter: float) -> Callable[[Path], None]:
+    """int16 voxels with the scaling fields (CT exports: HU = raw * slope + inter)."""
+    def write(path: Path) -> None:
+        def edit(h: nib.Nifti1Header) -> None:
+            h["scl_slope"], h["scl_inter"] = slope, inter
+        raw_nifti(path, scaled_raw(), edit)
+    return write
+
+
+def scaled_raw() -> np.ndarray:
+    return (volume(32) * 10 + 1000).astype(np.int16)
+
+
+def _not_gzipped(path: Path) -> None:
+    """An uncompressed NIfTI that a tool named ``.nii.gz``."""
+    raw_nifti(path, volume(33), gz=False)
+
+
+def _gzip_of_nrrd(path: Path) -> None:
+    """The wrong file compressed: a gzip of an NRRD named ``.nii.gz``."""
+    header = b"NRRD0004\ntype: float\ndimension: 3\nsizes: 24 24 12\nencoding: raw\n\n"
+    path.write_bytes(gzip.compress(header + volume(34).tobytes()))
+
+
+def _rgb(path: Path) -> None:
+    """A secondary-capture export: RGB24 voxels."""
+    rgb = np.zeros(SHAPE, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    rgb["R"] = np.clip(volume(35), 0, 255).astype(np.uint8)
+    nib.save(nib.Nifti1Image(rgb, np.diag([0.8, 0.8, 2.0, 1.0])), path)
+
+
+def _float64_huge(path: Path) -> None:
+    data = volume(36).astype(np.float64)
+    data[0, 0, 0] = 1e300
+    np.save(path, data)
+
+
+def _directory(path: Path) -> None:
+    path.mkdir()
+    save_nifti(path / "inside.nii.gz", volume(37))
+
+
+def _dangling(path: Path) -> None:
+    path.symlink_to(path.with_name("moved_away.nii.gz"))
+
+
+def image_affine() -> np.ndarray:
+    return np.diag([0.8, 0.8, 2.0, 1.0])
+
+
+def true_label() -> np.ndarray:
+    """The label of `volume` (its sphere), lopsided along every axis so flips show."""
+    label = (volume(0) > 50).astype(np.uint8)
+    label[:4, :4, :3] = 1
+    return label
+
+
+def _label_with(affine: np.ndarray, data: np.ndarray | None = None) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        nib.save(nib.Nifti1Image(true_label() if data is None else data, affine), path)
+    return write
+
+
+def mirrored_affine(axis: int = 0) -> np.ndarray:
+    """The image grid with voxel axis ``axis`` reversed: same world box, other voxel order."""
+    flip = np.eye(4)
+    flip[axis, axis], flip[axis, 3] = -1, SHAPE[axis] - 1
+    return image_affine() @ flip
+
+
+def _shifted_affine() -> np.ndarray:
+    a = image_affine()
+    a[0, 3] += 0.4  # half a voxel
+    return a
+
+
+def _mirrored_elsewhere() -> np.ndarray:
+    a = image_affine()
+    a[0, 0] = -0.8  # mirrored about the origin: another world box
+    return a
+
+
+def permuted_label() -> tuple[np.ndarray, np.ndarray]:
+    """The label stored with voxel axes (i, k, j) and the affine that says so."""
+    swap = np.eye(4)[[0, 2, 1, 3]]
+    return np.ascontiguousarray(np.transpose(true_label(), (0, 2, 1))), image_affine() @ swap
+
+
+def _fractional_label(path: Path) -> None:
+    """A label resampled with linear interpolation: values between 0 and 1 at the edges."""
+    label = true_label().astype(np.float32)
+    label[label > 0] = 0.5
+    nib.save(nib.Nifti1Image(label, image_affine()), path)
+
+
+def _nifti2(path: Path) -> None:
+    nib.save(nib.Nifti2Image(volume(38), image_affine()), path)
+
+
 @dataclass(frozen=True)
 class IngestCase:
     """One bad input file for `semisam ingest` (and its label, for label cases)."""
@@ -135,8 +282,60 @@ INGEST_CASES: dict[str, IngestCase] = {c.name: c for c in [
                label=lambda p: save_nifti(p, (np.indices(SHAPE)[0] % 3).astype(np.uint8))),
     IngestCase("dots..id.nii.gz", _good(12), ("not a safe path segment",)),
     IngestCase("ctl\x07id.nii.gz", _good(13), ("not a safe path segment",)),
+    # second corpus
+    IngestCase("zero_bytes.nii.gz", _empty_file, ("empty file (0 bytes)",)),
+    IngestCase("zero_len.nii", _empty_file, ("empty file (0 bytes)",)),
+    IngestCase("empty_stream.nii.gz", _empty_gzip, ("empty file (0 bytes, decompressed)",)),
+    IngestCase("huge_header.nii.gz", _huge_header,
+               ("(4000, 4000, 4000) float32 = 256.0 GB", "holds 1.0 KB", "wrong header")),
+    IngestCase("huge_hdr.nii", _huge_header, ("(4000, 4000, 4000) float32 = 256.0 GB",)),
+    IngestCase("half_written.nii", _half_written, ("still being copied",)),
+    IngestCase("half_written_gz.nii.gz", _half_written, ("still being copied",)),
+    IngestCase("pixdim0.nii.gz", _pixdim(0.0), ("pixdim[1:4] = (0, 0, 0)", "> 0 mm")),
+    IngestCase("pixdim_nan.nii.gz", _pixdim(np.nan), ("pixdim[1:4] = (nan, nan, nan)",)),
+    IngestCase("slope_nan_offset.nii.gz", _scaled(np.nan, -1024.0),
+               ("scl_slope is nan but scl_inter is -1024", "ambiguous")),
+    IngestCase("not_gzipped.nii.gz", _not_gzipped, ("not gzip-compressed", "rename it to .nii")),
+    IngestCase("gz_of_nrrd.nii.gz", _gzip_of_nrrd, ("not a NIfTI header", "NRRD0004")),
+    IngestCase("rgb.nii.gz", _rgb, ("unsupported dtype [('R', 'u1')",)),
+    IngestCase("float64_huge.npy", _float64_huge, ("exceed the float32 range",)),
+    IngestCase("dir_volume.nii.gz", _directory, ("is a directory, not a volume file",)),
+    IngestCase("dangling.nii.gz", _dangling, ("broken symbolic link", "moved_away.nii.gz")),
+    IngestCase("label_offgrid.nii.gz", _good(40), ("not on its image's world grid", "resample"),
+               label=_label_with(_shifted_affine())),
+    IngestCase("label_mirror_elsewhere.nii.gz", _good(41), ("not on its image's world grid",),
+               label=_label_with(_mirrored_elsewhere())),
+    IngestCase("label_255.nii.gz", _good(42), ("values {0, 255}", "--binarize"),
+               label=_label_with(image_affine(), true_label() * 255)),
+    IngestCase("label_fraction.nii.gz", _good(43), ("non-integer voxels",),
+               label=_fractional_label),
+    IngestCase("label_empty.nii.gz", _good(44), ("label is empty",),
+               label=_label_with(image_affine(), np.zeros(SHAPE, np.uint8))),
 ]}
 GOOD_FILES = {"good_a.nii.gz": _good(20), "good_b.nii.gz": _good(21)}
+
+
+@dataclass(frozen=True)
+class GoodCase:
+    """An awkward but valid input: ingested, with what the store must then hold."""
+
+    name: str
+    write: Callable[[Path], None]
+    label: Callable[[Path], None] | None = None
+
+
+# image/label pairs and images a careful reader must accept (each checked by its own test)
+GOOD_CASES: dict[str, GoodCase] = {c.name: c for c in [
+    GoodCase("scaled_int16.nii.gz", _scaled(0.5, -1024.0)),
+    GoodCase("slope_nan.nii.gz", _scaled(np.nan, np.nan)),
+    GoodCase("nifti2.nii.gz", _nifti2),
+    GoodCase("mixed_dtypes.nii.gz", lambda p: raw_nifti(p, scaled_raw()),
+             label=_label_with(image_affine(), true_label().astype(np.float32))),
+    GoodCase("label_mirrored.nii.gz", _good(0),
+             label=_label_with(mirrored_affine(0), true_label()[::-1].copy())),
+    GoodCase("label_permuted.nii.gz", _good(0),
+             label=lambda p: _label_with(permuted_label()[1], permuted_label()[0])(p)),
+]}
 
 
 def write_ingest_corpus(base: Path) -> tuple[Path, Path]:
@@ -146,6 +345,18 @@ def write_ingest_corpus(base: Path) -> tuple[Path, Path]:
     labels.mkdir()
     for name, write in GOOD_FILES.items():
         write(images / name)
+    for good in GOOD_CASES.values():
+        good.write(images / good.name)
+        if good.label is not None:
+            good.label(labels / good.name)
+    # the AppleDouble file a macOS copy leaves next to each volume: hidden, skipped
+    (images / "._good_a.nii.gz").write_bytes(b"\x00\x05\x16\x07" + bytes(4092))
+    # one id from two formats: the first (by name) is ingested, the second refused
+    save_nifti(images / "dup.nii.gz", volume(45))
+    (images / "dup.nrrd").write_bytes(
+        b"NRRD0004\ntype: float\ndimension: 3\nsizes: 24 24 12\nencoding: raw\n"
+        b"endian: little\nspace directions: (0.8,0,0) (0,0.8,0) (0,0,2)\n\n"
+        + np.asfortranarray(volume(45)).tobytes(order="F"))
     for case in INGEST_CASES.values():
         case.write(images / case.name)
         if case.label is not None:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import zarr
 
@@ -19,9 +20,12 @@ from semisam.store import list_volumes, open_store, read_record
 from tests.conftest import build_phantom_store
 
 from .corpus import (
+    GOOD_CASES,
     INGEST_CASES,
     break_store_volumes,
     save_nifti,
+    scaled_raw,
+    true_label,
     volume,
     write_code_pickle,
     write_ingest_corpus,
@@ -87,6 +91,53 @@ def test_ingest_good_files_unaffected(ingest_run):
     assert {"good_a", "good_b"} <= added
     root = open_store(base / "s.zarr", read_only=True)
     assert root["volumes/good_a/image"].shape == (24, 24, 12)
+
+
+@pytest.mark.parametrize("name", sorted(GOOD_CASES))
+def test_ingest_awkward_but_valid(ingest_run, name):
+    """Scaled integers, a NaN slope (no scaling), NIfTI-2, mixed dtypes, and labels stored in
+    another axis order/direction of the same world grid: ingested, with the right voxels."""
+    base, proc, report = ingest_run
+    entry = next(v for v in report["volumes"] if v["source"].endswith(name))
+    assert entry["status"] == "added", entry
+    root = open_store(base / "s.zarr", read_only=True)
+    vid = entry["volume_id"]
+    image = root[f"volumes/{vid}/image"][...]
+    if name == "scaled_int16.nii.gz":
+        np.testing.assert_allclose(image, scaled_raw() * 0.5 - 1024.0)
+    elif name == "slope_nan.nii.gz":  # NaN slope: no scaling, as nibabel and niftilib read it
+        np.testing.assert_array_equal(image, scaled_raw().astype(np.float32))
+    elif name == "nifti2.nii.gz":
+        np.testing.assert_array_equal(image, volume(38))
+    if GOOD_CASES[name].label is not None:
+        label = root[f"volumes/{vid}/label"][...]
+        np.testing.assert_array_equal(label, true_label())  # on the image's grid, not mirrored
+    meta = root[f"volumes/{vid}"].attrs["meta"]
+    assert meta["spacing"] == pytest.approx([0.8, 0.8, 2.0])
+
+
+@pytest.mark.parametrize("name", ["label_mirrored.nii.gz", "label_permuted.nii.gz"])
+def test_reoriented_label_says_so(ingest_run, name):
+    _, proc, _ = ingest_run
+    lines = lines_naming(proc.stderr, f"labels/{name}")
+    assert len(lines) == 1 and "WARNING" in lines[0], proc.stderr
+    assert "label reoriented onto its image's voxel grid" in lines[0]
+    assert ("reversed along i" if "mirrored" in name else "axes (i, k, j)") in lines[0]
+
+
+def test_duplicate_id_across_formats(ingest_run):
+    base, proc, report = ingest_run
+    rows = {v["source"].rsplit("/", 1)[-1]: v for v in report["volumes"]}
+    assert rows["dup.nii.gz"]["status"] == "added"
+    assert rows["dup.nrrd"]["status"] == "failed"
+    assert "duplicate volume id 'dup' (also from images/dup.nii.gz" in rows["dup.nrrd"]["reason"]
+    assert len(lines_naming(proc.stderr, "images/dup.nrrd")) == 1
+
+
+def test_hidden_appledouble_file_is_skipped(ingest_run):
+    _, proc, report = ingest_run
+    assert "._good_a" not in proc.stderr
+    assert not [v for v in report["volumes"] if "._good_a" in v["source"]]
 
 
 def test_volume_id_with_slash_in_labeled_list(tmp_path):
