@@ -6,7 +6,18 @@ Each command lives in ``pipeline/commands/<name>.py`` and registers itself on `a
 from __future__ import annotations
 
 from .cli_app import app
-from .commands import demo, evaluate, export, ingest, inspect, loop, round, train  # noqa: F401  (registers commands)
+from .commands import (  # noqa: F401  (registers commands)
+    demo,
+    evaluate,
+    export,
+    ingest,
+    inspect,
+    loop,
+    predict,
+    report,
+    round,
+    train,
+)
 
 
 def main() -> None:

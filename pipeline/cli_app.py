@@ -42,6 +42,22 @@ def guard(fn):
     return wrapper
 
 
+class _DropRayAuthNotice(logging.Filter):
+    """Drops Ray's "Token authentication is enabled for this Ray cluster ..." notice, logged on
+    every local Ray that semisam starts (Ray >= 2.5x turns token auth on by default there and says
+    so each time). The notice that auth is *disabled* is kept: that one is about exposure."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
+
+
+def quiet_ray_notices() -> None:
+    """Install `_DropRayAuthNotice` on Ray's authentication logger (idempotent)."""
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _DropRayAuthNotice) for f in logger.filters):
+        logger.addFilter(_DropRayAuthNotice())
+
+
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="tracebacks and debug logs")] = False,
@@ -51,3 +67,4 @@ def _main(
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr,
                         force=True)
+    quiet_ray_notices()

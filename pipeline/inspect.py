@@ -82,16 +82,64 @@ def round_student_probability(meta: RoundMeta, image: np.ndarray) -> np.ndarray 
     return predict_probability(model, image, spec, cfg.student)
 
 
-def write_montage(root: zarr.Group, round_index: int, volume_id: str, out: Path,
-                  scale: int = 3) -> Path:
-    """PNG with panels: image | student | pseudo-label | confidence, on the slice with the
-    most pseudo-label foreground.
+PANEL_CAPTIONS = {"image": "image", "student": "student (p > 0.5)",
+                  "pseudo_label": "pseudo-label", "confidence": "confidence"}
+STUDENT_COLOUR = (0, 160, 255)
+PSEUDO_LABEL_COLOUR = (255, 60, 60)
+_CAPTION_H = 20
+_SCALE_W = 46  # the confidence colour scale right of the panels: bar + tick labels
+
+
+def confidence_colours(c: np.ndarray) -> np.ndarray:
+    """The montage's confidence colour map: ``c`` in [0, 1] -> RGB uint8 (dark blue 0 -> yellow 1)."""
+    c = np.asarray(c, np.float32)
+    return np.stack([c * 255, c * 200, (1 - c) * 120], axis=-1).astype(np.uint8)
+
+
+def _font(size: int = 12):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: the bitmap font, one size
+        return ImageFont.load_default()
+
+
+def _captioned(row: np.ndarray, widths: list[int], captions: list[str]) -> Image.Image:
+    """``row`` (panels side by side, ``widths`` pixels each with 2-pixel gaps) with a caption
+    strip above each panel and the confidence colour scale (0 .. 1) on the right."""
+    from PIL import ImageDraw
+
+    h, w = row.shape[:2]
+    canvas = Image.new("RGB", (w + _SCALE_W, h + _CAPTION_H), (255, 255, 255))
+    canvas.paste(Image.fromarray(row), (0, _CAPTION_H))
+    draw = ImageDraw.Draw(canvas)
+    font = _font()
+    x = 0
+    for width, text in zip(widths, captions):
+        tw = draw.textlength(text, font=font)
+        draw.text((x + max(0, (width - tw) / 2), 3), text, fill=(0, 0, 0), font=font)
+        x += width + 2
+    bar = confidence_colours(np.linspace(1, 0, h)[:, None].repeat(10, axis=1))
+    canvas.paste(Image.fromarray(bar), (w + 6, _CAPTION_H))
+    draw.text((w + 18, _CAPTION_H - 2), "1", fill=(0, 0, 0), font=font)
+    draw.text((w + 18, _CAPTION_H + h - 12), "0", fill=(0, 0, 0), font=font)
+    draw.text((w + 2, 3), "conf", fill=(0, 0, 0), font=font)
+    return canvas
+
+
+def montage_image(root: zarr.Group, round_index: int, volume_id: str, scale: int = 3,
+                  student: np.ndarray | None | bool = True) -> Image.Image:
+    """Panels image | student | pseudo-label | confidence on the slice with the most
+    pseudo-label foreground, each captioned, with the confidence colour scale on the right.
 
     The student panel is recomputed from the round's student checkpoint (the store keeps no
     student maps); it is left out when that file is gone or changed.
 
     Args:
         scale: nearest-neighbour upscaling of each panel.
+        student: True: recompute the student's map; False: leave the panel out; an array:
+            the student's probability map to draw.
     """
     meta = read_round_meta(root, round_index)
     if meta is None:
@@ -102,17 +150,29 @@ def write_montage(root: zarr.Group, round_index: int, volume_id: str, out: Path,
     if label is None or conf is None:
         raise StoreError(f"volume '{volume_id}': round {round_index} has no outputs for it yet")
     image = read_image(root, volume_id)
-    student = round_student_probability(meta, image)
+    if student is True:
+        student = round_student_probability(meta, image)
+    elif student is False:
+        student = None
     i = _middle_slice(label, axis)
     img = _to_rgb(np.take(image, i, axis))
-    panels = [img]
+    panels, captions = [img], [PANEL_CAPTIONS["image"]]
     if student is not None:
-        panels.append(_overlay(img, np.take(student, i, axis) > 0.5, (0, 160, 255)))
-    panels.append(_overlay(img, np.take(label, i, axis), (255, 60, 60)))
-    c = np.take(conf, i, axis).astype(np.float32) / CONFIDENCE_SCALE
-    heat = np.stack([c * 255, c * 200, (1 - c) * 120], axis=-1).astype(np.uint8)
-    panels.append(heat)
-    sep = np.full((img.shape[0], 2, 3), 255, np.uint8)
-    row = np.concatenate([p for pair in zip(panels, [sep] * len(panels)) for p in pair][:-1], axis=1)
-    Image.fromarray(row).resize((row.shape[1] * scale, row.shape[0] * scale), Image.NEAREST).save(out)
+        panels.append(_overlay(img, np.take(student, i, axis) > 0.5, STUDENT_COLOUR))
+        captions.append(PANEL_CAPTIONS["student"])
+    panels.append(_overlay(img, np.take(label, i, axis), PSEUDO_LABEL_COLOUR))
+    captions.append(PANEL_CAPTIONS["pseudo_label"])
+    panels.append(confidence_colours(np.take(conf, i, axis).astype(np.float32) / CONFIDENCE_SCALE))
+    captions.append(PANEL_CAPTIONS["confidence"])
+    big = [np.repeat(np.repeat(p, scale, axis=0), scale, axis=1) for p in panels]
+    sep = np.full((big[0].shape[0], 2, 3), 255, np.uint8)
+    row = np.concatenate([p for pair in zip(big, [sep] * len(big)) for p in pair][:-1], axis=1)
+    return _captioned(row, [p.shape[1] for p in big], captions)
+
+
+def write_montage(root: zarr.Group, round_index: int, volume_id: str, out: Path,
+                  scale: int = 3) -> Path:
+    """`montage_image` as a PNG file: image | student | pseudo-label | confidence, captioned,
+    with the confidence colour scale."""
+    montage_image(root, round_index, volume_id, scale).save(out, format="PNG")
     return Path(out)

@@ -1,10 +1,16 @@
-"""Terminal output of the CLI: rich tables for people, JSON for machines."""
+"""Terminal output of the CLI: rich tables for people, JSON for machines.
+
+When stdout is not a terminal (a log file, ``ray job logs``, CI) a table is printed as a
+Markdown table instead, one line per row whatever its width, so that a log keeps one row per
+volume (``SEMISAM_TABLES=rich|markdown`` forces either form).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Sequence
 
 import typer
 from rich.console import Console
@@ -26,49 +32,94 @@ def _json(model) -> None:
     typer.echo(json.dumps(model.model_dump(mode="json"), indent=2))
 
 
+def markdown_tables() -> bool:
+    """True when tables go out as Markdown: stdout is not a terminal (or ``SEMISAM_TABLES``)."""
+    forced = os.environ.get("SEMISAM_TABLES", "").lower()
+    if forced in ("rich", "markdown"):
+        return forced == "markdown"
+    return not _console.is_terminal
+
+
+def _cell(value: str) -> str:
+    """A Markdown table cell: one line, pipes escaped."""
+    return " ".join(str(value).split()).replace("|", "\\|") or " "
+
+
+def markdown_lines(title: str | None, columns: Sequence[str],
+                   rows: Sequence[Sequence[str]]) -> list[str]:
+    """A Markdown table (with its title as a line above it), one line per row."""
+    lines = [title] if title else []
+    lines.append("| " + " | ".join(_cell(c) for c in columns) + " |")
+    lines.append("|" + "|".join("---" for _ in columns) + "|")
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[str]],
+                fold: bool = False) -> None:
+    """A rich table on a terminal, else a Markdown table (see the module docstring)."""
+    if markdown_tables():
+        for line in markdown_lines(title, columns, rows):
+            typer.echo(line)
+        return
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, overflow="fold" if fold else "ellipsis")
+    for row in rows:
+        table.add_row(*row)
+    _console.print(table)
+
+
+def print_line(text: str) -> None:
+    """A plain line (no markup, never wrapped)."""
+    _console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 def ingest_report(report, as_json: bool) -> None:
     if as_json:
         _json(report)
         return
-    table = Table(title="ingest")
-    for col in ("volume", "status", "labeled", "source", "detail"):
-        table.add_column(col)
-    for item in report.volumes:
-        table.add_row(item.volume_id, item.status.value, _fmt(item.labeled), item.source, item.reason or "")
-    _console.print(table)
+    print_table("ingest", ("volume", "status", "labeled", "source", "detail"),
+                [(item.volume_id, item.status.value, _fmt(item.labeled), item.source,
+                  item.reason or "") for item in report.volumes], fold=True)
 
 
 def round_summary(summary, as_json: bool) -> None:
     if as_json:
         _json(summary)
         return
-    table = Table(title=f"round {summary.round}: {summary.done} done, {summary.failed} failed, "
-                        f"{summary.pending} pending ({summary.status or 'not started'})")
-    for col in ("volume", "status", "node", "prompted/slices", "fg frac", "mean conf",
-                "student-vs-masker Dice", "s", "error"):
-        table.add_column(col, overflow="fold")
+    title = (f"round {summary.round}: {summary.done} done, {summary.failed} failed, "
+             f"{summary.pending} pending ({summary.status or 'not started'})")
+    rows = []
     for v in summary.volumes:
         prompted = f"{v.slices_prompted}/{v.slices_total}" if v.slices_total is not None else "-"
-        table.add_row(v.volume_id, v.status.value, _fmt(v.node), prompted, _fmt(v.foreground_fraction),
-                      _fmt(v.mean_confidence), _fmt(v.student_sam_dice), _fmt(v.seconds, 2), v.error or "")
-    _console.print(table)
+        rows.append((v.volume_id, v.status.value, _fmt(v.node), prompted,
+                     _fmt(v.foreground_fraction), _fmt(v.mean_confidence),
+                     _fmt(v.student_sam_dice), _fmt(v.seconds, 2), v.error or ""))
+    print_table(title, ("volume", "status", "node", "prompted/slices", "fg frac", "mean conf",
+                        "student-vs-masker Dice", "s", "error"), rows, fold=True)
     if summary.per_node:
-        _console.print("per node: " + ", ".join(f"{n}: {c}" for n, c in sorted(summary.per_node.items())))
+        print_line("per node: " + ", ".join(f"{n}: {c}" for n, c in sorted(summary.per_node.items())))
 
 
 def overview(ov, as_json: bool) -> None:
     if as_json:
         _json(ov)
         return
-    _console.print(f"store {ov.store} (schema {ov.schema_version}): {ov.volumes} volumes, "
-                   f"{ov.labeled} labeled, {ov.unlabeled} unlabeled")
-    table = Table(title="rounds")
-    for col in ("round", "status", "done", "failed", "pending", "fingerprint"):
-        table.add_column(col)
-    for r in ov.rounds:
-        table.add_row(str(r.round), _fmt(r.status), str(r.done), str(r.failed), str(r.pending),
-                      (r.fingerprint or "-")[:12])
-    _console.print(table)
+    print_line(f"store {ov.store} (schema {ov.schema_version}): {ov.volumes} volumes, "
+               f"{ov.labeled} labeled, {ov.unlabeled} unlabeled")
+    print_table("rounds", ("round", "status", "done", "failed", "pending", "fingerprint"),
+                [(str(r.round), _fmt(r.status), str(r.done), str(r.failed), str(r.pending),
+                  (r.fingerprint or "-")[:12]) for r in ov.rounds])
+
+
+def predict_report(report) -> None:
+    """`semisam predict`: one row per input scan."""
+    print_table(f"predict: {len(report.items)} scans -> {report.out_dir}",
+                ("volume", "status", "fg voxels", "s", "output", "detail"),
+                [(it.volume_id or "-", it.status.value, _fmt(it.foreground_voxels),
+                  _fmt(it.seconds, 2) if it.status.value == "written" else "-",
+                  it.label or "-", it.reason or "") for it in report.items], fold=True)
 
 
 @contextlib.contextmanager
@@ -107,4 +158,4 @@ def demo_result(result) -> None:
         _console.print(f"[bold]pseudo-label Dice vs the phantoms' hidden labels:[/bold] "
                        f"{result.pseudo_label_dice:.3f}")
     for name, path in result.paths.items():
-        _console.print(f"{name:>16}: {path}")
+        print_line(f"{name:>16}: {path}")

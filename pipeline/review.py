@@ -25,13 +25,12 @@ import numpy as np
 import typer
 import zarr
 from pydantic import Field
-from rich.console import Console
-from rich.table import Table
 
 from semisam.schemas import CONFIDENCE_SCALE, ConfigError, StrictModel, VolumeStatus
 from semisam.store import list_metas, read_output, read_record
 
 from .inspect import write_montage
+from .render import print_table
 
 log = logging.getLogger(__name__)
 
@@ -120,13 +119,12 @@ def print_review(items: list[ReviewItem], round_index: int, as_json: bool) -> No
     if as_json:
         typer.echo(json.dumps([it.model_dump(mode="json") for it in items], indent=2))
         return
-    table = Table(title=f"round {round_index}: {len(items)} volumes most in need of review")
-    for col in ("rank", "volume", "score", "fg conf", "student-vs-masker Dice", "fg voxels",
-                "prompted", "node", "png"):
-        table.add_column(col, overflow="fold")
+    rows = []
     for it in items:
         dice = "-" if it.student_sam_dice is None else f"{it.student_sam_dice:.3f}"
-        table.add_row(str(it.rank), it.volume_id, f"{it.score:.3f}", f"{it.fg_confidence:.3f}",
-                      dice, str(it.foreground_voxels), str(it.slices_prompted), it.node or "-",
-                      it.png or "")
-    Console().print(table)
+        rows.append((str(it.rank), it.volume_id, f"{it.score:.3f}", f"{it.fg_confidence:.3f}",
+                     dice, str(it.foreground_voxels), str(it.slices_prompted), it.node or "-",
+                     it.png or ""))
+    print_table(f"round {round_index}: {len(items)} volumes most in need of review",
+                ("rank", "volume", "score", "fg conf", "student-vs-masker Dice", "fg voxels",
+                 "prompted", "node", "png"), rows, fold=True)

@@ -1,0 +1,75 @@
+"""`semisam predict`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from pydantic import ValidationError
+
+from semisam.schemas import ConfigError, first_validation_error
+
+from .. import render
+from ..cli_app import app, guard
+
+
+def _axes(text: Optional[str]) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(int(a) for a in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--flip: expected axes like 0,1,2, got {text!r}") from None
+
+
+@app.command()
+@guard
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(
+        help="scans: files ingest reads (NIfTI, NRRD, h5, npy), folders of them, DICOM folders")],
+    student: Annotated[Path, typer.Option(help="student checkpoint (.pt)")],
+    out: Annotated[Path, typer.Option("--out", help="output directory")],
+    flip: Annotated[Optional[str], typer.Option(
+        help="test-time augmentation: mean over flips along these axes, e.g. 0,1,2")] = None,
+    largest_component: Annotated[bool, typer.Option(
+        "--largest-component", help="keep only the largest 3D component")] = False,
+    probabilities: Annotated[bool, typer.Option(
+        "--probabilities", help="also write <id>_prob.nii.gz (float32 foreground probability)")] = False,
+    threshold: Annotated[float, typer.Option(help="foreground probability cut")] = 0.5,
+    address: Annotated[Optional[str], typer.Option(
+        help="fan out over Ray, one task per scan: 'local', 'auto' or ray://...")] = None,
+    gpus_per_scan: Annotated[float, typer.Option(help="with --address: GPUs per scan task")] = 0.0,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 (default: auto)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="redo scans whose outputs are finished")] = False,
+    progress: Annotated[bool, typer.Option(help="progress bar")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Segment scans with a trained student: NIfTI outputs on each input's grid and affine
+    (rerunning skips finished scans)."""
+    from ..predict import PredictOptions, PredictStatus, collect_inputs
+    from ..predict import predict as run_predict
+
+    try:
+        options = PredictOptions(flip_axes=_axes(flip), largest_component=largest_component,
+                                 threshold=threshold, probabilities=probabilities)
+        from semisam.schemas import StudentInferenceConfig
+
+        StudentInferenceConfig(flip_axes=options.flip_axes)  # same axis rules as the round
+    except ValidationError as exc:
+        raise ConfigError(f"option: {first_validation_error(exc)}") from None
+    total = len(collect_inputs(list(inputs)))
+    with render.count_bar("predict", total, enabled=progress and not as_json) as bar:
+        report = run_predict(student, inputs, out, options=options, address=address,
+                             gpus_per_scan=gpus_per_scan, device=device, overwrite=overwrite,
+                             on_item=lambda it: bar(it.volume_id or it.source, it.status.value))
+    if as_json:
+        typer.echo(json.dumps(report.model_dump(mode="json"), indent=2))
+    else:
+        render.predict_report(report)
+        typer.echo(f"{report.count(PredictStatus.written)} written, "
+                   f"{report.count(PredictStatus.skipped)} skipped (finished), "
+                   f"{report.count(PredictStatus.failed)} failed; outputs in {report.out_dir}")
+    if not report.ok:
+        raise typer.Exit(1)

@@ -1,0 +1,1 @@
+"""`semisam report` (placeholder)."""
