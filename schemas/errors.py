@@ -23,3 +23,10 @@ class StoreError(SemisamError):
 
 class RoundError(SemisamError):
     """A round cannot run as asked (fingerprint mismatch, locked, ...)."""
+
+
+def no_sam_checkpoint(model_type: str) -> str:
+    """The one line for a SAM masker without weights (no vit weights ship with semisam)."""
+    return (f"masker.sam.checkpoint: SAM {model_type} needs a checkpoint (--sam-checkpoint, a "
+            "SAM or MedSAM .pth); for trained weights that ship with semisam use --masker "
+            "litemedsam (random weights only with masker.sam.random_weights = true)")

@@ -28,14 +28,14 @@ def round_config(config: Optional[Path], overrides: dict) -> RoundConfig:
     Args:
         overrides: dotted field path -> value; None values are left alone.
     """
-    data = load_round_config(config).model_dump(mode="json")
+    data = load_round_config(config).model_dump(mode="json", exclude_unset=True)
     for dotted, value in overrides.items():
         if value is None:
             continue
         node = data
         *parents, leaf = dotted.split(".")
         for p in parents:
-            node = node[p]
+            node = node.setdefault(p, {})
         node[leaf] = value.value if hasattr(value, "value") else value
     try:
         return RoundConfig.model_validate(data)
@@ -50,10 +50,15 @@ def run_round_cmd(
     round_index: Annotated[int, typer.Option("--round", help="round number r")],
     student: Annotated[Path, typer.Option(help="student checkpoint (.pt)")],
     config: Annotated[Optional[Path], typer.Option(help="round config JSON")] = None,
-    masker: Annotated[Optional[MaskerKind], typer.Option(help="masker (default from config: random_walker)")] = None,
-    sam_checkpoint: Annotated[Optional[Path], typer.Option(help="SAM/MedSAM state dict; implies --masker sam")] = None,
-    sam_type: Annotated[Optional[SamType], typer.Option(help="SAM encoder size")] = None,
-    sam_family: Annotated[Optional[SamFamily], typer.Option(help="preprocessing family")] = None,
+    masker: Annotated[Optional[MaskerKind], typer.Option(
+        help="litemedsam (default: trained weights bundled), sam (vit_b/l/h: needs "
+             "--sam-checkpoint) or random_walker (weight-free)")] = None,
+    sam_checkpoint: Annotated[Optional[Path], typer.Option(
+        help="checkpoint of the SAM-family masker: a fine-tuned LiteMedSAM .pth, or with "
+             "--sam-type/--sam-family (which imply --masker sam) a SAM/MedSAM state dict")] = None,
+    sam_type: Annotated[Optional[SamType], typer.Option(help="SAM encoder size; implies --masker sam")] = None,
+    sam_family: Annotated[Optional[SamFamily], typer.Option(
+        help="SAM preprocessing family; implies --masker sam")] = None,
     address: Annotated[Optional[str], typer.Option(help="Ray address (auto, ray://...); default: a local Ray")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Ray worker actors")] = None,
     gpus_per_worker: Annotated[Optional[float], typer.Option(help="GPUs per worker (fractional allowed)")] = None,
@@ -65,17 +70,21 @@ def run_round_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Produce pseudo-labels and confidence maps for every unlabeled volume (resumable)."""
-    if sam_checkpoint is not None and masker is None:
+    if (sam_type is not None or sam_family is not None) and masker is None:
         masker = MaskerKind.sam
     cfg = round_config(config, {
-        "masker.kind": masker,
-        "masker.sam.checkpoint": str(sam_checkpoint) if sam_checkpoint else None,
-        "masker.sam.model_type": sam_type, "masker.sam.family": sam_family,
+        "masker.kind": masker, "masker.sam.model_type": sam_type, "masker.sam.family": sam_family,
         "runtime.workers": workers, "runtime.gpus_per_worker": gpus_per_worker,
     })
-    ckpt = cfg.masker.sam.checkpoint
-    if cfg.masker.kind == MaskerKind.sam and ckpt is not None and not Path(ckpt).is_file():
-        raise ConfigError(f"{ckpt}: SAM checkpoint file not found")
+    if sam_checkpoint is not None:
+        if cfg.masker.kind == MaskerKind.random_walker:
+            raise ConfigError("--sam-checkpoint: the random_walker masker takes no checkpoint")
+        section = cfg.masker.sam if cfg.masker.kind == MaskerKind.sam else cfg.masker.litemedsam
+        section.checkpoint = sam_checkpoint
+    ckpt = {MaskerKind.sam: cfg.masker.sam.checkpoint,
+            MaskerKind.litemedsam: cfg.masker.litemedsam.checkpoint}.get(cfg.masker.kind)
+    if ckpt is not None and not Path(ckpt).is_file():
+        raise ConfigError(f"{ckpt}: {cfg.masker.kind.value} checkpoint file not found")
     if not student.is_file():
         raise ConfigError(f"{student}: student checkpoint file not found")
     from ..driver import run_round  # Ray and torch load only once the options are valid

@@ -74,7 +74,7 @@ def test_inspect_json_and_png(local_ray, phantom_store, trained_student, tmp_pat
     from semisam.pipeline.driver import run_round
     from semisam.schemas import RoundConfig
 
-    run_round(phantom_store, 1, trained_student, RoundConfig(), show_progress=False)
+    run_round(phantom_store, 1, trained_student, RoundConfig(masker={"kind": "random_walker"}), show_progress=False)
     out = json.loads(run("inspect", str(phantom_store), "--round", "1", "--json", check=True).stdout)
     assert out["done"] == 4 and out["status"] == "finished"
     row = out["volumes"][0]

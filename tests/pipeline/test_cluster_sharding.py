@@ -55,7 +55,7 @@ def test_round_shards_over_every_node(three_node_cluster, trained_student, tmp_p
     node_ids = {n.node_id[:8] for n in [cluster.head_node, *cluster.worker_nodes]}
     assert len(node_ids) == 3
     cfg = tmp_path / "round.json"
-    cfg.write_text(json.dumps({"runtime": {"workers": 3, "tasks_in_flight": 1, "spread": True}}))
+    cfg.write_text(json.dumps({"masker": {"kind": "random_walker"}, "runtime": {"workers": 3, "tasks_in_flight": 1, "spread": True}}))
     proc = subprocess.run(
         [SEMISAM, "run-round", str(store), "--round", "1", "--student", str(trained_student),
          "--config", str(cfg), "--address", cluster.address, "--no-progress"],

@@ -27,4 +27,4 @@ def test_demo_runs_every_stage(local_ray, tmp_path):
     montage = np.asarray(Image.open(result.paths["montage"]))
     assert montage.ndim == 3 and montage.std() > 0
     assert result.pseudo_label_dice is not None and 0.0 <= result.pseudo_label_dice <= 1.0
-    assert "random walker" in result.masker_note
+    assert "LiteMedSAM" in result.masker_note

@@ -35,7 +35,7 @@ from tests.conftest import SPACING
 def write_round(store, student: Path, round_index: int = 1) -> None:
     """A round whose pseudo-labels are the references (perfect), made by ``student``."""
     root = open_store(store)
-    write_round_meta(root, RoundMeta(round=round_index, config=RoundConfig().model_dump(mode="json"),
+    write_round_meta(root, RoundMeta(round=round_index, config=RoundConfig(masker={"kind": "random_walker"}).model_dump(mode="json"),
                                      fingerprint="f" * 64, student_checkpoint=str(student),
                                      student_sha256=sha256_file(student)))
     for meta in list_metas(root):

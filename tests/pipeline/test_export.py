@@ -49,7 +49,7 @@ def exported_round(local_ray, trained_student, tmp_path_factory):
         nib.save(nib.Nifti1Image(label, oblique_affine()), labels / f"obl{i}.nii.gz")
     store = tmp_path / "s.zarr"
     assert ingest(store, [images], labels_dir=labels, labeled=set()).ok
-    summary = run_round(store, 1, trained_student, RoundConfig(), show_progress=False)
+    summary = run_round(store, 1, trained_student, RoundConfig(masker={"kind": "random_walker"}), show_progress=False)
     assert summary.done == 2
     out = tmp_path / "export"
     invoke("export", str(store), "--round", "1", "--to", str(out))

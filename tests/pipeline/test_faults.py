@@ -41,7 +41,7 @@ SEED, COUNT, BAD = 5, 18, "ph17"
 
 
 def fault_config() -> RoundConfig:
-    cfg = RoundConfig()
+    cfg = RoundConfig(masker={"kind": "random_walker"})
     cfg.runtime.workers = 2
     cfg.runtime.max_attempts = 4
     cfg.runtime.max_attempts_bad_input = 2

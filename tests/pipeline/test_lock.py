@@ -158,7 +158,7 @@ def test_two_run_round_processes(phantom_store, trained_student, tmp_path):
     is stale (same host, pid gone) and the next driver takes it over. (That a rerun after a
     killed driver then finishes the round is test_resume.py's SIGKILL test.)"""
     cfg = tmp_path / "round.json"
-    cfg.write_text(json.dumps({"runtime": {"workers": 1}}))
+    cfg.write_text(json.dumps({"masker": {"kind": "random_walker"}, "runtime": {"workers": 1}}))
     args = [SEMISAM, "run-round", str(phantom_store), "--round", "1", "--student",
             str(trained_student), "--config", str(cfg), "--no-progress"]
     first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -178,6 +178,6 @@ def test_two_run_round_processes(phantom_store, trained_student, tmp_path):
         _kill_tree(first.pid)
         first.wait()
     with acquire_round_lock(open_store(phantom_store), str(phantom_store), 1,
-                            timeout_s=RoundConfig().runtime.lock_timeout_s) as lock:
+                            timeout_s=RoundConfig(masker={"kind": "random_walker"}).runtime.lock_timeout_s) as lock:
         assert _lock_holder_pid(phantom_store) == os.getpid() and lock.gen == 2
     assert _lock_holder_pid(phantom_store) is None  # released

@@ -21,7 +21,7 @@ def loop_config() -> LoopConfig:
     train = TrainConfig(student=SMALL, iterations=4, checkpoint_every=2, seed=5)
     train.batch.labeled, train.batch.unlabeled = 1, 1
     train.mean_teacher.ramp_unit = train.sam.ramp_unit = 1
-    rounds = RoundConfig()
+    rounds = RoundConfig(masker={"kind": "random_walker"})
     rounds.runtime.workers = 1
     return LoopConfig(train=train, round=rounds)
 

@@ -68,7 +68,7 @@ def cluster_round(store: str, student: str, out: str) -> None:
         cluster.wait_for_nodes()
         watcher = threading.Thread(target=_remove_busy_node, args=(cluster, report, stop), daemon=True)
         watcher.start()
-        cfg = RoundConfig()
+        cfg = RoundConfig(masker={"kind": "random_walker"})
         cfg.runtime.workers, cfg.runtime.tasks_in_flight = 3, 1
         summary = run_round(store, 1, Path(student), cfg, address=cluster.address,
                             show_progress=False)

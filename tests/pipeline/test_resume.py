@@ -75,7 +75,7 @@ def _start_run_round(store: Path, student: Path, tmp_path: Path,
     """`semisam run-round` on round 1 of ``store`` in its own session: one worker, one volume in
     flight (so a signal lands with at most one volume running)."""
     cfg = tmp_path / "round.json"
-    cfg.write_text(json.dumps({"runtime": {"workers": 1, "tasks_in_flight": 1}}))
+    cfg.write_text(json.dumps({"masker": {"kind": "random_walker"}, "runtime": {"workers": 1, "tasks_in_flight": 1}}))
     return subprocess.Popen(
         [SEMISAM, "run-round", str(store), "--round", "1", "--student", str(student),
          "--config", str(cfg), "--no-progress"],
@@ -112,7 +112,7 @@ def test_sigkill_driver_then_resume(local_ray, tmp_path, trained_student):
     root = open_store(killed, read_only=True)
     finished_at = {v: (read_record(root, 1, v).finished_at, read_record(root, 1, v).worker_pid) for v in done_before}
 
-    config = RoundConfig()
+    config = RoundConfig(masker={"kind": "random_walker"})
     config.runtime.workers = 1
     rerun = run_round(killed, 1, trained_student, config, show_progress=False)
     assert rerun.skipped == len(done_before) and rerun.done == len(ids)
@@ -151,7 +151,7 @@ def test_sigterm_stops_the_round_cleanly_then_resume(local_ray, tmp_path, traine
     assert set(seen) <= set(done_before) and len(done_before) <= len(seen) + 1, (seen, done_before)
     assert len(done_before) < len(ids), done_before
 
-    config = RoundConfig()
+    config = RoundConfig(masker={"kind": "random_walker"})
     config.runtime.workers = 1
     rerun = run_round(store, 1, trained_student, config, show_progress=False)
     assert rerun.skipped == len(done_before) and rerun.done == len(ids)

@@ -48,7 +48,7 @@ def review_store(tmp_path):
     """ph01..ph05 unlabeled: confident+agreeing, unsure, disagreeing, empty, failed."""
     path = build_phantom_store(tmp_path / "s.zarr", count=6, labeled=1, seed=5)
     root = open_store(path)
-    write_round_meta(root, RoundMeta(round=1, config=RoundConfig().model_dump(mode="json"),
+    write_round_meta(root, RoundMeta(round=1, config=RoundConfig(masker={"kind": "random_walker"}).model_dump(mode="json"),
                                      fingerprint="f" * 64,
                                      student_checkpoint=str(tmp_path / "gone.pt"),
                                      student_sha256="0" * 64))

@@ -37,7 +37,7 @@ def _as_if_older(root, round_index: int, drop: tuple[str, ...], **changes) -> No
 def begun(phantom_store, trained_student):
     """Round 1 planned with the default config and one volume recorded done."""
     root = open_store(phantom_store)
-    plan = plan_round(root, 1, RoundConfig(), trained_student)
+    plan = plan_round(root, 1, RoundConfig(masker={"kind": "random_walker"}), trained_student)
     write_record(root, 1, VolumeRecord(volume_id=plan.todo[0], status=VolumeStatus.done))
     return root, plan.todo[0]
 
@@ -46,7 +46,7 @@ def test_fields_added_since_take_their_defaults_and_the_round_resumes(begun, tra
                                                                       caplog):
     root, done_id = begun
     _as_if_older(root, 1, drop=("masker.sam.fp8", "fusion.masker_weight", "runtime.spread"))
-    config = RoundConfig()
+    config = RoundConfig(masker={"kind": "random_walker"})
     assert checkpoints_vetted(root, 1, config, current_fingerprint(config, trained_student))
     plan = plan_round(root, 1, config, trained_student)
     assert plan.resumed and plan.done == [done_id] and done_id not in plan.todo
@@ -57,7 +57,7 @@ def test_fields_added_since_take_their_defaults_and_the_round_resumes(begun, tra
 def test_a_different_value_is_still_refused(begun, trained_student):
     root, _ = begun
     _as_if_older(root, 1, drop=("masker.sam.fp8",), prompts__box_margin=9)
-    config = RoundConfig()
+    config = RoundConfig(masker={"kind": "random_walker"})
     assert not checkpoints_vetted(root, 1, config, current_fingerprint(config, trained_student))
     with pytest.raises(RoundError, match="--force"):
         plan_round(root, 1, config, trained_student)
@@ -67,7 +67,7 @@ def test_a_field_that_no_longer_exists_is_refused(begun, trained_student):
     root, _ = begun
     _as_if_older(root, 1, drop=(), prompts__retired_option=3)
     with pytest.raises(RoundError, match="--force"):
-        plan_round(root, 1, RoundConfig(), trained_student)
+        plan_round(root, 1, RoundConfig(masker={"kind": "random_walker"}), trained_student)
 
 
 def test_other_checkpoint_bytes_are_refused(begun, trained_student, tmp_path):
@@ -75,7 +75,7 @@ def test_other_checkpoint_bytes_are_refused(begun, trained_student, tmp_path):
     _as_if_older(root, 1, drop=("masker.sam.fp8",))
     other = tmp_path / "student.pt"
     other.write_bytes(trained_student.read_bytes() + b"\0")
-    config = RoundConfig()
+    config = RoundConfig(masker={"kind": "random_walker"})
     assert not checkpoints_vetted(root, 1, config, current_fingerprint(config, other))
     with pytest.raises(RoundError, match="--force"):
         plan_round(root, 1, config, other)

@@ -105,7 +105,7 @@ def test_storage_settings_and_worker_environment(monkeypatch):
     assert fsspec_options("memory://x") == {}
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
-    config = RoundConfig()
+    config = RoundConfig(masker={"kind": "random_walker"})
     options = actor_options(config)
     assert options["scheduling_strategy"] == "SPREAD"
     assert options["runtime_env"]["env_vars"] == {"AWS_ENDPOINT_URL": "http://env:9000",
@@ -153,7 +153,7 @@ def test_round_on_s3_killed_resumed_inspected_exported(s3_endpoint, local_ray, t
     url = f"s3://{BUCKET}/la.zarr"
     ids, affines = _ingest_phantoms(tmp_path, url)
     cfg_file = tmp_path / "round.json"
-    cfg_file.write_text(json.dumps({"runtime": {"workers": 1, "tasks_in_flight": 1}}))
+    cfg_file.write_text(json.dumps({"masker": {"kind": "random_walker"}, "runtime": {"workers": 1, "tasks_in_flight": 1}}))
     first, done_before = _kill_after_first_done(url, ids, trained_student, cfg_file)
     # one worker, one volume in flight: the first one seen done, plus at most the one the
     # orphaned worker was running when the driver was killed

@@ -32,7 +32,7 @@ def verify_cli(store: Path, *extra: str) -> subprocess.CompletedProcess:
 def round_template(tmp_path_factory, trained_student) -> Path:
     """A store with round 1 written by the worker code itself (no Ray needed for this)."""
     store = build_phantom_store(tmp_path_factory.mktemp("verify") / "store.zarr", count=6, labeled=2)
-    config = RoundConfig()
+    config = RoundConfig(masker={"kind": "random_walker"})
     plan = plan_round(open_store(store), 1, config, trained_student)
     threads = torch.get_num_threads()  # the processor sets its own thread count
     try:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from segment_anything.modeling import Sam
 
-from semisam.schemas import SamConfig
+from semisam.schemas import CheckpointError, SamConfig, no_sam_checkpoint
 
 from ..base import Masker, SlicePrompt, check_batch
 from .checkpoint import load_sam, sha256_file
@@ -64,6 +64,8 @@ class SamMasker(Masker):
         self.device = torch.device(device)
         self._given_model = model is not None
         if model is None:
+            if config.checkpoint is None and not config.random_weights:
+                raise CheckpointError(no_sam_checkpoint(config.model_type.value))
             model = load_sam(config.model_type, config.checkpoint, self.device)
         self.model = model.to(self.device).eval()
         self.encoder = SliceEncoder(self.model.image_encoder, config)

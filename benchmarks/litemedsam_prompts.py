@@ -1,0 +1,380 @@
+"""Which prompts make LiteMedSAM's masks better than the student's own? Measured per recipe.
+
+On a store whose unlabeled volumes carry references (``semisam ingest`` of LA or hippocampus),
+for one or more students, per volume:
+
+1. the student's probability map (sliding window) and the LiteMedSAM image embeddings of every
+   slice any recipe may prompt (the student's slices along the slice axis, the reference's for
+   the diagnostic row) are computed once and cached in ``WORKDIR/cache`` (the encoder is the
+   cost; every recipe after that runs only the prompt encoder and mask decoder);
+2. every recipe turns the student's map into prompts, decodes, fuses and is scored against the
+   reference: Dice and 95HD (voxels), the student's own mask for comparison.
+
+The reference is read only to score, and by the row ``gt-box`` (boxes from the reference: a
+diagnostic of what LiteMedSAM can do with perfect boxes, never a product path).
+
+    .venv/bin/python benchmarks/litemedsam_prompts.py STORE --student s4=student4.pt \\
+        --student s2=student2.pt --workdir bench-out/la-prompts
+
+Prints one table per student and writes ``WORKDIR/results.json`` (rerunning reuses the cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from semisam.schemas import (
+    FusionConfig,
+    FusionMode,
+    IntensityConfig,
+    LiteMedSamConfig,
+    PromptConfig,
+    StudentInferenceConfig,
+)
+from semisam.store import list_metas, open_store, read_image, read_reference
+from semisam.training.metrics import dice, hd95
+from semisam.workers.fusion import fuse
+from semisam.workers.intensity import window_volume
+from semisam.workers.localization import foreground_mask, slice_prompts
+from semisam.workers.maskers import SlicePrompt
+from semisam.workers.maskers.litemedsam import LiteMedSamMasker
+from semisam.workers.student import load_student, predict_probability
+
+log = logging.getLogger("benchmarks.litemedsam_prompts")
+AXIS = 2
+
+
+@dataclass
+class Case:
+    """One volume for one student: everything a recipe may read."""
+
+    volume_id: str
+    windowed: np.ndarray  # XxYxZ uint8
+    reference: np.ndarray  # XxYxZ bool (scoring and the gt-box row only)
+    prob: np.ndarray  # XxYxZ float32 student probability
+    embeddings: dict[int, np.ndarray]  # slice index -> 256x64x64 float16
+
+
+class Decoder:
+    """LiteMedSAM's prompt encoder + mask decoder on cached embeddings."""
+
+    def __init__(self, masker: LiteMedSamMasker) -> None:
+        self.masker = masker
+
+    def __call__(self, case: Case, prompts: list[SlicePrompt]) -> tuple[np.ndarray, np.ndarray]:
+        """``NxHxW`` probabilities and ``N`` predicted IoUs of the prompted slices."""
+        hw = tuple(np.moveaxis(case.windowed, AXIS, 0).shape[1:])
+        if not prompts:
+            return np.zeros((0, *hw), np.float32), np.zeros(0, np.float32)
+        emb = torch.from_numpy(np.stack([case.embeddings[p.index] for p in prompts])).float()
+        with torch.inference_mode():
+            probs, iou = self.masker.decode(emb, prompts, hw)
+        return probs.numpy(), iou.float().numpy()
+
+
+def prepare(root, volume_id: str, students: dict, masker: LiteMedSamMasker, cache: Path
+            ) -> dict[str, Case]:
+    """Student maps and embeddings of one volume (cached), one `Case` per student."""
+    cache.mkdir(parents=True, exist_ok=True)
+    file = cache / f"{volume_id}.npz"
+    image = read_image(root, volume_id)
+    reference = read_reference(root, volume_id) > 0
+    if file.is_file():
+        data = dict(np.load(file))
+    else:
+        data = {"windowed": window_volume(image, IntensityConfig())}
+        for name, (model, spec) in students.items():
+            data[f"prob_{name}"] = predict_probability(
+                model, image, spec, StudentInferenceConfig(), torch.device("cpu")).astype(np.float16)
+    needed: set[int] = set(np.flatnonzero(reference.any(axis=(0, 1))).tolist())
+    for name in students:
+        mask = foreground_mask(data[f"prob_{name}"].astype(np.float32), PromptConfig())
+        zs = np.flatnonzero(mask.any(axis=(0, 1)))
+        if zs.size:
+            needed |= set(range(max(0, zs[0] - 3), min(mask.shape[2], zs[-1] + 4)))
+    have = set(data["emb_index"].tolist()) if "emb_index" in data else set()
+    todo = sorted(needed - have)
+    if todo:
+        slices = np.moveaxis(data["windowed"], AXIS, 0)[todo]
+        emb = []
+        with torch.inference_mode():
+            for start in range(0, len(todo), 8):
+                emb.append(masker.encode(slices[start:start + 8]).numpy().astype(np.float16))
+        old_i = data.get("emb_index", np.zeros(0, np.int64))
+        old_e = data.get("emb", np.zeros((0, 256, 64, 64), np.float16))
+        data["emb_index"] = np.concatenate([old_i, np.asarray(todo, np.int64)])
+        data["emb"] = np.concatenate([old_e, *emb])
+        np.savez(file, **data)
+    embeddings = {int(i): e for i, e in zip(data["emb_index"], data["emb"])}
+    return {name: Case(volume_id, data["windowed"], reference,
+                       data[f"prob_{name}"].astype(np.float32), embeddings) for name in students}
+
+
+# ---- prompt builders --------------------------------------------------------------------------
+
+def student_prompts(case: Case, margin: int = 5, threshold: float = 0.5,
+                    min_area_frac: float = 0.0) -> list[SlicePrompt]:
+    cfg = PromptConfig(slice_axis=AXIS, box_margin=margin, positive_points=0, threshold=threshold)
+    mask = foreground_mask(case.prob, cfg)
+    prompts = slice_prompts(mask, case.prob, cfg)
+    if min_area_frac > 0 and prompts:
+        area = mask.sum(axis=(0, 1))
+        keep = area >= min_area_frac * area.max()
+        prompts = [p for p in prompts if keep[p.index]]
+    return prompts
+
+
+def box_of(mask2d: np.ndarray, margin: int) -> np.ndarray | None:
+    rows, cols = np.flatnonzero(mask2d.any(axis=1)), np.flatnonzero(mask2d.any(axis=0))
+    if rows.size == 0:
+        return None
+    h, w = mask2d.shape
+    return np.array([max(cols[0] - margin, 0), max(rows[0] - margin, 0),
+                     min(cols[-1] + margin, w - 1), min(rows[-1] + margin, h - 1)], np.float32)
+
+
+def student_slices(case: Case, prompts: list[SlicePrompt]) -> np.ndarray:
+    return np.moveaxis(case.prob, AXIS, 0)[[p.index for p in prompts]]
+
+
+# ---- recipes: case -> (masker probabilities of prompted slices, their indices, scores) ---------
+
+Recipe = Callable[[Case, Decoder], tuple[np.ndarray, list[int], np.ndarray]]
+
+
+def r_box(margin: int = 5, threshold: float = 0.5, min_area_frac: float = 0.0) -> Recipe:
+    def run(case, dec):
+        prompts = student_prompts(case, margin, threshold, min_area_frac)
+        probs, iou = dec(case, prompts)
+        return probs, [p.index for p in prompts], iou
+    return run
+
+
+def r_gt_box(margin: int = 5) -> Recipe:
+    def run(case, dec):
+        ref = case.reference.astype(np.float32)
+        cfg = PromptConfig(slice_axis=AXIS, box_margin=margin, positive_points=0,
+                           largest_component=False, min_slice_pixels=1)
+        prompts = slice_prompts(case.reference, ref, cfg)
+        probs, iou = dec(case, prompts)
+        return probs, [p.index for p in prompts], iou
+    return run
+
+
+def r_refine(rounds: int = 1, margin: int = 5, reprompt_margin: int = 3) -> Recipe:
+    """Box from the student, then the box of LiteMedSAM's own mask (grown by a margin)."""
+    def run(case, dec):
+        prompts = student_prompts(case, margin)
+        probs, iou = dec(case, prompts)
+        for _ in range(rounds):
+            new = []
+            for p, pr in zip(prompts, probs):
+                box = box_of(pr > 0.5, reprompt_margin)
+                new.append(SlicePrompt(p.index, p.box if box is None else box))
+            prompts = new
+            probs, iou = dec(case, prompts)
+        return probs, [p.index for p in prompts], iou
+    return run
+
+
+def r_jitter(shifts: tuple[int, ...] = (-3, 0, 3), margin: int = 5) -> Recipe:
+    """Mean over boxes whose margin is grown/shrunk by each shift."""
+    def run(case, dec):
+        prompts = student_prompts(case, margin)
+        hw = np.moveaxis(case.windowed, AXIS, 0).shape[1:]
+        total = np.zeros((len(prompts), *hw), np.float32)
+        ious = np.zeros(len(prompts), np.float32)
+        for s in shifts:
+            grown = [SlicePrompt(p.index, np.clip(p.box + np.array([-s, -s, s, s], np.float32),
+                                                  0, [hw[1] - 1, hw[0] - 1, hw[1] - 1, hw[0] - 1]))
+                     for p in prompts]
+            probs, iou = dec(case, grown)
+            total += probs
+            ious += iou
+        return total / len(shifts), [p.index for p in prompts], ious / len(shifts)
+    return run
+
+
+def r_smooth_z(window: int = 5, margin: int = 5) -> Recipe:
+    """Box coordinates median-filtered along the slice axis (consistent boxes)."""
+    from scipy.ndimage import median_filter
+
+    def run(case, dec):
+        prompts = student_prompts(case, margin)
+        if len(prompts) >= window:
+            boxes = median_filter(np.stack([p.box for p in prompts]), size=(window, 1),
+                                  mode="nearest")
+            prompts = [SlicePrompt(p.index, b) for p, b in zip(prompts, boxes)]
+        probs, iou = dec(case, prompts)
+        return probs, [p.index for p in prompts], iou
+    return run
+
+
+def r_mask_prompt(margin: int = 5) -> Recipe:
+    def run(case, dec):
+        cfg = PromptConfig(slice_axis=AXIS, box_margin=margin, positive_points=0, mask_prompt=True)
+        prompts = slice_prompts(foreground_mask(case.prob, cfg), case.prob, cfg)
+        probs, iou = dec(case, prompts)
+        return probs, [p.index for p in prompts], iou
+    return run
+
+
+def r_propagate(margin: int = 5, shift: int = 3) -> Recipe:
+    """MedSAM-3D style: the student's box on its largest slice, then each next slice's box is
+    LiteMedSAM's previous mask's box (stop where the mask vanishes or the student has none)."""
+    def run(case, dec):
+        prompts = {p.index: p for p in student_prompts(case, margin)}
+        if not prompts:
+            return r_box(margin)(case, dec)
+        mask = foreground_mask(case.prob, PromptConfig())
+        area = mask.sum(axis=(0, 1))
+        start = int(np.argmax(area))
+        out: dict[int, tuple[np.ndarray, float]] = {}
+        probs, iou = dec(case, [prompts[start]])
+        out[start] = (probs[0], float(iou[0]))
+        for step in (1, -1):
+            prev = probs[0]
+            z = start + step
+            while z in prompts:
+                box = box_of(prev > 0.5, shift)
+                if box is None:
+                    break
+                p, i = dec(case, [SlicePrompt(z, box)])
+                out[z] = (p[0], float(i[0]))
+                prev, z = p[0], z + step
+        idx = sorted(out)
+        return np.stack([out[z][0] for z in idx]), idx, np.array([out[z][1] for z in idx])
+    return run
+
+
+# ---- fusion -----------------------------------------------------------------------------------
+
+def fused_label(case: Case, probs: np.ndarray, idx: list[int], iou: np.ndarray, mode: str,
+                gate: float = 0.0, weight: float = 0.5) -> np.ndarray:
+    """Pseudo-label of one recipe's masker output under a fusion rule.
+
+    Modes: ``masker`` (masker on prompted slices, student elsewhere), ``average`` (weighted
+    mean on prompted slices), ``gate`` (masker where its predicted IoU >= gate, else student),
+    ``gate-avg`` (average where IoU >= gate, else student), ``iou-avg`` (average with the
+    masker's weight = weight * its predicted IoU), ``masker-only`` (zero off prompted slices).
+    """
+    if mode == "masker-only":
+        label = np.zeros(case.prob.shape, bool)
+        view = np.moveaxis(label, AXIS, 0)
+        view[idx] = probs > 0.5
+        return label
+    keep = np.ones(len(idx), bool) if mode not in ("gate", "gate-avg") else iou >= gate
+    idx_k = [i for i, k in zip(idx, keep) if k]
+    probs_k = probs[keep]
+    if mode in ("masker", "gate"):
+        cfg = FusionConfig(mode=FusionMode.masker_on_prompted)
+        return fuse(case.prob, probs_k, idx_k, cfg, AXIS).pseudo_label > 0
+    if mode == "iou-avg":
+        ps = student_slices(case, [SlicePrompt(i, np.zeros(4)) for i in idx_k])
+        w = (weight * iou[keep]).reshape(-1, 1, 1)
+        blend = w * probs_k + (1 - w) * ps
+        cfg = FusionConfig(mode=FusionMode.masker_on_prompted)
+        return fuse(case.prob, blend, idx_k, cfg, AXIS).pseudo_label > 0
+    cfg = FusionConfig(mode=FusionMode.average, masker_weight=weight)
+    return fuse(case.prob, probs_k, idx_k, cfg, AXIS).pseudo_label > 0
+
+
+RECIPES: dict[str, tuple[Recipe, str, dict]] = {
+    # name: (prompt recipe, fusion mode, fusion options)
+    "box5": (r_box(5), "masker", {}),
+    "box5-masker-only": (r_box(5), "masker-only", {}),
+    "box0": (r_box(0), "masker", {}),
+    "box10": (r_box(10), "masker", {}),
+    "box5-t0.7": (r_box(5, threshold=0.7), "masker", {}),
+    "box5-trim0.25": (r_box(5, min_area_frac=0.25), "masker", {}),
+    "box5-avg": (r_box(5), "average", {}),
+    "box5-avg-w0.7": (r_box(5), "average", {"weight": 0.7}),
+    "box5-gate0.8": (r_box(5), "gate", {"gate": 0.8}),
+    "box5-gate0.9": (r_box(5), "gate", {"gate": 0.9}),
+    "box5-gateavg0.8": (r_box(5), "gate-avg", {"gate": 0.8}),
+    "box5-iouavg": (r_box(5), "iou-avg", {"weight": 1.0}),
+    "refine1": (r_refine(1), "masker", {}),
+    "refine1-avg": (r_refine(1), "average", {}),
+    "jitter3": (r_jitter(), "masker", {}),
+    "jitter3-avg": (r_jitter(), "average", {}),
+    "smoothz5": (r_smooth_z(5), "masker", {}),
+    "smoothz5-avg": (r_smooth_z(5), "average", {}),
+    "maskprompt": (r_mask_prompt(5), "masker", {}),
+    "propagate": (r_propagate(), "masker", {}),
+    "propagate-avg": (r_propagate(), "average", {}),
+    "gt-box (diagnostic: reads labels)": (r_gt_box(5), "masker-only", {}),
+}
+
+
+def score(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    return {"dice": dice(pred, ref), "hd95": hd95(pred, ref) if pred.any() else float("nan")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("store")
+    parser.add_argument("--student", action="append", required=True, help="NAME=checkpoint.pt")
+    parser.add_argument("--workdir", type=Path, default=Path("bench-out/litemedsam-prompts"))
+    parser.add_argument("--volumes", type=int, default=None, help="first N unlabeled volumes")
+    parser.add_argument("--recipes", nargs="*", default=None, help="subset of recipe names")
+    parser.add_argument("--dtype", default="float32")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(2)
+    students = {}
+    for item in args.student:
+        name, _, path = item.partition("=")
+        model, spec, _ = load_student(Path(path), "cpu")
+        students[name] = (model, spec)
+    masker = LiteMedSamMasker(LiteMedSamConfig(dtype=args.dtype), "cpu")
+    decoder = Decoder(masker)
+    root = open_store(args.store, read_only=True)
+    ids = [m.volume_id for m in list_metas(root) if not m.labeled][: args.volumes]
+    recipes = {k: v for k, v in RECIPES.items() if not args.recipes or k in args.recipes}
+    rows: dict[str, dict[str, list[dict]]] = {s: {"student": [], **{r: [] for r in recipes}}
+                                              for s in students}
+    t0 = time.perf_counter()
+    for n, vid in enumerate(ids, 1):
+        cases = prepare(root, vid, students, masker, args.workdir / "cache")
+        for sname, case in cases.items():
+            own = case.prob > 0.5
+            rows[sname]["student"].append({"volume": vid, **score(own, case.reference)})
+            for rname, (recipe, mode, opts) in recipes.items():
+                t = time.perf_counter()
+                probs, idx, iou = recipe(case, decoder)
+                label = fused_label(case, probs, idx, iou, mode, **opts)
+                rows[sname][rname].append({"volume": vid, **score(label, case.reference),
+                                           "slices": len(idx),
+                                           "decode_s": round(time.perf_counter() - t, 2)})
+        log.info("%d/%d %s (%.0f s)", n, len(ids), vid, time.perf_counter() - t0)
+    result = {"date": date.today().isoformat(), "command": " ".join(sys.argv),
+              "store": str(args.store), "volumes": ids, "rows": rows}
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    (args.workdir / "results.json").write_text(json.dumps(result, indent=1))
+    for sname, table in rows.items():
+        base = np.array([r["dice"] for r in table["student"]])
+        print(f"\n{sname}: {len(ids)} volumes; Dice / 95HD (voxels) mean over volumes")
+        print("| recipe | Dice | 95HD | beats student | decode s/vol |")
+        print("|---|---|---|---|---|")
+        for rname, vals in table.items():
+            d = np.array([r["dice"] for r in vals])
+            h = np.nanmean([r["hd95"] for r in vals])
+            wins = int((d > base).sum()) if rname != "student" else 0
+            sec = np.mean([r.get("decode_s", 0) for r in vals])
+            print(f"| {rname} | {d.mean():.4f} | {h:.2f} | {wins}/{len(d)} | {sec:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
