@@ -42,7 +42,7 @@ def _config(iterations: int = 6, **kw) -> TrainConfig:
 def fake_round(store, round_index: int = 1) -> None:
     """A round written through the store API: reference masks as pseudo-labels, random confidence."""
     root = open_store(store)
-    write_round_meta(root, RoundMeta(round=round_index, config=RoundConfig().model_dump(mode="json"),
+    write_round_meta(root, RoundMeta(round=round_index, config=RoundConfig(masker={"kind": "random_walker"}).model_dump(mode="json"),
                                      fingerprint="f" * 64, student_checkpoint="x.pt", student_sha256="0" * 64))
     rng = np.random.default_rng(round_index)
     for meta in list_metas(root):

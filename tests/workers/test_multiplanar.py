@@ -47,7 +47,7 @@ def test_extra_axes_validated(axes):
 
 def test_multiplanar_round_on_a_phantom(phantom_store, trained_student):
     def run(extra_axes):
-        config = RoundConfig()
+        config = RoundConfig(masker={"kind": "random_walker"})
         config.prompts.extra_axes = extra_axes
         round_index = 1 if not extra_axes else 2
         root = open_store(phantom_store)
