@@ -134,6 +134,10 @@ def volume_id_for(path: Path) -> str:
             characters, spaces, ...).
     """
     path = Path(path)
+    from .dicom import dicom_volume_id, is_dicom_dir
+
+    if is_dicom_dir(path):  # a folder of DICOM slices: its name (pipeline/ingest/dicom.py)
+        return dicom_volume_id(path)
     check_suffix(path)
     stem, _ = split_suffix(path)  # type: ignore[misc]  # check_suffix guarantees a match
     try:
@@ -383,6 +387,10 @@ def read_volume(path: Path, *, binarize: bool = False) -> LoadedVolume:
         InputError: one line naming the file and the problem (see `validate`).
     """
     path = Path(path)
+    from .dicom import is_dicom_dir, read_dicom_series
+
+    if is_dicom_dir(path):  # a folder of DICOM slices, one series (pipeline/ingest/dicom.py)
+        return read_dicom_series(path)
     fmt, raw = _read_raw(path)
     source_dtype = str(raw.image.dtype)
     image = check_image(raw.image, path)
