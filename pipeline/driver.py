@@ -25,8 +25,20 @@ from pathlib import Path
 import ray
 from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayError, RayTaskError
 
-from semisam.schemas import RoundConfig, RoundError, VolumeRecord, VolumeStatus
-from semisam.store import open_store, write_record
+from semisam.schemas import (
+    RoundConfig,
+    RoundError,
+    SemisamError,
+    VolumeRecord,
+    VolumeStatus,
+)
+from semisam.store import (
+    open_store,
+    read_record,
+    store_full_error,
+    store_write_failure,
+    write_record,
+)
 
 from .actor import actor_class
 from .interrupt import sigterm_as_interrupt
@@ -89,6 +101,15 @@ def _outcome(ref: ray.ObjectRef) -> object:
 def _never_ran(outcome: object) -> bool:
     """True for a task that surely did not start: sent while its worker was restarting."""
     return outcome is None or "is restarting" in str(outcome)
+
+
+class StoreWriteFailed(Exception):
+    """A volume failed because the store takes no more writes (full, quota, read-only): every
+    other volume would fail the same way, so the round stops; the volume stays to do."""
+
+    def __init__(self, volume_id: str, failure: str) -> None:
+        super().__init__(f"volume '{volume_id}': {failure}")
+        self.volume_id, self.failure = volume_id, failure
 
 
 @dataclass(frozen=True)
@@ -221,6 +242,8 @@ class Dispatcher:
         rt = self.config.runtime
         if record.status != VolumeStatus.failed:
             self._finish(record)
+        elif record.retryable and (failure := store_write_failure(record.error)):
+            raise StoreWriteFailed(task.volume_id, failure)  # its record stays retryable
         elif record.retryable:
             self._retry_or_fail(task, record.error or "unknown error", rt.max_attempts)
         else:  # deterministic (bad data): the worker's record is already the final one
@@ -231,6 +254,8 @@ class Dispatcher:
         task = self.inflight.pop(ref)
         self.load[task.actor] -= 1
         outcome = _outcome(ref)
+        if isinstance(outcome, RayTaskError) and (failure := store_write_failure(outcome)):
+            raise StoreWriteFailed(task.volume_id, failure)  # the worker could not even record it
         if isinstance(outcome, RayTaskError):
             self._retry_or_fail(task, _last_line(outcome), self.config.runtime.max_attempts)
         elif isinstance(outcome, RayError):
@@ -254,6 +279,8 @@ class Dispatcher:
         for t, out in sorted(outcomes, key=lambda o: o[0].seq):
             if isinstance(out, dict):
                 self._handle(t, VolumeRecord.model_validate(out))
+            elif isinstance(out, RayTaskError) and (failure := store_write_failure(out)):
+                raise StoreWriteFailed(t.volume_id, failure)
             elif isinstance(out, RayTaskError):
                 self._retry_or_fail(t, _last_line(out), self.config.runtime.max_attempts)
             elif charged or _never_ran(out):
@@ -272,6 +299,7 @@ class Dispatcher:
         Raises:
             RoundError: the lock was taken over, a worker cannot start (its constructor fails),
                 or no worker was up for ``runtime.worker_start_timeout_s``.
+            StoreWriteFailed: a volume failed because the store takes no more writes.
         """
         try:
             while self.queue or self.inflight:
@@ -293,6 +321,25 @@ class Dispatcher:
             for actor in self.actors:
                 ray.kill(actor, no_restart=True)
         return self.records
+
+
+def _left_to_do(root, round_index: int) -> str:
+    """``2 volume(s) done, 3 left to do (none marked failed for it);`` from the records."""
+    try:
+        from semisam.store import list_metas
+
+        done = todo = 0
+        for meta in list_metas(root):
+            if meta.labeled:
+                continue
+            record = read_record(root, round_index, meta.volume_id)
+            if record is not None and record.status == VolumeStatus.done:
+                done += 1
+            elif record is None or record.retryable:
+                todo += 1
+        return f"{done} volume(s) done, {todo} left to do (retryable, not bad data);"
+    except Exception:  # noqa: BLE001 - the message matters more than the counts
+        return ""
 
 
 def run_round(
@@ -326,6 +373,8 @@ def run_round(
             unless the round exists with the same fingerprint: those bytes passed before).
         RoundError: the round is locked by another driver, its fingerprint differs, or it
             cannot run (see `Dispatcher.run`).
+        StoreError: the store takes no more writes (no space left, quota, read-only): one line
+            naming the store; the lock is released first, the volumes it cost stay to do.
     """
     config = config or RoundConfig()
     store = str(store)
@@ -337,29 +386,39 @@ def run_round(
     else:
         check_checkpoints(config, Path(student))
     started = time.perf_counter()
-    with acquire_round_lock(root, store, round_index, config.runtime.lock_timeout_s,
-                            break_lock=break_lock) as lock:
-        plan = plan_round(root, round_index, config, Path(student), force=force,
-                          retry_failed=retry_failed, hashes=hashes)
-        total = len(plan.todo) + len(plan.done) + len(plan.failed)
-        log.info("round %d: %d volumes, %d to do (%s)", round_index, total, len(plan.todo),
-                 "resumed" if plan.resumed else "new")
-        if plan.todo:
-            started_ray = start_ray(address, config)
-            try:
-                with sigterm_as_interrupt(), \
-                        RoundProgress(total, len(plan.done) + len(plan.failed), show_progress) as bar:
-                    Dispatcher(root, store, round_index, config, Path(student), plan.todo, bar,
-                               lock=lock).run()
-            finally:
-                if started_ray:
-                    ray.shutdown()
-        summary = summarize_round(root, round_index, time.perf_counter() - started,
-                                  skipped=len(plan.done) + len(plan.failed))
-        if summary.pending == 0:
-            lock.check()
-            any_failed = summary.failed > 0
-            summary.status = finish_round(root, store, plan.meta, any_failed).status.value
+    try:
+        with acquire_round_lock(root, store, round_index, config.runtime.lock_timeout_s,
+                                break_lock=break_lock) as lock:
+            plan = plan_round(root, round_index, config, Path(student), force=force,
+                              retry_failed=retry_failed, hashes=hashes)
+            total = len(plan.todo) + len(plan.done) + len(plan.failed)
+            log.info("round %d: %d volumes, %d to do (%s)", round_index, total, len(plan.todo),
+                     "resumed" if plan.resumed else "new")
+            if plan.todo:
+                started_ray = start_ray(address, config)
+                try:
+                    with sigterm_as_interrupt(), \
+                            RoundProgress(total, len(plan.done) + len(plan.failed), show_progress) as bar:
+                        Dispatcher(root, store, round_index, config, Path(student), plan.todo, bar,
+                                   lock=lock).run()
+                finally:
+                    if started_ray:
+                        ray.shutdown()
+                lock.confirm()  # taken over, or the store deleted, since the last heartbeat?
+            summary = summarize_round(root, round_index, time.perf_counter() - started,
+                                      skipped=len(plan.done) + len(plan.failed))
+            if summary.pending == 0:
+                lock.check()
+                any_failed = summary.failed > 0
+                summary.status = finish_round(root, store, plan.meta, any_failed).status.value
+    except Exception as exc:
+        failure = exc.failure if isinstance(exc, StoreWriteFailed) else store_write_failure(exc)
+        if failure is None or isinstance(exc, SemisamError):
+            raise
+        what = f"writing volume '{exc.volume_id}'" if isinstance(exc, StoreWriteFailed) \
+            else "writing the round's state"
+        raise store_full_error(store, failure, f"{what} of round {round_index}",
+                               _left_to_do(root, round_index)) from None
     for node, count in sorted(summary.per_node.items()):
         log.info("node %s: %d volumes done", node, count)
     return summary

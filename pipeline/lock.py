@@ -48,7 +48,7 @@ from typing_extensions import Self
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from semisam.schemas import RoundError, StrictModel, round_path
+from semisam.schemas import RoundError, StoreError, StrictModel, round_path
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +69,13 @@ class LockInfo(StrictModel):
     released: bool = False
 
     def describe(self, now: float | None = None) -> str:
-        """``host H, pid P, started T (last heartbeat N s ago)`` on one line."""
+        """``host H, pid P, started T (last heartbeat N s ago)`` on one line; a heartbeat
+        ahead of this host's clock says so (the two clocks differ)."""
         age = (now or time.time()) - self.heartbeat
-        return (f"host {self.host}, pid {self.pid}, started {self.started_at} "
-                f"(last heartbeat {age:.0f} s ago)")
+        beat = (f"last heartbeat {age:.0f} s ago" if age > -1.0 else
+                f"its heartbeat is {-age:.0f} s in the future by this host's clock: the clocks "
+                f"of {self.host} and {socket.gethostname()} differ")
+        return f"host {self.host}, pid {self.pid}, started {self.started_at} ({beat})"
 
 
 def _iso(ts: float) -> str:
@@ -116,10 +119,15 @@ class _LockKeys:
     def __init__(self, root: zarr.Group, round_index: int) -> None:
         self.store = root.store
         base = f"{root.path}/" if root.path else ""
+        self.root_key = f"{base}zarr.json"
         self.prefix = f"{base}{round_path(round_index)}/lock"
         root.require_group(f"{round_path(round_index)}/lock").attrs.update(
             {"description": "run-round driver lock: one subgroup per generation, see semisam "
                             "docs/reliability.md"})
+
+    def store_exists(self) -> bool:
+        """Whether the store's root group is still there (not deleted or moved mid-round)."""
+        return bool(sync(self.store.exists(self.root_key)))
 
     def key(self, gen: int) -> str:
         return f"{self.prefix}/{gen:0{_GEN_WIDTH}d}/zarr.json"
@@ -168,10 +176,11 @@ class RoundLock:
     """
 
     def __init__(self, keys: _LockKeys, round_index: int, gen: int, info: LockInfo,
-                 timeout_s: float) -> None:
+                 timeout_s: float, where: str = "the store") -> None:
         self.keys, self.round, self.gen, self.info = keys, round_index, gen, info
-        self.timeout_s = timeout_s
+        self.timeout_s, self.where = timeout_s, where
         self.lost: str | None = None
+        self.store_gone = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"round-{round_index}-lock",
                                         daemon=True)
@@ -186,6 +195,15 @@ class RoundLock:
         """Write a new heartbeat, or record that another driver took the lock over."""
         newest = max(self.keys.generations(), default=0)
         current = self.keys.read(self.gen)
+        if current is None and newest <= self.gen:  # no takeover: that makes a newer one
+            self.store_gone = True
+            what = ("the store was deleted or moved (its root zarr.json is gone)"
+                    if not self.keys.store_exists() else
+                    f"round {self.round}'s lock was deleted from the store (was the store "
+                    "deleted or moved?)")
+            self.lost = f"{self.where}: {what} while round {self.round} ran"
+            self._stop.set()
+            return
         if newest > self.gen or current is None or current.token != self.info.token:
             other = self.keys.read(newest) if newest else None
             who = other.describe() if other else "an unknown driver"
@@ -203,9 +221,22 @@ class RoundLock:
                 log.warning("round %d: lock heartbeat failed (%s); retrying", self.round, exc)
 
     def check(self) -> None:
-        """Raise `RoundError` when another driver has taken the lock over."""
+        """Raise `RoundError` when another driver has taken the lock over (`StoreError` when
+        the store itself is gone)."""
+        if self.lost and self.store_gone:
+            raise StoreError(f"{self.lost}; this run stops (nothing more is written there)")
         if self.lost:
             raise RoundError(f"{self.lost}; this run stops (its finished volumes are kept)")
+
+    def confirm(self) -> None:
+        """`refresh` now (not at the next heartbeat), then `check`: before the round is
+        summarized and marked finished, the lock is still ours and the store still there."""
+        if not self.lost:
+            try:
+                self.refresh()
+            except Exception as exc:  # noqa: BLE001 - a failed heartbeat write is not a lost lock
+                log.debug("round %d: lock refresh failed (%s)", self.round, exc)
+        self.check()
 
     def release(self) -> None:
         """Stop the heartbeat and mark the lock released (if it is still ours)."""
@@ -219,7 +250,12 @@ class RoundLock:
             if newest == self.gen and current is not None and current.token == self.info.token:
                 self.info.released = True
                 self.info.heartbeat = time.time()
-                self.keys.write(self.gen, self.info)
+                try:
+                    self.keys.write(self.gen, self.info)
+                except OSError:  # a full or quota-bound disk: deleting needs no space
+                    self.keys.delete(self.gen)
+                    log.info("round %d: lock generation %d deleted (could not be marked "
+                             "released: the store takes no writes)", self.round, self.gen)
         except Exception as exc:  # noqa: BLE001 - the next driver sees a dead pid or old heartbeat
             log.warning("round %d: could not release the lock (%s)", self.round, exc)
 
@@ -231,6 +267,11 @@ class RoundLock:
 
 
 def _refusal(store: str, round_index: int, info: LockInfo, timeout_s: float) -> RoundError:
+    if info.heartbeat - time.time() > timeout_s:  # another host's clock is ahead of ours
+        return RoundError(
+            f"round {round_index} of {store} is locked by another run-round: {info.describe()} "
+            f"by more than runtime.lock_timeout_s = {timeout_s:g} s, so its age cannot be told; "
+            "if that process is gone use --break-lock (and fix the clocks: NTP)")
     return RoundError(
         f"round {round_index} of {store} is locked by another run-round: {info.describe()}; "
         f"wait for it, or if that process is gone rerun after {timeout_s:g} s without heartbeat "
@@ -273,7 +314,7 @@ def acquire_round_lock(root: zarr.Group, store: str, round_index: int, timeout_s
             for old in (g for g in keys.generations() if g < gen):
                 keys.delete(old)
             log.debug("round %d: lock generation %d taken", round_index, gen)
-            return RoundLock(keys, round_index, gen, mine, timeout_s)
+            return RoundLock(keys, round_index, gen, mine, timeout_s, where=store)
         if keys.read(gen) is not None and keys.read(gen).token == mine.token:
             keys.delete(gen)  # created, but a newer generation appeared meanwhile: withdraw
         time.sleep(0.05)

@@ -160,8 +160,10 @@ def test_unwritable_store_path(tmp_path):
 
 # -- run-round refusals before any worker starts ----------------------------------------------
 def _run_round(store: Path, student: Path, *extra: str) -> subprocess.CompletedProcess:
+    """run-round with the fast weight-free masker, unless the case is about a SAM checkpoint."""
+    masker = () if "--sam-checkpoint" in extra else ("--masker", "random_walker")
     return semisam("run-round", str(store), "--round", "1", "--student", str(student),
-                   "--no-progress", *extra)
+                   "--no-progress", *masker, *extra)
 
 
 def _no_round(store: Path) -> None:
