@@ -44,7 +44,7 @@ from semisam.schemas import (
 )
 from semisam.store import list_metas, open_store, read_image, read_reference
 from semisam.training.metrics import dice, hd95
-from semisam.workers.fusion import fuse
+from semisam.workers.fusion import confidence_from_uint8, fuse
 from semisam.workers.intensity import window_volume
 from semisam.workers.localization import foreground_mask, slice_prompts
 from semisam.workers.maskers import SlicePrompt
@@ -261,8 +261,8 @@ def r_propagate(margin: int = 5, shift: int = 3) -> Recipe:
 # ---- fusion -----------------------------------------------------------------------------------
 
 def fused_label(case: Case, probs: np.ndarray, idx: list[int], iou: np.ndarray, mode: str,
-                gate: float = 0.0, weight: float = 0.5) -> np.ndarray:
-    """Pseudo-label of one recipe's masker output under a fusion rule.
+                gate: float = 0.0, weight: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Pseudo-label (bool) and confidence (float in [0, 1]) of one recipe's masker output.
 
     Modes: ``masker`` (masker on prompted slices, student elsewhere), ``average`` (weighted
     mean on prompted slices), ``gate`` (masker where its predicted IoU >= gate, else student),
@@ -271,23 +271,51 @@ def fused_label(case: Case, probs: np.ndarray, idx: list[int], iou: np.ndarray, 
     """
     if mode == "masker-only":
         label = np.zeros(case.prob.shape, bool)
-        view = np.moveaxis(label, AXIS, 0)
-        view[idx] = probs > 0.5
-        return label
+        conf = np.ones(case.prob.shape, np.float32)
+        np.moveaxis(label, AXIS, 0)[idx] = probs > 0.5
+        np.moveaxis(conf, AXIS, 0)[idx] = np.abs(2 * probs - 1)
+        return label, conf
     keep = np.ones(len(idx), bool) if mode not in ("gate", "gate-avg") else iou >= gate
     idx_k = [i for i, k in zip(idx, keep) if k]
     probs_k = probs[keep]
     if mode in ("masker", "gate"):
         cfg = FusionConfig(mode=FusionMode.masker_on_prompted)
-        return fuse(case.prob, probs_k, idx_k, cfg, AXIS).pseudo_label > 0
-    if mode == "iou-avg":
-        ps = student_slices(case, [SlicePrompt(i, np.zeros(4)) for i in idx_k])
+    elif mode == "iou-avg":
+        ps = np.moveaxis(case.prob, AXIS, 0)[idx_k]
         w = (weight * iou[keep]).reshape(-1, 1, 1)
-        blend = w * probs_k + (1 - w) * ps
-        cfg = FusionConfig(mode=FusionMode.masker_on_prompted)
-        return fuse(case.prob, blend, idx_k, cfg, AXIS).pseudo_label > 0
-    cfg = FusionConfig(mode=FusionMode.average, masker_weight=weight)
-    return fuse(case.prob, probs_k, idx_k, cfg, AXIS).pseudo_label > 0
+        probs_k = w * probs_k + (1 - w) * ps
+        cfg = FusionConfig(mode=FusionMode.average, masker_weight=1.0)
+    else:
+        cfg = FusionConfig(mode=FusionMode.average, masker_weight=weight)
+    result = fuse(case.prob, probs_k, idx_k, cfg, AXIS)
+    return result.pseudo_label > 0, confidence_from_uint8(result.confidence)
+
+
+def calibration(label: np.ndarray, conf: np.ndarray, ref: np.ndarray, bins: int = 10,
+                pad: int = 10) -> dict:
+    """Does the confidence predict where the pseudo-label is right? Over the region of interest
+    (the bounding box of reference and pseudo-label, grown by ``pad`` voxels): per confidence
+    bin the share of correct voxels; ECE of ``(1 + c) / 2`` read as P(correct); AUROC of c for
+    correct vs wrong voxels."""
+    union = label | ref
+    if not union.any():
+        return {}
+    box = tuple(slice(max(int(np.flatnonzero(union.any(axis=tuple(a for a in range(3) if a != d)))[0]) - pad, 0),
+                      int(np.flatnonzero(union.any(axis=tuple(a for a in range(3) if a != d)))[-1]) + pad + 1)
+                for d in range(3))
+    c, right = conf[box].ravel(), (label[box] == ref[box]).ravel()
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(c, edges) - 1, 0, bins - 1)
+    counts = np.bincount(which, minlength=bins)
+    acc = np.bincount(which, weights=right, minlength=bins) / np.maximum(counts, 1)
+    mean_p = np.bincount(which, weights=(1 + c) / 2, minlength=bins) / np.maximum(counts, 1)
+    ece = float(np.sum(counts / c.size * np.abs(acc - mean_p)))
+    order = np.argsort(c, kind="stable")
+    ranks = np.empty(c.size)
+    ranks[order] = np.arange(1, c.size + 1)
+    n_pos, n_neg = int(right.sum()), int((~right).sum())
+    auc = float((ranks[right].sum() - n_pos * (n_pos + 1) / 2) / max(n_pos * n_neg, 1))
+    return {"ece": ece, "auroc": auc, "counts": counts.tolist(), "accuracy": acc.round(4).tolist()}
 
 
 RECIPES: dict[str, tuple[Recipe, str, dict]] = {
@@ -349,12 +377,15 @@ def main(argv: list[str] | None = None) -> int:
         cases = prepare(root, vid, students, masker, args.workdir / "cache")
         for sname, case in cases.items():
             own = case.prob > 0.5
-            rows[sname]["student"].append({"volume": vid, **score(own, case.reference)})
+            rows[sname]["student"].append({"volume": vid, **score(own, case.reference),
+                                           "calibration": calibration(own, np.abs(2 * case.prob - 1),
+                                                                      case.reference)})
             for rname, (recipe, mode, opts) in recipes.items():
                 t = time.perf_counter()
                 probs, idx, iou = recipe(case, decoder)
-                label = fused_label(case, probs, idx, iou, mode, **opts)
+                label, conf = fused_label(case, probs, idx, iou, mode, **opts)
                 rows[sname][rname].append({"volume": vid, **score(label, case.reference),
+                                           "calibration": calibration(label, conf, case.reference),
                                            "slices": len(idx),
                                            "decode_s": round(time.perf_counter() - t, 2)})
         log.info("%d/%d %s (%.0f s)", n, len(ids), vid, time.perf_counter() - t0)
@@ -365,14 +396,16 @@ def main(argv: list[str] | None = None) -> int:
     for sname, table in rows.items():
         base = np.array([r["dice"] for r in table["student"]])
         print(f"\n{sname}: {len(ids)} volumes; Dice / 95HD (voxels) mean over volumes")
-        print("| recipe | Dice | 95HD | beats student | decode s/vol |")
-        print("|---|---|---|---|---|")
+        print("| recipe | Dice | 95HD | beats student | ECE | AUROC | decode s/vol |")
+        print("|---|---|---|---|---|---|---|")
         for rname, vals in table.items():
             d = np.array([r["dice"] for r in vals])
             h = np.nanmean([r["hd95"] for r in vals])
             wins = int((d > base).sum()) if rname != "student" else 0
             sec = np.mean([r.get("decode_s", 0) for r in vals])
-            print(f"| {rname} | {d.mean():.4f} | {h:.2f} | {wins}/{len(d)} | {sec:.2f} |")
+            ece = np.mean([r["calibration"].get("ece", np.nan) for r in vals if "calibration" in r] or [np.nan])
+            auc = np.mean([r["calibration"].get("auroc", np.nan) for r in vals if "calibration" in r] or [np.nan])
+            print(f"| {rname} | {d.mean():.4f} | {h:.2f} | {wins}/{len(d)} | {ece:.3f} | {auc:.3f} | {sec:.2f} |")
     return 0
 
 

@@ -26,6 +26,7 @@ from .driver import run_round
 from .ingest import ingest
 from .inspect import write_montage
 from .phantoms import write_phantom_set
+from .report import write_report
 from .summary import RoundSummary
 
 log = logging.getLogger(__name__)
@@ -42,17 +43,17 @@ class DemoResult:
 def demo_config(workers: int) -> tuple[RoundConfig, str]:
     """LiteMedSAM with its bundled trained weights; SAM when ``SEMISAM_SAM_CHECKPOINT`` names a
     SAM/MedSAM checkpoint; the weight-free random walker when ``SEMISAM_MASKER=random_walker``."""
-    cfg = RoundConfig()
-    cfg.runtime.workers = workers
     ckpt = os.environ.get("SEMISAM_SAM_CHECKPOINT")
+    weight_free = os.environ.get("SEMISAM_MASKER") == MaskerKind.random_walker.value
+    kind = MaskerKind.sam if ckpt else MaskerKind.random_walker if weight_free else MaskerKind.litemedsam
+    cfg = RoundConfig(masker={"kind": kind})  # the masker's own prompt defaults apply
+    cfg.runtime.workers = workers
     if ckpt:
-        cfg.masker.kind = MaskerKind.sam
         cfg.masker.sam.checkpoint = Path(ckpt)
         cfg.masker.sam.model_type = SamType(os.environ.get("SEMISAM_SAM_TYPE", "vit_b"))
         cfg.masker.sam.family = SamFamily(os.environ.get("SEMISAM_SAM_FAMILY", "sam"))
         note = f"SAM {cfg.masker.sam.model_type.value} ({cfg.masker.sam.family.value}) from {ckpt}"
-    elif os.environ.get("SEMISAM_MASKER") == MaskerKind.random_walker.value:
-        cfg.masker.kind = MaskerKind.random_walker
+    elif weight_free:
         cfg.fusion.mode = FusionMode.average
         note = "random walker (weight-free), as SEMISAM_MASKER asks"
     else:
@@ -120,6 +121,7 @@ def run_demo(workdir: Path, volumes: int = 10, labeled: int = 2, iterations: int
     if done:
         result.paths["montage"] = write_montage(open_store(store, read_only=True), 1, done[0],
                                                 workdir / f"round1_{done[0]}.png")
+    result.paths["report"] = write_report(store, workdir / "report.html", round_index=1, worst=3)
     result.pseudo_label_dice = mean_dice_vs_reference(store, 1, summary)
     if result.pseudo_label_dice is not None:
         log.info("pseudo-label Dice vs the phantoms' hidden labels: %.3f", result.pseudo_label_dice)

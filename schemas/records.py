@@ -52,6 +52,10 @@ class VolumeStats(StrictModel):
     student_sam_dice: float | None = Field(
         None, description="Dice of student vs masker on prompted slices (None if none prompted)"
     )
+    masker_score: float | None = Field(
+        None, description="mean of the masker's own per-slice quality score over prompted "
+        "slices (SAM-family: the decoder's predicted IoU); None without one",
+    )
 
 
 class VolumeRecord(StrictModel):

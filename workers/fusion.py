@@ -52,6 +52,7 @@ __all__ = [
     "confidence_from_uint8",
     "confidence_to_uint8",
     "fuse",
+    "gate_view",
     "margin",
     "volume_stats",
 ]
@@ -109,6 +110,28 @@ def masker_volume(shape: tuple[int, int, int], views: Sequence[MaskerView]) -> t
         np.moveaxis(count, view.axis, 0)[idx] += 1
     np.divide(total, np.maximum(count, 1), out=total)  # uncovered: 0 / 1 == 0
     return total, count > 0
+
+
+def gate_view(view: MaskerView, scores: np.ndarray | None, min_score: float) -> MaskerView:
+    """``view`` without the slices whose masker score is below ``min_score`` (the student's
+    answer stands there); unchanged without scores or with ``min_score`` 0.
+
+    Raises:
+        ValueError: ``scores`` does not hold one finite value per slice of the view.
+    """
+    if scores is None or min_score <= 0:
+        return view
+    scores = np.asarray(scores, np.float32).reshape(-1)
+    if scores.shape[0] != len(view.indices) or not np.isfinite(scores).all():
+        raise ValueError(f"scores must hold {len(view.indices)} finite values (one per prompted "
+                         f"slice), got shape {scores.shape}")
+    keep = scores >= min_score
+    if keep.all():
+        return view
+    logger.debug("axis %d: %d of %d masker slices below score %.2f left to the student",
+                 view.axis, int((~keep).sum()), keep.size, min_score)
+    return MaskerView(view.axis, [i for i, k in zip(view.indices, keep) if k],
+                      np.asarray(view.prob)[keep])
 
 
 def margin(prob: np.ndarray, threshold: float) -> np.ndarray:
@@ -207,6 +230,8 @@ def fuse(
     config: FusionConfig,
     slice_axis: int,
     extra_views: Sequence[MaskerView] = (),
+    scores: np.ndarray | None = None,
+    extra_scores: Sequence[np.ndarray | None] = (),
 ) -> FusionResult:
     """Fuse the student's and the masker's probabilities into a pseudo-label and confidence.
 
@@ -218,6 +243,10 @@ def fuse(
         config: fusion mode and masker threshold.
         slice_axis: the axis the slices were taken along.
         extra_views: the masker's answers along further axes (multi-planar rounds).
+        scores: ``N`` masker quality scores of the prompted slices (SAM-family: the decoder's
+            predicted IoU), or None. Slices scoring below ``config.min_masker_score`` are
+            left to the student (`gate_view`); the mean score goes into the statistics.
+        extra_scores: the same for each of ``extra_views`` (None entries: no scores).
 
     Returns:
         The pseudo-label, the uint8 confidence and the volume's statistics (formulas in the
@@ -227,10 +256,15 @@ def fuse(
         ValueError: shapes disagree, indices repeat or values are not finite.
     """
     student, masker, indices = _check_inputs(student_prob, masker_prob, prompted, slice_axis)
+    main = gate_view(MaskerView(slice_axis, indices, masker), scores, config.min_masker_score)
+    masker, indices = main.prob, main.indices
     extra = []
-    for view in extra_views:
+    all_scores = [s for s in (scores, *extra_scores) if s is not None and len(s)]
+    for i, view in enumerate(extra_views):
         _, view_prob, view_indices = _check_inputs(student, view.prob, view.indices, view.axis)
-        extra.append(MaskerView(view.axis, view_indices, view_prob))
+        view_scores = extra_scores[i] if i < len(extra_scores) else None
+        extra.append(gate_view(MaskerView(view.axis, view_indices, view_prob), view_scores,
+                               config.min_masker_score))
     label = student > STUDENT_THRESHOLD
     confidence = margin(student, STUDENT_THRESHOLD)
     m, covered = masker_volume(student.shape, [MaskerView(slice_axis, indices, masker), *extra])
@@ -243,6 +277,8 @@ def fuse(
     pseudo_label = label.view(np.uint8)  # bool is one byte, 0 or 1
     stats = volume_stats(pseudo_label, confidence, student, masker, indices, config, slice_axis, extra,
                          combined=(m, covered))
+    if all_scores:
+        stats.masker_score = float(np.mean(np.concatenate(all_scores), dtype=np.float64))
     logger.debug("fused %d prompted slices: %s", len(indices), stats)
     return FusionResult(pseudo_label, _encode(confidence), stats)  # finite: inputs are checked
 

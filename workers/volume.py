@@ -147,17 +147,22 @@ class VolumeProcessor:
         stacks = {a: stack_slices(windowed, idx, a) for a, idx in indices.items()}
         timings["prompts"] = time.perf_counter() - t
         views: dict[int, MaskerView] = {}
+        scores: dict[int, np.ndarray] = {}
         timings["masker"] = 0.0
         for a, slices in stacks.items():
             with self._device_lock:
                 t = time.perf_counter()
-                views[a] = MaskerView(a, indices[a], self.masker.mask_slices(slices, per_axis[a]))
+                probs, score = self.masker.mask_slices_scored(slices, per_axis[a])
                 timings["masker"] += time.perf_counter() - t
+            views[a] = MaskerView(a, indices[a], probs)
+            if score is not None:
+                scores[a] = score
 
         t = time.perf_counter()
         main = views.get(axis)
         fused = fuse(prob, main.prob if main else None, main.indices if main else [], cfg.fusion,
-                     axis, extra_views=[v for a, v in views.items() if a != axis])
+                     axis, extra_views=[v for a, v in views.items() if a != axis],
+                     scores=scores.get(axis), extra_scores=[scores.get(a) for a in views if a != axis])
         geometry = {"volume_id": volume_id, "spacing": list(meta.spacing), "affine": meta.affine,
                     "source": meta.source, "round": self.round}
         checksums = write_outputs(self.root, self.round, volume_id, fused.pseudo_label,

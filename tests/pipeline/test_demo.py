@@ -28,3 +28,4 @@ def test_demo_runs_every_stage(local_ray, tmp_path):
     assert montage.ndim == 3 and montage.std() > 0
     assert result.pseudo_label_dice is not None and 0.0 <= result.pseudo_label_dice <= 1.0
     assert "LiteMedSAM" in result.masker_note
+    assert result.paths["report"].is_file() and "phantom_002" in result.paths["report"].read_text()
