@@ -195,7 +195,8 @@ class RoundLock:
         """Write a new heartbeat, or record that another driver took the lock over."""
         newest = max(self.keys.generations(), default=0)
         current = self.keys.read(self.gen)
-        if current is None and newest <= self.gen:  # no takeover: that makes a newer one
+        if current is None and max(self.keys.generations(), default=0) <= self.gen:
+            # gone, and no newer generation (a takeover makes one before deleting ours)
             self.store_gone = True
             what = ("the store was deleted or moved (its root zarr.json is gone)"
                     if not self.keys.store_exists() else
