@@ -14,12 +14,12 @@ from pydantic import ValidationError
 
 from semisam.schemas import (
     CheckpointError,
-    no_sam_checkpoint,
     RoundConfig,
     RoundError,
     RoundMeta,
     RoundStatus,
     VolumeStatus,
+    no_sam_checkpoint,
     utcnow,
 )
 from semisam.store import (
