@@ -2,10 +2,10 @@
 
 from .base import StrictModel
 from .config import (
+    LITEMEDSAM_SHA256,
     FusionConfig,
     FusionMode,
     IntensityConfig,
-    LITEMEDSAM_SHA256,
     LiteMedSamConfig,
     MaskerConfig,
     MaskerKind,
