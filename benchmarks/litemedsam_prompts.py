@@ -43,12 +43,13 @@ from semisam.schemas import (
     StudentInferenceConfig,
 )
 from semisam.store import list_metas, open_store, read_image, read_reference
-from semisam.training.metrics import dice, hd95
+from semisam.training.metrics import dice, hd95, largest_component
 from semisam.workers.fusion import confidence_from_uint8, fuse
 from semisam.workers.intensity import window_volume
 from semisam.workers.localization import foreground_mask, slice_prompts
-from semisam.workers.maskers import SlicePrompt
+from semisam.workers.maskers import MaskerSession, SlicePrompt
 from semisam.workers.maskers.litemedsam import LiteMedSamMasker
+from semisam.workers.propagation import propagate
 from semisam.workers.student import load_student, predict_probability
 
 log = logging.getLogger("benchmarks.litemedsam_prompts")
@@ -90,13 +91,14 @@ def prepare(root, volume_id: str, students: dict, masker: LiteMedSamMasker, cach
     file = cache / f"{volume_id}.npz"
     image = read_image(root, volume_id)
     reference = read_reference(root, volume_id) > 0
-    if file.is_file():
-        data = dict(np.load(file))
-    else:
-        data = {"windowed": window_volume(image, IntensityConfig())}
-        for name, (model, spec) in students.items():
+    data = dict(np.load(file)) if file.is_file() else {}
+    changed = not data
+    data.setdefault("windowed", window_volume(image, IntensityConfig()))
+    for name, (model, spec) in students.items():
+        if f"prob_{name}" not in data:
             data[f"prob_{name}"] = predict_probability(
                 model, image, spec, StudentInferenceConfig(), torch.device("cpu")).astype(np.float16)
+            changed = True
     needed: set[int] = set(np.flatnonzero(reference.any(axis=(0, 1))).tolist())
     for name in students:
         mask = foreground_mask(data[f"prob_{name}"].astype(np.float32), PromptConfig())
@@ -115,6 +117,8 @@ def prepare(root, volume_id: str, students: dict, masker: LiteMedSamMasker, cach
         old_e = data.get("emb", np.zeros((0, 256, 64, 64), np.float16))
         data["emb_index"] = np.concatenate([old_i, np.asarray(todo, np.int64)])
         data["emb"] = np.concatenate([old_e, *emb])
+        changed = True
+    if changed:
         np.savez(file, **data)
     embeddings = {int(i): e for i, e in zip(data["emb_index"], data["emb"])}
     return {name: Case(volume_id, data["windowed"], reference,
@@ -230,31 +234,28 @@ def r_mask_prompt(margin: int = 5) -> Recipe:
     return run
 
 
-def r_propagate(margin: int = 5, shift: int = 3) -> Recipe:
-    """MedSAM-3D style: the student's box on its largest slice, then each next slice's box is
-    LiteMedSAM's previous mask's box (stop where the mask vanishes or the student has none)."""
+class CachedSession(MaskerSession):
+    """`MaskerSession` over the cached embeddings of a case's prompted slices."""
+
+    def __init__(self, case: Case, dec: Decoder, prompts: list[SlicePrompt]) -> None:
+        self.case, self.dec, self.prompts = case, dec, prompts
+
+    def mask(self, positions, prompts):
+        return self.dec(self.case, list(prompts))
+
+
+def r_propagate(margin: int = 5, step_margin: int = 3) -> Recipe:
+    """The product's `propagate` (PromptConfig.propagate): the student's box on its largest
+    slice, then the box of LiteMedSAM's previous mask, within the student's slices."""
     def run(case, dec):
-        prompts = {p.index: p for p in student_prompts(case, margin)}
+        prompts = student_prompts(case, margin)
         if not prompts:
             return r_box(margin)(case, dec)
         mask = foreground_mask(case.prob, PromptConfig())
-        area = mask.sum(axis=(0, 1))
-        start = int(np.argmax(area))
-        out: dict[int, tuple[np.ndarray, float]] = {}
-        probs, iou = dec(case, [prompts[start]])
-        out[start] = (probs[0], float(iou[0]))
-        for step in (1, -1):
-            prev = probs[0]
-            z = start + step
-            while z in prompts:
-                box = box_of(prev > 0.5, shift)
-                if box is None:
-                    break
-                p, i = dec(case, [SlicePrompt(z, box)])
-                out[z] = (p[0], float(i[0]))
-                prev, z = p[0], z + step
-        idx = sorted(out)
-        return np.stack([out[z][0] for z in idx]), idx, np.array([out[z][1] for z in idx])
+        areas = mask.sum(axis=(0, 1))[[p.index for p in prompts]]
+        positions, probs, iou = propagate(CachedSession(case, dec, prompts), prompts, areas,
+                                          step_margin)
+        return probs, [prompts[i].index for i in positions], iou
     return run
 
 
@@ -341,12 +342,48 @@ RECIPES: dict[str, tuple[Recipe, str, dict]] = {
     "maskprompt": (r_mask_prompt(5), "masker", {}),
     "propagate": (r_propagate(), "masker", {}),
     "propagate-avg": (r_propagate(), "average", {}),
+    "propagate-lcc": (r_propagate(), "masker", {"lcc": True}),
+    "propagate-avg-lcc": (r_propagate(), "average", {"lcc": True}),
+    "student-lcc": (None, "student", {"lcc": True}),
     "gt-box (diagnostic: reads labels)": (r_gt_box(5), "masker-only", {}),
 }
 
 
 def score(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     return {"dice": dice(pred, ref), "hd95": hd95(pred, ref) if pred.any() else float("nan")}
+
+
+def write_results(args: argparse.Namespace, ids: list[str], rows: dict, show: bool = False) -> None:
+    """``WORKDIR/results.json`` (after every volume: a stopped run keeps what it measured) and,
+    with ``show``, one table per student."""
+    result = {"date": date.today().isoformat(), "command": " ".join(sys.argv),
+              "store": str(args.store), "volumes": ids, "rows": rows}
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    (args.workdir / "results.json").write_text(json.dumps(result, indent=1))
+    if not show:
+        return
+    for sname, table in rows.items():
+        print(f"\n{sname}: {len(ids)} volumes; Dice / 95HD (voxels) mean over volumes; ECE and "
+              "AUROC of the confidence for right/wrong voxels near the structure")
+        print(summary_table(table))
+
+
+def summary_table(table: dict[str, list[dict]]) -> str:
+    """Markdown rows: recipe, Dice, 95HD, volumes where it beats the student, ECE, AUROC."""
+    base = np.array([r["dice"] for r in table["student"]])
+    lines = ["| recipe | Dice | 95HD | beats student | ECE | AUROC | decode s/vol |",
+             "|---|---|---|---|---|---|---|"]
+    for rname, vals in table.items():
+        d = np.array([r["dice"] for r in vals])
+        h = np.nanmean([r["hd95"] for r in vals])
+        wins = f"{int((d > base).sum())}/{len(d)}" if rname != "student" else "-"
+        sec = np.mean([r.get("decode_s", 0) for r in vals])
+        cal = [r["calibration"] for r in vals if r.get("calibration")]
+        ece = np.mean([c["ece"] for c in cal]) if cal else np.nan
+        auc = np.mean([c["auroc"] for c in cal]) if cal else np.nan
+        lines.append(f"| {rname} | {d.mean():.4f} | {h:.2f} | {wins} | {ece:.3f} | {auc:.3f} "
+                     f"| {sec:.2f} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -357,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--volumes", type=int, default=None, help="first N unlabeled volumes")
     parser.add_argument("--recipes", nargs="*", default=None, help="subset of recipe names")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--cache", type=Path, default=None, help="default: WORKDIR/cache")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(2)
@@ -374,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
                                               for s in students}
     t0 = time.perf_counter()
     for n, vid in enumerate(ids, 1):
-        cases = prepare(root, vid, students, masker, args.workdir / "cache")
+        cases = prepare(root, vid, students, masker, args.cache or args.workdir / "cache")
         for sname, case in cases.items():
             own = case.prob > 0.5
             rows[sname]["student"].append({"volume": vid, **score(own, case.reference),
@@ -382,30 +420,23 @@ def main(argv: list[str] | None = None) -> int:
                                                                       case.reference)})
             for rname, (recipe, mode, opts) in recipes.items():
                 t = time.perf_counter()
-                probs, idx, iou = recipe(case, decoder)
-                label, conf = fused_label(case, probs, idx, iou, mode, **opts)
+                opts = dict(opts)
+                lcc = opts.pop("lcc", False)
+                if recipe is None:  # the student alone
+                    label, conf = case.prob > 0.5, np.abs(2 * case.prob - 1)
+                    idx = []
+                else:
+                    probs, idx, iou = recipe(case, decoder)
+                    label, conf = fused_label(case, probs, idx, iou, mode, **opts)
+                if lcc:
+                    label = largest_component(label)
                 rows[sname][rname].append({"volume": vid, **score(label, case.reference),
                                            "calibration": calibration(label, conf, case.reference),
                                            "slices": len(idx),
                                            "decode_s": round(time.perf_counter() - t, 2)})
         log.info("%d/%d %s (%.0f s)", n, len(ids), vid, time.perf_counter() - t0)
-    result = {"date": date.today().isoformat(), "command": " ".join(sys.argv),
-              "store": str(args.store), "volumes": ids, "rows": rows}
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    (args.workdir / "results.json").write_text(json.dumps(result, indent=1))
-    for sname, table in rows.items():
-        base = np.array([r["dice"] for r in table["student"]])
-        print(f"\n{sname}: {len(ids)} volumes; Dice / 95HD (voxels) mean over volumes")
-        print("| recipe | Dice | 95HD | beats student | ECE | AUROC | decode s/vol |")
-        print("|---|---|---|---|---|---|---|")
-        for rname, vals in table.items():
-            d = np.array([r["dice"] for r in vals])
-            h = np.nanmean([r["hd95"] for r in vals])
-            wins = int((d > base).sum()) if rname != "student" else 0
-            sec = np.mean([r.get("decode_s", 0) for r in vals])
-            ece = np.mean([r["calibration"].get("ece", np.nan) for r in vals if "calibration" in r] or [np.nan])
-            auc = np.mean([r["calibration"].get("auroc", np.nan) for r in vals if "calibration" in r] or [np.nan])
-            print(f"| {rname} | {d.mean():.4f} | {h:.2f} | {wins}/{len(d)} | {ece:.3f} | {auc:.3f} | {sec:.2f} |")
+        write_results(args, ids[:n], rows)
+    write_results(args, ids, rows, show=True)
     return 0
 
 

@@ -86,6 +86,12 @@ class PromptConfig(StrictModel):
     positive_points: int = Field(1, ge=0, le=16, description="points at interior maxima")
     negative_points: int = Field(0, ge=0, le=16, description="points in the box, off the mask")
     mask_prompt: bool = Field(False, description="pass the student's low-res logits to SAM")
+    propagate: bool = Field(
+        False, description="the student's box only on its largest slice; every other prompted "
+        "slice gets the box of the masker's mask on its neighbour towards that slice (grown by "
+        "propagate_margin), stopping where that mask vanishes (MedSAM-style 3D inference)",
+    )
+    propagate_margin: int = Field(3, ge=0, description="pixels around a propagated mask's box")
     extra_axes: tuple[int, ...] = Field(
         (), description="more slice axes to prompt and mask (multi-planar): where several axes "
         "cover a voxel, their masker probabilities are averaged before fusion",
@@ -279,9 +285,11 @@ class RuntimeConfig(StrictModel):
 
 
 MASKER_DEFAULTS: dict[MaskerKind, dict[str, dict[str, object]]] = {
-    # LiteMedSAM was trained with box prompts only: points make its masks worse (measured on
-    # LA, docs/benchmarks.md), so its rounds prompt with boxes alone unless a config says more
-    MaskerKind.litemedsam: {"prompts": {"positive_points": 0}},
+    # LiteMedSAM was trained with box prompts only: points make its masks worse; boxes
+    # propagated from the student's largest slice and the average with the student beat the
+    # student's own mask on LA (docs/benchmarks.md); a config that sets a field keeps its value
+    MaskerKind.litemedsam: {"prompts": {"positive_points": 0, "propagate": True},
+                            "fusion": {"mode": FusionMode.average}},
 }
 """Per-masker defaults: a field listed here that a config leaves unset takes the masker's value
 (the round's stored config then holds it explicitly)."""

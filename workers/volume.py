@@ -29,7 +29,8 @@ from semisam.store import (
 from .fusion import MaskerView, fuse
 from .intensity import window_volume
 from .localization import foreground_mask, slice_prompts, stack_slices
-from .maskers import Masker, build_masker
+from .maskers import Masker, SlicePrompt, build_masker
+from .propagation import propagate
 from .student import load_student, predict_probability
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,21 @@ class VolumeProcessor:
         return VolumeRecord(volume_id=volume_id, status=VolumeStatus.failed, attempt=attempt,
                             error=reason, node=self.node, worker_pid=os.getpid())
 
+    def _mask_axis(self, slices: np.ndarray, prompts: list[SlicePrompt], mask: np.ndarray,
+                   axis: int) -> tuple[list[int], np.ndarray, np.ndarray | None]:
+        """The masker on one axis's prompted slices: all of them with the student's boxes, or
+        (``prompts.propagate``) the ones reached by box propagation from the student's largest
+        slice. Returns the slice indices masked, their probabilities and scores."""
+        cfg = self.config.prompts
+        if not cfg.propagate:
+            probs, score = self.masker.mask_slices_scored(slices, prompts)
+            return [p.index for p in prompts], probs, score
+        other = tuple(a for a in range(3) if a != axis)
+        areas = mask.sum(axis=other)[[p.index for p in prompts]]
+        positions, probs, score = propagate(self.masker.session(slices), prompts, areas,
+                                            cfg.propagate_margin)
+        return [prompts[i].index for i in positions], probs, score
+
     def _run(self, volume_id: str, attempt: int) -> VolumeRecord:
         cfg = self.config
         axis = cfg.prompts.slice_axis
@@ -152,9 +168,9 @@ class VolumeProcessor:
         for a, slices in stacks.items():
             with self._device_lock:
                 t = time.perf_counter()
-                probs, score = self.masker.mask_slices_scored(slices, per_axis[a])
+                kept, probs, score = self._mask_axis(slices, per_axis[a], mask, a)
                 timings["masker"] += time.perf_counter() - t
-            views[a] = MaskerView(a, indices[a], probs)
+            views[a] = MaskerView(a, kept, probs)
             if score is not None:
                 scores[a] = score
 

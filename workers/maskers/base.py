@@ -45,6 +45,23 @@ def check_batch(slices: np.ndarray, prompts: Sequence[SlicePrompt]) -> np.ndarra
     return slices
 
 
+class MaskerSession:
+    """A masker bound to one stack of slices, prompted a few slices at a time (propagation).
+
+    The default calls `Masker.mask_slices_scored` on the selected slices; SAM-family maskers
+    encode the whole stack once and only decode per call.
+    """
+
+    def __init__(self, masker: Masker, slices: np.ndarray) -> None:
+        self.masker = masker
+        self.slices = slices
+
+    def mask(self, positions: Sequence[int], prompts: Sequence[SlicePrompt]
+             ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``len(positions)xHxW`` probabilities (and scores) of the stack's slices ``positions``."""
+        return self.masker.mask_slices_scored(self.slices[list(positions)], prompts)
+
+
 class Masker(ABC):
     """Turns prompted slices into foreground probabilities.
 
@@ -71,6 +88,10 @@ class Masker(ABC):
         """`mask_slices` and the masker's own per-slice quality score (``N`` float32 in about
         [0, 1], e.g. SAM's predicted IoU), or None when the masker has none."""
         return self.mask_slices(slices, prompts), None
+
+    def session(self, slices: np.ndarray) -> MaskerSession:
+        """Bind the masker to an ``NxHxW`` uint8 stack that it will be prompted on repeatedly."""
+        return MaskerSession(self, check_batch(slices, [None] * len(slices)))
 
     def describe(self) -> dict:
         """Short JSON-able description for logs and records."""

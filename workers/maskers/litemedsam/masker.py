@@ -11,7 +11,7 @@ from torch import nn
 
 from semisam.schemas import LiteMedSamConfig
 
-from ..base import Masker, SlicePrompt, check_batch
+from ..base import Masker, MaskerSession, SlicePrompt, check_batch
 from ..sam.decoder import InputPrompt, decode_slices
 from ..sam.masker import _check_prompt
 from .checkpoint import load_litemedsam
@@ -27,6 +27,28 @@ from .preprocess import (
 logger = logging.getLogger(__name__)
 
 __all__ = ["LiteMedSamMasker"]
+
+
+class _EmbeddedSession(MaskerSession):
+    """The stack encoded once (in encoder batches); each `mask` call only decodes."""
+
+    def __init__(self, masker: LiteMedSamMasker, slices: np.ndarray) -> None:
+        super().__init__(masker, slices)
+        self.hw = (int(slices.shape[1]), int(slices.shape[2]))
+        step = masker.config.batch_size
+        with torch.inference_mode():
+            self.embeddings = torch.cat([masker.encode(slices[i:i + step])
+                                         for i in range(0, len(slices), step)]) \
+                if len(slices) else None
+
+    def mask(self, positions: Sequence[int], prompts: Sequence[SlicePrompt]
+             ) -> tuple[np.ndarray, np.ndarray]:
+        for i, prompt in enumerate(prompts):
+            _check_prompt(i, prompt)
+        with torch.inference_mode():
+            rows = torch.as_tensor(list(positions), dtype=torch.long)
+            probs, iou = self.masker.decode(self.embeddings[rows], prompts, self.hw)
+        return probs.cpu().numpy(), iou.float().cpu().numpy()
 
 
 class LiteMedSamMasker(Masker):
@@ -107,6 +129,10 @@ class LiteMedSamMasker(Masker):
                 out[start:stop] = probs.cpu().numpy()
                 scores[start:stop] = iou.float().cpu().numpy()
         return out, scores
+
+    def session(self, slices: np.ndarray) -> MaskerSession:
+        """Encode an ``NxHxW`` uint8 stack once; `MaskerSession.mask` then only decodes."""
+        return _EmbeddedSession(self, check_batch(slices, [None] * len(slices)))
 
     def mask_slices(self, slices: np.ndarray, prompts: Sequence[SlicePrompt]) -> np.ndarray:
         """Segment each slice given its prompts.

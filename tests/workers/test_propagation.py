@@ -1,0 +1,82 @@
+"""Box propagation (`PromptConfig.propagate`): start, direction, boxes from the masker's own
+masks, stopping where the mask vanishes; on the real random-walker masker."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from semisam.schemas import RandomWalkerConfig
+from semisam.workers.maskers import MaskerSession, SlicePrompt
+from semisam.workers.maskers.random_walker import RandomWalkerMasker
+from semisam.workers.propagation import mask_box, propagate
+
+
+class Recording(MaskerSession):
+    """The real masker's session, remembering every call's positions and boxes."""
+
+    def __init__(self, masker, slices):
+        super().__init__(masker, slices)
+        self.calls: list[tuple[list[int], np.ndarray]] = []
+
+    def mask(self, positions, prompts):
+        self.calls.append((list(positions), np.stack([p.box for p in prompts])))
+        return super().mask(positions, prompts)
+
+
+def _stack(n: int, radius_at) -> np.ndarray:
+    yy, xx = np.mgrid[0:48, 0:48]
+    rng = np.random.default_rng(0)
+    out = []
+    for z in range(n):
+        r = radius_at(z)
+        disk = (yy - 24) ** 2 + (xx - 24) ** 2 <= r**2 if r > 0 else np.zeros((48, 48), bool)
+        out.append(np.clip(np.where(disk, 200, 40) + rng.normal(0, 5, (48, 48)), 0, 255))
+    return np.stack(out).astype(np.uint8)
+
+
+def test_mask_box():
+    m = np.zeros((10, 12), bool)
+    m[2:5, 3:9] = True
+    np.testing.assert_array_equal(mask_box(m, 1), [2, 1, 9, 5])
+    np.testing.assert_array_equal(mask_box(m, 5), [0, 0, 11, 9])
+    assert mask_box(np.zeros((4, 4), bool), 2) is None
+
+
+def test_propagates_from_the_largest_slice_with_the_previous_masks_box():
+    radii = [6, 8, 10, 12, 10, 8, 6]
+    slices = _stack(len(radii), lambda z: radii[z])
+    prompts = [SlicePrompt(z + 10, np.array([0, 0, 47, 47], np.float32)) for z in range(7)]
+    session = Recording(RandomWalkerMasker(RandomWalkerConfig()), slices)
+    positions, probs, scores = propagate(session, prompts, areas=[r * r for r in radii], margin=2)
+    assert positions == list(range(7)) and probs.shape == (7, 48, 48) and scores is None
+    first_positions, first_box = session.calls[0]
+    assert first_positions == [3]  # the student's largest slice, with the student's box
+    np.testing.assert_array_equal(first_box[0], prompts[3].box)
+    order = [c[0][0] for c in session.calls]
+    assert order == [3, 4, 5, 6, 2, 1, 0]  # up first, then down, each from its neighbour
+    for (pos, box), prev in zip(session.calls[1:], [3, 4, 5, 3, 2, 1]):
+        expect = mask_box(probs[positions.index(prev)] > 0.5, 2)
+        np.testing.assert_array_equal(box[0], expect)
+    # the propagated boxes are tight around the disks, not the student's whole-slice box
+    assert all(b[0][2] - b[0][0] < 40 for _, b in session.calls[1:])
+
+
+class Vanishing(MaskerSession):
+    """The random walker's answers, emptied on slices whose image holds no bright disk."""
+
+    def mask(self, positions, prompts):
+        probs, scores = super().mask(positions, prompts)
+        for i, pos in enumerate(positions):
+            if self.slices[pos].max() < 150:
+                probs[i] = 0.0
+        return probs, scores
+
+
+def test_stops_where_the_mask_vanishes():
+    radii = [0, 0, 8, 10, 8, 0, 9]  # the student overshoots; slice 6 is past a gap
+    slices = _stack(len(radii), lambda z: radii[z])
+    prompts = [SlicePrompt(z, np.array([4, 4, 44, 44], np.float32)) for z in range(7)]
+    session = Vanishing(RandomWalkerMasker(RandomWalkerConfig()), slices)
+    positions, probs, _ = propagate(session, prompts, areas=[1, 1, 5, 9, 5, 1, 1], margin=2)
+    assert positions == [1, 2, 3, 4, 5]  # each direction stops after its first empty mask
+    assert not (probs[[0, 4]] > 0.5).any()
