@@ -77,7 +77,7 @@ def test_rerun_of_a_finished_round_loads_no_model_and_starts_no_ray(local_ray, p
     run_round(phantom_store, 1, trained_student, _config(workers=1), show_progress=False)
     code = ("import sys, ray; from semisam.pipeline.driver import run_round; "
             "from semisam.schemas import RoundConfig; "
-            "s = run_round(sys.argv[1], 1, sys.argv[2], RoundConfig(masker={"kind": "random_walker"}), show_progress=False); "
+            "s = run_round(sys.argv[1], 1, sys.argv[2], RoundConfig(masker={'kind': 'random_walker'}), show_progress=False); "
             "print(s.skipped, s.done, 'torch' in sys.modules, 'monai' in sys.modules, "
             "ray.is_initialized())")
     out = subprocess.run([sys.executable, "-c", code, str(phantom_store), str(trained_student)],
