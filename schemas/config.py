@@ -221,6 +221,10 @@ class MaskerConfig(StrictModel):
 class FusionConfig(StrictModel):
     mode: FusionMode = FusionMode.masker_on_prompted
     masker_threshold: float = Field(0.5, gt=0, lt=1)
+    largest_component: bool = Field(
+        False, description="keep only the largest 26-connected component of the fused "
+        "pseudo-label; removed voxels get confidence 0 (one-structure tasks)",
+    )
     min_masker_score: float = Field(
         0.0, ge=0, le=1, description="prompted slices whose masker score (SAM-family: the "
         "decoder's predicted IoU) is below this keep the student's answer; 0 = keep every slice",
@@ -290,7 +294,7 @@ MASKER_DEFAULTS: dict[MaskerKind, dict[str, dict[str, object]]] = {
     # propagated from the student's largest slice and the average with the student beat the
     # student's own mask on LA (docs/benchmarks.md); a config that sets a field keeps its value
     MaskerKind.litemedsam: {"prompts": {"positive_points": 0, "propagate": True},
-                            "fusion": {"mode": FusionMode.average}},
+                            "fusion": {"mode": FusionMode.average, "largest_component": True}},
 }
 """Per-masker defaults: a field listed here that a config leaves unset takes the masker's value
 (the round's stored config then holds it explicitly)."""

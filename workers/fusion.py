@@ -12,7 +12,9 @@ Pseudo-label (uint8 {0, 1}), by `FusionMode`, on prompted slices:
 - ``average``: ``p_f > 0.5`` with ``p_f = w * p_m + (1 - w) * p_s``, ``w`` =
   `FusionConfig.masker_weight` (a soft vote of two views of the slice);
 
-and ``p_s > T`` on every other slice.
+and ``p_s > T`` on every other slice. With `FusionConfig.largest_component` (the default of
+LiteMedSAM rounds) only the largest 26-connected component of that label is kept, and the
+voxels it removes get confidence 0.
 
 Multi-planar rounds (`PromptConfig.extra_axes`) give the masker's answer along several slice axes
 (`MaskerView`); ``p_m`` of a voxel is then the mean over the views whose prompted slices contain
@@ -41,6 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from semisam.schemas import CONFIDENCE_SCALE, FusionConfig, FusionMode, VolumeStats
 
@@ -110,6 +113,18 @@ def masker_volume(shape: tuple[int, int, int], views: Sequence[MaskerView]) -> t
         np.moveaxis(count, view.axis, 0)[idx] += 1
     np.divide(total, np.maximum(count, 1), out=total)  # uncovered: 0 / 1 == 0
     return total, count > 0
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component of a 3D bool mask (ties: lowest label)."""
+    if not mask.any():
+        return mask
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if count <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
 
 
 def gate_view(view: MaskerView, scores: np.ndarray | None, min_score: float) -> MaskerView:
@@ -274,6 +289,10 @@ def fuse(
         prompted_label, prompted_confidence = _fuse_prompted(student, m, config)
         np.copyto(label, prompted_label, where=covered)
         np.copyto(confidence, prompted_confidence, where=covered)
+    if config.largest_component:
+        keep = _largest_component(label)
+        np.copyto(confidence, 0.0, where=label & ~keep)
+        label = keep
     pseudo_label = label.view(np.uint8)  # bool is one byte, 0 or 1
     stats = volume_stats(pseudo_label, confidence, student, masker, indices, config, slice_axis, extra,
                          combined=(m, covered))

@@ -245,3 +245,15 @@ def test_fuse_equals_the_voxelwise_reference(mode):
         assert result.stats.mean_confidence == mean_conf and result.stats.student_sam_dice == dice
         np.testing.assert_array_equal(margin(student, config.masker_threshold),
                                       _reference_margin(student, config.masker_threshold))
+
+
+def test_largest_component_keeps_one_blob_and_zeroes_removed_confidence():
+    student = np.zeros((12, 12, 6), np.float32)
+    student[1:6, 1:6, 1:5] = 0.9  # the structure
+    student[9:11, 9:11, 2:4] = 0.95  # a small false positive far from it
+    plain = fuse(student, None, [], FusionConfig(), 2)
+    kept = fuse(student, None, [], FusionConfig(largest_component=True), 2)
+    assert plain.pseudo_label[9, 9, 2] == 1 and kept.pseudo_label[9, 9, 2] == 0
+    assert kept.pseudo_label[3, 3, 2] == 1 and kept.confidence[9, 9, 2] == 0
+    assert kept.confidence[3, 3, 2] == plain.confidence[3, 3, 2] > 0
+    assert kept.stats.foreground_voxels == 5 * 5 * 4
