@@ -11,7 +11,16 @@ import pytest
 import torch
 
 from semisam.pipeline.phantoms import make_phantom
-from semisam.schemas import StudentSpec, VolumeMeta
+from semisam.schemas import (
+    AugmentConfig,
+    BatchConfig,
+    MeanTeacherConfig,
+    OptimizerConfig,
+    SamConsistencyConfig,
+    StudentSpec,
+    TrainConfig,
+    VolumeMeta,
+)
 from semisam.store import open_store, write_volume
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -43,14 +52,27 @@ def build_phantom_store(path: Path, count: int, labeled: int, seed: int = 0) -> 
     return path
 
 
+def supervised_config(iterations: int, seed: int = 0) -> TrainConfig:
+    """`semisam train`'s config with only the supervised term: Mean Teacher and the SAM term
+    off, 2 labeled patches a step (half centred on foreground), Adam at a constant 1e-3, no
+    augmentation, so that a few steps give a student that localizes the phantoms."""
+    return TrainConfig(
+        student=TEST_SPEC, iterations=iterations, seed=seed,
+        batch=BatchConfig(labeled=2, unlabeled=0, foreground_prob=0.5),
+        augment=AugmentConfig(rot90=False, flip=False),
+        optimizer=OptimizerConfig(kind="adam", lr=1e-3, schedule="constant"),
+        mean_teacher=MeanTeacherConfig(enabled=False), sam=SamConsistencyConfig(enabled=False))
+
+
 @pytest.fixture(scope="session")
 def trained_student(tmp_path_factory) -> Path:
-    """A small student trained for a few steps on 3 labeled phantoms (~10 s on 2 cores)."""
-    from semisam.training import fit_supervised
+    """A small student trained for a few steps on 3 labeled phantoms (~10 s on 2 cores), by the
+    training stage users run (`train_student`) with only its supervised term."""
+    from semisam.training import train_student
 
     base = tmp_path_factory.mktemp("student")
     store = build_phantom_store(base / "train.zarr", count=3, labeled=3, seed=7)
-    return fit_supervised(store, base / "student.pt", spec=TEST_SPEC, iterations=40, seed=0)
+    return train_student(store, base / "student.pt", supervised_config(40)).checkpoint
 
 
 @pytest.fixture(scope="session")

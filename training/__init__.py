@@ -4,7 +4,6 @@ round's pseudo-labels (confidence-weighted SAM consistency); metrics for evaluat
 from .checkpoint import load_state, state_path
 from .mean_teacher import TrainResult, train_student
 from .metrics import METRICS, asd, case_metrics, dice, hd95, jaccard, largest_component
-from .supervised import fit_supervised, load_labeled
 
 __all__ = [
     "METRICS",
@@ -12,11 +11,9 @@ __all__ = [
     "asd",
     "case_metrics",
     "dice",
-    "fit_supervised",
     "hd95",
     "jaccard",
     "largest_component",
-    "load_labeled",
     "load_state",
     "state_path",
     "train_student",
