@@ -54,7 +54,7 @@ def test_propagates_from_the_largest_slice_with_the_previous_masks_box():
     np.testing.assert_array_equal(first_box[0], prompts[3].box)
     order = [c[0][0] for c in session.calls]
     assert order == [3, 4, 5, 6, 2, 1, 0]  # up first, then down, each from its neighbour
-    for (pos, box), prev in zip(session.calls[1:], [3, 4, 5, 3, 2, 1]):
+    for (_, box), prev in zip(session.calls[1:], [3, 4, 5, 3, 2, 1]):
         expect = mask_box(probs[positions.index(prev)] > 0.5, 2)
         np.testing.assert_array_equal(box[0], expect)
     # the propagated boxes are tight around the disks, not the student's whole-slice box
