@@ -49,7 +49,7 @@ from semisam.workers.intensity import window_volume
 from semisam.workers.localization import foreground_mask, slice_prompts
 from semisam.workers.maskers import MaskerSession, SlicePrompt
 from semisam.workers.maskers.litemedsam import LiteMedSamMasker
-from semisam.workers.propagation import propagate
+from semisam.workers.propagation import choose_start, propagate
 from semisam.workers.student import load_student, predict_probability
 
 log = logging.getLogger("benchmarks.litemedsam_prompts")
@@ -241,10 +241,12 @@ class CachedSession(MaskerSession):
         self.case, self.dec, self.prompts = case, dec, prompts
 
     def mask(self, positions, prompts):
-        return self.dec(self.case, list(prompts))
+        return self.dec(self.case, [SlicePrompt(self.prompts[i].index, p.box)
+                                    for i, p in zip(positions, prompts)])
 
 
-def r_propagate(margin: int = 5, step_margin: int = 3) -> Recipe:
+def r_propagate(margin: int = 5, step_margin: int = 3, within: bool = False,
+                agree_start: bool = False, min_agreement: float = 0.0) -> Recipe:
     """The product's `propagate` (PromptConfig.propagate): the student's box on its largest
     slice, then the box of LiteMedSAM's previous mask, within the student's slices."""
     def run(case, dec):
@@ -253,8 +255,12 @@ def r_propagate(margin: int = 5, step_margin: int = 3) -> Recipe:
             return r_box(margin)(case, dec)
         mask = foreground_mask(case.prob, PromptConfig())
         areas = mask.sum(axis=(0, 1))[[p.index for p in prompts]]
-        positions, probs, iou = propagate(CachedSession(case, dec, prompts), prompts, areas,
-                                          step_margin)
+        session = CachedSession(case, dec, prompts)
+        student = np.moveaxis(mask, AXIS, 0)[[p.index for p in prompts]]
+        start = choose_start(session, prompts, student) if agree_start else None
+        positions, probs, iou = propagate(session, prompts, areas, step_margin,
+                                          within_student=within, start=start, student=student,
+                                          min_agreement=min_agreement)
         return probs, [prompts[i].index for i in positions], iou
     return run
 
@@ -345,6 +351,13 @@ RECIPES: dict[str, tuple[Recipe, str, dict]] = {
     "propagate-lcc": (r_propagate(), "masker", {"lcc": True}),
     "propagate-avg-lcc": (r_propagate(), "average", {"lcc": True}),
     "student-lcc": (None, "student", {"lcc": True}),
+    "propagate-within": (r_propagate(within=True), "masker", {}),
+    "prop-agree-avg": (r_propagate(within=True, agree_start=True), "average", {}),
+    "prop-agree-avg-lcc": (r_propagate(within=True, agree_start=True), "average", {"lcc": True}),
+    "prop-agree-stop-avg-lcc": (r_propagate(within=True, agree_start=True, min_agreement=0.3),
+                                "average", {"lcc": True}),
+    "propagate-within-avg": (r_propagate(within=True), "average", {}),
+    "propagate-within-avg-lcc": (r_propagate(within=True), "average", {"lcc": True}),
     "gt-box (diagnostic: reads labels)": (r_gt_box(5), "masker-only", {}),
 }
 

@@ -92,6 +92,16 @@ class PromptConfig(StrictModel):
         "propagate_margin), stopping where that mask vanishes (MedSAM-style 3D inference)",
     )
     propagate_margin: int = Field(3, ge=0, description="pixels around a propagated mask's box")
+    propagate_start: str = Field(
+        "agreement", pattern="^(agreement|largest)$",
+        description="slice the propagation starts from: 'agreement' = among slices with at "
+        "least half the student's largest area, the one where the masker (prompted with the "
+        "student's box) agrees best with the student; 'largest' = the student's largest slice",
+    )
+    propagate_within_student: bool = Field(
+        True, description="clip each propagated box to the student's box of that slice (the "
+        "masker can trim the student's box, not drift beyond it)",
+    )
     extra_axes: tuple[int, ...] = Field(
         (), description="more slice axes to prompt and mask (multi-planar): where several axes "
         "cover a voxel, their masker probabilities are averaged before fusion",

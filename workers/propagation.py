@@ -19,7 +19,7 @@ import numpy as np
 
 from .maskers.base import MaskerSession, SlicePrompt
 
-__all__ = ["mask_box", "propagate"]
+__all__ = ["choose_start", "clip_box", "mask_box", "propagate"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +35,40 @@ def mask_box(mask: np.ndarray, margin: int) -> np.ndarray | None:
                      min(cols[-1] + margin, w - 1), min(rows[-1] + margin, h - 1)], np.float32)
 
 
+def clip_box(box: np.ndarray, bound: np.ndarray) -> np.ndarray | None:
+    """The part of XYXY ``box`` inside XYXY ``bound``, or None when they do not overlap."""
+    x0, y0 = max(box[0], bound[0]), max(box[1], bound[1])
+    x1, y1 = min(box[2], bound[2]), min(box[3], bound[3])
+    if x1 < x0 or y1 < y0:
+        return None
+    return np.array([x0, y0, x1, y1], np.float32)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def choose_start(session: MaskerSession, prompts: Sequence[SlicePrompt], student: np.ndarray,
+                 min_area_fraction: float = 0.5, threshold: float = 0.5) -> int:
+    """The stack position to start from: among the slices whose student area is at least
+    ``min_area_fraction`` of the largest, the one where the masker, prompted with the student's
+    box, agrees best (Dice) with the student's mask: where both see the same structure.
+
+    Args:
+        student: ``NxHxW`` bool student foreground of the prompted slices.
+    """
+    areas = student.reshape(len(student), -1).sum(axis=1)
+    eligible = np.flatnonzero(areas >= min_area_fraction * areas.max())
+    probs, _ = session.mask(eligible.tolist(), [prompts[i] for i in eligible])
+    agreement = [_dice(p > threshold, student[i]) for p, i in zip(probs, eligible)]
+    return int(eligible[int(np.argmax(agreement))])
+
+
 def propagate(session: MaskerSession, prompts: Sequence[SlicePrompt], areas: Sequence[int],
-              margin: int, threshold: float = 0.5
+              margin: int, threshold: float = 0.5, within_student: bool = True,
+              start: int | None = None, student: np.ndarray | None = None,
+              min_agreement: float = 0.0
               ) -> tuple[list[int], np.ndarray, np.ndarray | None]:
     """Mask the prompted slices by propagation from the student's largest slice.
 
@@ -46,6 +78,14 @@ def propagate(session: MaskerSession, prompts: Sequence[SlicePrompt], areas: Seq
         areas: N student foreground pixel counts of those slices (the start is the largest).
         margin: pixels added around each propagated mask's box.
         threshold: masker probability above which a pixel is in the propagated mask.
+        within_student: clip each propagated box to the student's own box of that slice (the
+            masker's mask cannot drift onto a neighbouring structure the student does not
+            see; it can only trim the student's box); no overlap stops that direction.
+        start: the stack position to start from (e.g. `choose_start`); None = the largest.
+        student: ``NxHxW`` bool student foreground, needed with ``min_agreement``.
+        min_agreement: a propagated mask whose Dice with the student's slice is below this
+            stops that direction (the slice goes back to the student): the chain has left the
+            structure the student sees.
 
     Returns:
         ``(positions, probs, scores)``: the stack positions visited (increasing), their
@@ -57,7 +97,7 @@ def propagate(session: MaskerSession, prompts: Sequence[SlicePrompt], areas: Seq
     if len(areas) != n:
         raise ValueError(f"got {n} prompts but {len(areas)} slice areas")
     index_at = {p.index: i for i, p in enumerate(prompts)}
-    start = int(np.argmax(areas))
+    start = int(np.argmax(areas)) if start is None else int(start)
     probs, scores = session.mask([start], [prompts[start]])
     out: dict[int, tuple[np.ndarray, float | None]] = {
         start: (probs[0], None if scores is None else float(scores[0]))}
@@ -65,10 +105,15 @@ def propagate(session: MaskerSession, prompts: Sequence[SlicePrompt], areas: Seq
         prev, z = probs[0], prompts[start].index + step
         while z in index_at:
             box = mask_box(prev > threshold, margin)
+            pos = index_at.get(z)
+            if box is not None and within_student:
+                box = clip_box(box, np.asarray(prompts[pos].box, np.float32))
             if box is None:
                 break
-            pos = index_at[z]
             p, s = session.mask([pos], [SlicePrompt(z, box)])
+            if min_agreement > 0 and student is not None and \
+                    _dice(p[0] > threshold, student[pos]) < min_agreement:
+                break
             out[pos] = (p[0], None if s is None else float(s[0]))
             prev, z = p[0], z + step
     positions = sorted(out)

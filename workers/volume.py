@@ -30,7 +30,7 @@ from .fusion import MaskerView, fuse
 from .intensity import window_volume
 from .localization import foreground_mask, slice_prompts, stack_slices
 from .maskers import Masker, SlicePrompt, build_masker
-from .propagation import propagate
+from .propagation import choose_start, propagate
 from .student import load_student, predict_probability
 
 log = logging.getLogger(__name__)
@@ -133,10 +133,14 @@ class VolumeProcessor:
         if not cfg.propagate:
             probs, score = self.masker.mask_slices_scored(slices, prompts)
             return [p.index for p in prompts], probs, score
-        other = tuple(a for a in range(3) if a != axis)
-        areas = mask.sum(axis=other)[[p.index for p in prompts]]
-        positions, probs, score = propagate(self.masker.session(slices), prompts, areas,
-                                            cfg.propagate_margin)
+        student = stack_slices(mask, [p.index for p in prompts], axis)
+        areas = student.reshape(len(prompts), -1).sum(axis=1)
+        session = self.masker.session(slices)
+        start = choose_start(session, prompts, student) \
+            if cfg.propagate_start == "agreement" else None
+        positions, probs, score = propagate(session, prompts, areas, cfg.propagate_margin,
+                                            within_student=cfg.propagate_within_student,
+                                            start=start)
         return [prompts[i].index for i in positions], probs, score
 
     def _run(self, volume_id: str, attempt: int) -> VolumeRecord:

@@ -80,3 +80,18 @@ def test_stops_where_the_mask_vanishes():
     positions, probs, _ = propagate(session, prompts, areas=[1, 1, 5, 9, 5, 1, 1], margin=2)
     assert positions == [1, 2, 3, 4, 5]  # each direction stops after its first empty mask
     assert not (probs[[0, 4]] > 0.5).any()
+
+
+def test_start_is_where_masker_and_student_agree_not_the_largest_slice():
+    from semisam.workers.propagation import choose_start
+
+    slices = _stack(3, lambda z: 10)
+    yy, xx = np.mgrid[0:48, 0:48]
+    disk = (yy - 24) ** 2 + (xx - 24) ** 2 <= 100
+    wrong = np.zeros((48, 48), bool)
+    wrong[10:40, 2:20] = True  # the student's largest slice: mostly beside the structure
+    student = np.stack([wrong, disk, disk[:, ::-1] & (xx < 24)])  # last: half the disk, too small
+    prompts = [SlicePrompt(z, np.array([4, 4, 44, 44], np.float32)) for z in range(3)]
+    session = MaskerSession(RandomWalkerMasker(RandomWalkerConfig()), slices)
+    assert int(np.argmax(student.reshape(3, -1).sum(axis=1))) == 0
+    assert choose_start(session, prompts, student) == 1
