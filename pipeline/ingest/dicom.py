@@ -219,6 +219,13 @@ def _series_sha(files) -> str:
     return digest.hexdigest()
 
 
+def series_sha256(folder: Path) -> str:
+    """The hash `read_dicom_series` records for a one-series folder (its slice files' names
+    and bytes), from the headers only; a multi-series folder hashes all its series' files."""
+    files = [f for s in list_series(folder) for f in s.files]
+    return _series_sha(files)
+
+
 def _series_id(folder: Path, s: DicomSeries, many: bool) -> str:
     base = folder.resolve().name
     if not many:

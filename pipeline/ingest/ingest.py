@@ -39,6 +39,7 @@ from semisam.store import (
 )
 from semisam.store.volumes import DIMENSION_NAMES
 
+from .dicom import is_dicom_dir
 from .readers import LoadedVolume, file_sha256, read_label_file, read_volume, volume_id_for
 from .validate import (
     align_label,
@@ -97,7 +98,8 @@ class IngestReport(StrictModel):
 
 def collect_sources(sources: Iterable[Path | str]) -> list[Path]:
     """Expand directories (every non-hidden entry directly inside named like a supported file,
-    sorted by name; entries that are not files fail later, one line each).
+    or a sub-folder of DICOM slices, sorted by name; entries that are not files fail later, one
+    line each). A folder of DICOM slices named as a source is one volume.
 
     Files named explicitly are kept whatever their suffix (an unsupported one fails later, on its
     own); duplicates (same resolved path) are dropped.
@@ -106,13 +108,17 @@ def collect_sources(sources: Iterable[Path | str]) -> list[Path]:
     seen: set[Path] = set()
     for source in sources:
         source = Path(source)
-        if source.is_dir():
+        if source.is_dir() and is_dicom_dir(source):
+            found = [source]  # a folder of DICOM slices is one volume (one series)
+        elif source.is_dir():
             # anything named like a volume: a directory or a broken link named so fails on its
-            # own (one line), instead of vanishing from the ingest unnoticed
+            # own (one line), instead of vanishing from the ingest unnoticed; sub-folders of
+            # DICOM slices are volumes too
             found = sorted(
                 p
                 for p in source.iterdir()
-                if not p.name.startswith(".") and split_suffix(p) is not None
+                if not p.name.startswith(".")
+                and (split_suffix(p) is not None or (p.is_dir() and is_dicom_dir(p)))
             )
             if not found:
                 log.warning("%s: directory holds no supported volume files", display_path(source))
@@ -175,10 +181,12 @@ class _Plan:
     def __init__(self, path: Path, labels_dir: Path | None, labeled_ids: set[str] | None) -> None:
         self.path = path
         self.volume_id = volume_id_for(path)
-        check_file(path)
+        series = path.is_dir()  # a folder of DICOM slices (collect_sources lets no other in)
+        if not series:
+            check_file(path)
         self.sha256 = file_sha256(path)
         self.label_file = _label_path(path, labels_dir)
-        embedded = split_suffix(path)[1] == "h5" and _h5_has_label(path)  # type: ignore[index]
+        embedded = not series and split_suffix(path)[1] == "h5" and _h5_has_label(path)  # type: ignore[index]
         if self.label_file is not None:
             if embedded:
                 log.warning(

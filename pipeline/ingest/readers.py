@@ -115,7 +115,12 @@ class _Raw:
 
 
 def file_sha256(path: Path, block: int = 1 << 20) -> str:
-    """Hex sha256 of the bytes of ``path`` (read in ``block``-byte pieces)."""
+    """Hex sha256 of the bytes of ``path`` (read in ``block``-byte pieces); of a folder of DICOM
+    slices, the series' hash (its slice files' names and bytes, pipeline/ingest/dicom.py)."""
+    if Path(path).is_dir():
+        from .dicom import series_sha256
+
+        return series_sha256(Path(path))
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as fh:

@@ -180,3 +180,36 @@ def test_non_image_objects_are_skipped_with_one_line_each(tmp_path, caplog):
     with pytest.raises(InputError) as exc:
         dicom.read_dicom_dir(only_junk)
     assert "no DICOM image series in the folder (report.dcm: not an image object" in _one_line(exc)
+
+
+def test_semisam_ingest_takes_dicom_folders(tmp_path):
+    """`semisam ingest` of a folder of series folders (and of one series folder): one volume
+    per series, the source's grid and world geometry in the store; re-ingest is a no-op."""
+    import subprocess
+    import sys
+
+    from semisam.store import list_metas, open_store, read_image
+
+    images = tmp_path / "export"
+    volumes = {"case_01": np.rint(_phantom(1) / 20),  # int16 in the files
+               "case_02": np.rint(_phantom(2, shape=(32, 30, 10)) / 20)}
+    affine = _oblique_ras_affine()
+    for name, image in volumes.items():
+        write_series(images / name, image, affine)
+    semisam = str(Path(sys.executable).with_name("semisam"))
+    store = tmp_path / "s.zarr"
+    for _ in range(2):
+        proc = subprocess.run([semisam, "ingest", str(images), "--store", str(store)],
+                              capture_output=True, text=True, timeout=300, check=False)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "unchanged" in proc.stdout + proc.stderr
+    root = open_store(store, read_only=True)
+    metas = {m.volume_id: m for m in list_metas(root)}
+    assert sorted(metas) == ["case_01", "case_02"]
+    for name, image in volumes.items():
+        np.testing.assert_array_equal(read_image(root, name), image)
+        np.testing.assert_allclose(np.asarray(metas[name].affine), affine, atol=1e-5)
+    one = tmp_path / "one.zarr"
+    proc = subprocess.run([semisam, "ingest", str(images / "case_02"), "--store", str(one)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0 and [m.volume_id for m in list_metas(open_store(one))] == ["case_02"]
