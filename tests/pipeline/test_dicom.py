@@ -213,3 +213,21 @@ def test_semisam_ingest_takes_dicom_folders(tmp_path):
     proc = subprocess.run([semisam, "ingest", str(images / "case_02"), "--store", str(one)],
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0 and [m.volume_id for m in list_metas(open_store(one))] == ["case_02"]
+
+
+HIPPOCAMPUS = Path(__file__).resolve().parents[3] / "shared" / "data" / "hippocampus"
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not (HIPPOCAMPUS / "images").is_dir(), reason="../shared/data absent")
+def test_real_hippocampus_volume_round_trips_through_dicom(tmp_path):
+    """A real MSD hippocampus scan written as a DICOM series and read back: the voxel grid
+    and the world geometry are the NIfTI's (values as stored, int16)."""
+    source = HIPPOCAMPUS / "images" / "hippocampus_001.nii.gz"
+    nii = nib.load(source)
+    image = np.rint(np.asarray(nii.dataobj, np.float64)).astype(np.float32)
+    write_series(tmp_path / "hippocampus_001", image, nii.affine, description="real")
+    (vol,) = dicom.read_dicom_dir(tmp_path / "hippocampus_001")
+    assert vol.image.shape == image.shape
+    np.testing.assert_array_equal(vol.image, image)
+    np.testing.assert_allclose(np.asarray(vol.affine), nii.affine, atol=1e-4)
