@@ -28,7 +28,7 @@ def round_config(config: Optional[Path], overrides: dict) -> RoundConfig:
     Args:
         overrides: dotted field path -> value; None values are left alone.
     """
-    data = load_round_config(config).model_dump(mode="json", exclude_unset=True)
+    data = load_round_config(config).model_dump(mode="json")
     for dotted, value in overrides.items():
         if value is None:
             continue
