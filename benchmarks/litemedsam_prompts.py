@@ -49,7 +49,7 @@ from semisam.workers.intensity import window_volume
 from semisam.workers.localization import foreground_mask, slice_prompts
 from semisam.workers.maskers import MaskerSession, SlicePrompt
 from semisam.workers.maskers.litemedsam import LiteMedSamMasker
-from semisam.workers.propagation import choose_start, propagate
+from semisam.workers.propagation import choose_start, mask_box, propagate
 from semisam.workers.student import load_student, predict_probability
 
 log = logging.getLogger("benchmarks.litemedsam_prompts")
@@ -139,15 +139,6 @@ def student_prompts(case: Case, margin: int = 5, threshold: float = 0.5,
     return prompts
 
 
-def box_of(mask2d: np.ndarray, margin: int) -> np.ndarray | None:
-    rows, cols = np.flatnonzero(mask2d.any(axis=1)), np.flatnonzero(mask2d.any(axis=0))
-    if rows.size == 0:
-        return None
-    h, w = mask2d.shape
-    return np.array([max(cols[0] - margin, 0), max(rows[0] - margin, 0),
-                     min(cols[-1] + margin, w - 1), min(rows[-1] + margin, h - 1)], np.float32)
-
-
 def student_slices(case: Case, prompts: list[SlicePrompt]) -> np.ndarray:
     return np.moveaxis(case.prob, AXIS, 0)[[p.index for p in prompts]]
 
@@ -184,7 +175,7 @@ def r_refine(rounds: int = 1, margin: int = 5, reprompt_margin: int = 3) -> Reci
         for _ in range(rounds):
             new = []
             for p, pr in zip(prompts, probs):
-                box = box_of(pr > 0.5, reprompt_margin)
+                box = mask_box(pr > 0.5, reprompt_margin)
                 new.append(SlicePrompt(p.index, p.box if box is None else box))
             prompts = new
             probs, iou = dec(case, prompts)
