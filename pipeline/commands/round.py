@@ -17,6 +17,7 @@ from semisam.schemas import (
     first_validation_error,
     load_round_config,
 )
+from semisam.schemas.config import MASKER_DEFAULTS
 
 from .. import render
 from ..cli_app import app, guard
@@ -28,7 +29,9 @@ def round_config(config: Optional[Path], overrides: dict) -> RoundConfig:
     Args:
         overrides: dotted field path -> value; None values are left alone.
     """
-    data = load_round_config(config).model_dump(mode="json")
+    loaded = load_round_config(config)
+    data = loaded.model_dump(mode="json")
+    _drop_masker_defaults(loaded, data)
     for dotted, value in overrides.items():
         if value is None:
             continue
@@ -41,6 +44,21 @@ def round_config(config: Optional[Path], overrides: dict) -> RoundConfig:
         return RoundConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"option: {first_validation_error(exc)}") from None
+
+
+def _drop_masker_defaults(loaded: RoundConfig, data: dict) -> None:
+    """Remove from ``data`` the fields the file left unset that some masker defaults.
+
+    Re-validation then gives them the default of the masker the options choose: a
+    ``--masker random_walker`` on a default config must not keep LiteMedSAM's
+    ``positive_points 0``. Every other field keeps its dumped value.
+    """
+    for defaults in MASKER_DEFAULTS.values():
+        for section, values in defaults.items():
+            model = getattr(loaded, section)
+            for name in values:
+                if name not in model.model_fields_set:
+                    data.get(section, {}).pop(name, None)
 
 
 @app.command("run-round")

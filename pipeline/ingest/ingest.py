@@ -181,7 +181,7 @@ class _Plan:
     def __init__(self, path: Path, labels_dir: Path | None, labeled_ids: set[str] | None) -> None:
         self.path = path
         self.volume_id = volume_id_for(path)
-        series = path.is_dir()  # a folder of DICOM slices (collect_sources lets no other in)
+        series = is_dicom_dir(path)  # a folder of DICOM slices; any other folder fails below
         if not series:
             check_file(path)
         self.sha256 = file_sha256(path)

@@ -80,11 +80,10 @@ def small_fs(path: Path, size_kb: int) -> Iterator[Path]:
 def fill(fs: Path, leave_kb: int) -> Path:
     """Fill ``fs`` with one file, then free ``leave_kb`` KiB of it."""
     filler = fs / "filler"
-    with open(filler, "wb") as fh:
+    with open(filler, "wb", buffering=0) as fh:  # unbuffered: close() has nothing left to flush
         try:
             while True:
                 fh.write(b"\xff" * 65536)
-                fh.flush()
         except OSError as exc:
             assert exc.errno == errno.ENOSPC
     size = filler.stat().st_size
