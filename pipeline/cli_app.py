@@ -12,26 +12,40 @@ import typer
 
 from semisam.schemas import SemisamError
 
+from .interrupt import sigterm_as_interrupt
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="SAM-assisted pseudo-labels for semi-supervised 3D segmentation.")
 _state = {"debug": False}
 
 
+_RESUME_HINT = {
+    "train": "rerun it with --resume to continue from the last checkpoint",
+    "demo": "rerun it to start again",
+}
+"""How to pick up an interrupted command, by command function name (default: rerun it)."""
+
+
 def guard(fn):
     """Print user errors (`SemisamError`) as one line and exit 2; tracebacks only with --debug.
-    An interrupted command (Ctrl-C, or SIGTERM during a round: `interrupt.Interrupted`) says so
-    in one line and exits 128 + the signal number."""
+
+    SIGTERM (a batch scheduler's stop) raises `interrupt.Interrupted` like Ctrl-C does, so an
+    interrupted command runs its clean-up, says so in one line with how to resume, and exits
+    128 + the signal number.
+    """
+    hint = _RESUME_HINT.get(fn.__name__, "rerun the same command to resume")
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with sigterm_as_interrupt():
+                return fn(*args, **kwargs)
         except KeyboardInterrupt as exc:
             if _state["debug"]:
                 raise
             signum = getattr(exc, "signum", signal.SIGINT)
             typer.echo(f"interrupted ({signal.Signals(signum).name}); what had finished is "
-                       "stored (run-round: rerun the same command to resume)", err=True)
+                       f"stored: {hint}", err=True)
             raise typer.Exit(128 + signum) from None
         except SemisamError as exc:
             if _state["debug"]:

@@ -31,6 +31,7 @@ from semisam.training.metrics import dice
 
 from .driver import run_round, start_ray
 from .evaluate import evaluate_student
+from .interrupt import sigterm_as_interrupt
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,8 @@ class Loop:
             return self.state.steps[name]
         log.info("loop: %s", name)
         t0 = time.perf_counter()
-        seconds = fn(r)
+        with sigterm_as_interrupt():  # again per step: a round's Ray start replaces the handler
+            seconds = fn(r)
         self.state.steps[name] = round(time.perf_counter() - t0 if seconds is None else seconds, 2)
         save_loop_state(self.workdir, self.state)
         return self.state.steps[name]

@@ -22,6 +22,7 @@ from semisam.store import (
     open_store,
     read_image,
     read_meta,
+    store_write_failure,
     write_outputs,
     write_record,
 )
@@ -113,7 +114,10 @@ class VolumeProcessor:
         except SemisamError as exc:
             record = self._failed(volume_id, attempt, str(exc))
         except (ValueError, RuntimeError, OSError, MemoryError) as exc:
-            log.exception("volume %s failed", volume_id)
+            if failure := store_write_failure(exc):  # the store's fault, said once by the driver
+                log.warning("volume %s: %s (retryable)", volume_id, failure)
+            else:
+                log.exception("volume %s failed", volume_id)
             first = str(exc).splitlines()[0] if str(exc) else ""
             record = self._failed(volume_id, attempt, f"volume '{volume_id}': {type(exc).__name__}: {first}")
             record.retryable = True

@@ -3,31 +3,17 @@ probability maps, reruns that skip finished scans, and the fan-out over a local 
 
 from __future__ import annotations
 
-import logging
-
 import nibabel as nib
 import nrrd
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from semisam.pipeline.cli import app
 from semisam.pipeline.phantoms import make_phantom
 from semisam.pipeline.predict import PredictOptions, PredictStatus, predict, segment
 from semisam.schemas import StudentInferenceConfig
 from semisam.workers.student import load_student, predict_probability
 from tests.conftest import PHANTOM_SHAPE
-
-
-def invoke(*args: str, code: int = 0):
-    handlers, level = logging.root.handlers[:], logging.root.level
-    try:
-        result = CliRunner().invoke(app, list(args))
-    finally:
-        logging.root.handlers[:] = handlers
-        logging.root.setLevel(level)
-    assert result.exit_code == code, (args, result.exit_code, result.output, result.exception)
-    return result
+from tests.pipeline.cli_invoke import invoke
 
 
 def _oblique_affine() -> np.ndarray:

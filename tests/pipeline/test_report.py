@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import logging
 import re
 import shutil
 import subprocess
@@ -16,29 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from semisam.pipeline.cli import app
 from semisam.pipeline.report import CONFIDENCE_COLOUR, DICE_COLOUR, build_report
 from semisam.pipeline.round_state import sha256_file
 from semisam.schemas import RoundConfig, RoundMeta, VolumeRecord, VolumeStats, VolumeStatus
 from semisam.store import open_store, write_outputs, write_record, write_round_meta
 from tests.conftest import build_phantom_store
+from tests.pipeline.cli_invoke import invoke
 
 CHROMIUM = Path("/usr/bin/chromium")
 needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium "
                                     "(apt-get install chromium)")
-
-
-def invoke(*args: str, code: int = 0):
-    handlers, level = logging.root.handlers[:], logging.root.level
-    try:
-        result = CliRunner().invoke(app, list(args))
-    finally:
-        logging.root.handlers[:] = handlers
-        logging.root.setLevel(level)
-    assert result.exit_code == code, (args, result.exit_code, result.output, result.exception)
-    return result
 
 
 def _round(root, r: int, student: Path, erode: int) -> None:

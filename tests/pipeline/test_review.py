@@ -6,31 +6,16 @@ The round is written straight through the store API (no Ray), so which volume is
 from __future__ import annotations
 
 import json
-import logging
 
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from semisam.pipeline.cli import app
 from semisam.pipeline.review import rank_round, review_score
 from semisam.schemas import RoundConfig, RoundMeta, VolumeRecord, VolumeStats, VolumeStatus
 from semisam.store import open_store, write_outputs, write_record, write_round_meta
 from tests.conftest import build_phantom_store
-
-
-def invoke(*args: str, code: int = 0):
-    """Run the real `semisam` typer app in this process; the root logger is restored after
-    (the app's callback reconfigures it onto the runner's temporary streams)."""
-    handlers, level = logging.root.handlers[:], logging.root.level
-    try:
-        result = CliRunner().invoke(app, list(args))
-    finally:
-        logging.root.handlers[:] = handlers
-        logging.root.setLevel(level)
-    assert result.exit_code == code, (args, result.exit_code, result.output, result.exception)
-    return result
+from tests.pipeline.cli_invoke import invoke
 
 
 def _volume(root, vid: str, label: np.ndarray, conf_fg: int, dice: float | None) -> None:

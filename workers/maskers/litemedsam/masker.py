@@ -135,18 +135,8 @@ class LiteMedSamMasker(Masker):
         return _EmbeddedSession(self, check_batch(slices, [None] * len(slices)))
 
     def mask_slices(self, slices: np.ndarray, prompts: Sequence[SlicePrompt]) -> np.ndarray:
-        """Segment each slice given its prompts.
-
-        Args:
-            slices: ``NxHxW`` uint8 in [0, 255], windowed intensities, one per prompt.
-            prompts: N prompts in the slices' pixel frame; ``prompts[i]`` for ``slices[i]``.
-
-        Returns:
-            ``NxHxW`` float32 foreground probability in [0, 1].
-
-        Raises:
-            ValueError: not ``NxHxW`` uint8, lengths differ, or a malformed prompt.
-        """
+        """`Masker.mask_slices`: ``NxHxW`` uint8 slices + N prompts -> ``NxHxW`` float32
+        probabilities (`mask_slices_scored` without the scores)."""
         return self.mask_slices_scored(slices, prompts)[0]
 
     def describe(self) -> dict:
