@@ -316,45 +316,64 @@ def calibration(label: np.ndarray, conf: np.ndarray, ref: np.ndarray, bins: int 
     return {"ece": ece, "auroc": auc, "counts": counts.tolist(), "accuracy": acc.round(4).tolist()}
 
 
+_SHARED: dict[tuple, Recipe] = {}
+
+
+def shared(maker: Callable[..., Recipe], *args, **kwargs) -> Recipe:
+    """One recipe object per (maker, arguments): recipes that differ only in fusion share it,
+    and the main loop runs it (its decoding) once per case."""
+    key = (maker.__name__, args, tuple(sorted(kwargs.items())))
+    return _SHARED.setdefault(key, maker(*args, **kwargs))
+
+
 RECIPES: dict[str, tuple[Recipe, str, dict]] = {
     # name: (prompt recipe, fusion mode, fusion options)
-    "box5": (r_box(5), "masker", {}),
-    "box5-masker-only": (r_box(5), "masker-only", {}),
-    "box0": (r_box(0), "masker", {}),
-    "box10": (r_box(10), "masker", {}),
-    "box5-t0.7": (r_box(5, threshold=0.7), "masker", {}),
-    "box5-trim0.25": (r_box(5, min_area_frac=0.25), "masker", {}),
-    "box5-avg": (r_box(5), "average", {}),
-    "box5-avg-w0.7": (r_box(5), "average", {"weight": 0.7}),
-    "box5-gate0.8": (r_box(5), "gate", {"gate": 0.8}),
-    "box5-gate0.9": (r_box(5), "gate", {"gate": 0.9}),
-    "box5-gateavg0.8": (r_box(5), "gate-avg", {"gate": 0.8}),
-    "box5-iouavg": (r_box(5), "iou-avg", {"weight": 1.0}),
-    "refine1": (r_refine(1), "masker", {}),
-    "refine1-avg": (r_refine(1), "average", {}),
-    "jitter3": (r_jitter(), "masker", {}),
-    "jitter3-avg": (r_jitter(), "average", {}),
-    "smoothz5": (r_smooth_z(5), "masker", {}),
-    "smoothz5-avg": (r_smooth_z(5), "average", {}),
-    "maskprompt": (r_mask_prompt(5), "masker", {}),
-    "propagate": (r_propagate(), "masker", {}),
-    "propagate-avg": (r_propagate(), "average", {}),
-    "propagate-lcc": (r_propagate(), "masker", {"lcc": True}),
-    "propagate-avg-lcc": (r_propagate(), "average", {"lcc": True}),
+    "box5": (shared(r_box, 5), "masker", {}),
+    "box5-masker-only": (shared(r_box, 5), "masker-only", {}),
+    "box0": (shared(r_box, 0), "masker", {}),
+    "box10": (shared(r_box, 10), "masker", {}),
+    "box5-t0.7": (shared(r_box, 5, threshold=0.7), "masker", {}),
+    "box5-trim0.25": (shared(r_box, 5, min_area_frac=0.25), "masker", {}),
+    "box5-avg": (shared(r_box, 5), "average", {}),
+    "box5-avg-w0.7": (shared(r_box, 5), "average", {"weight": 0.7}),
+    "box5-gate0.8": (shared(r_box, 5), "gate", {"gate": 0.8}),
+    "box5-gate0.9": (shared(r_box, 5), "gate", {"gate": 0.9}),
+    "box5-gateavg0.8": (shared(r_box, 5), "gate-avg", {"gate": 0.8}),
+    "box5-iouavg": (shared(r_box, 5), "iou-avg", {"weight": 1.0}),
+    "refine1": (shared(r_refine, 1), "masker", {}),
+    "refine1-avg": (shared(r_refine, 1), "average", {}),
+    "jitter3": (shared(r_jitter), "masker", {}),
+    "jitter3-avg": (shared(r_jitter), "average", {}),
+    "smoothz5": (shared(r_smooth_z, 5), "masker", {}),
+    "smoothz5-avg": (shared(r_smooth_z, 5), "average", {}),
+    "maskprompt": (shared(r_mask_prompt, 5), "masker", {}),
+    "propagate": (shared(r_propagate), "masker", {}),
+    "propagate-avg": (shared(r_propagate), "average", {}),
+    "propagate-lcc": (shared(r_propagate), "masker", {"lcc": True}),
+    "propagate-avg-lcc": (shared(r_propagate), "average", {"lcc": True}),
     "student-lcc": (None, "student", {"lcc": True}),
-    "propagate-within": (r_propagate(within=True), "masker", {}),
-    "prop-agree-avg": (r_propagate(within=True, agree_start=True), "average", {}),
-    "prop-agree-avg-lcc": (r_propagate(within=True, agree_start=True), "average", {"lcc": True}),
-    "prop-agree-stop-avg-lcc": (r_propagate(within=True, agree_start=True, min_agreement=0.3),
+    "propagate-within": (shared(r_propagate, within=True), "masker", {}),
+    "prop-agree-avg": (shared(r_propagate, within=True, agree_start=True), "average", {}),
+    "prop-agree-avg-lcc": (shared(r_propagate, within=True, agree_start=True), "average", {"lcc": True}),
+    "prop-agree-stop-avg-lcc": (shared(r_propagate, within=True, agree_start=True, min_agreement=0.3),
                                 "average", {"lcc": True}),
-    "propagate-within-avg": (r_propagate(within=True), "average", {}),
-    "propagate-within-avg-lcc": (r_propagate(within=True), "average", {"lcc": True}),
-    "gt-box (diagnostic: reads labels)": (r_gt_box(5), "masker-only", {}),
+    "propagate-within-avg": (shared(r_propagate, within=True), "average", {}),
+    "propagate-within-avg-lcc": (shared(r_propagate, within=True), "average", {"lcc": True}),
+    "gt-box (diagnostic: reads labels)": (shared(r_gt_box, 5), "masker-only", {}),
 }
 
 
 def score(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     return {"dice": dice(pred, ref), "hd95": hd95(pred, ref) if pred.any() else float("nan")}
+
+
+def previous_rows(path: Path) -> dict[tuple[str, str, str], dict]:
+    """(student, recipe, volume) -> row of an earlier run's results.json (``--resume``)."""
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text())["rows"]
+    return {(s, r, row["volume"]): row for s, table in old.items() for r, vals in table.items()
+            for row in vals}
 
 
 def write_results(args: argparse.Namespace, ids: list[str], rows: dict, show: bool = False) -> None:
@@ -399,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipes", nargs="*", default=None, help="subset of recipe names")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--cache", type=Path, default=None, help="default: WORKDIR/cache")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows of WORKDIR/results.json and measure only the rest")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(2)
@@ -414,30 +435,43 @@ def main(argv: list[str] | None = None) -> int:
     recipes = {k: v for k, v in RECIPES.items() if not args.recipes or k in args.recipes}
     rows: dict[str, dict[str, list[dict]]] = {s: {"student": [], **{r: [] for r in recipes}}
                                               for s in students}
+    done = previous_rows(args.workdir / "results.json") if args.resume else {}
     t0 = time.perf_counter()
     for n, vid in enumerate(ids, 1):
+        if all(done.get((s, r, vid)) for s in students for r in ["student", *recipes]):
+            for s in students:
+                for r in ["student", *recipes]:
+                    rows[s][r].append(done[(s, r, vid)])
+            log.info("%d/%d %s (kept from results.json)", n, len(ids), vid)
+            continue
         cases = prepare(root, vid, students, masker, args.cache or args.workdir / "cache")
         for sname, case in cases.items():
+            outputs: dict[int, tuple] = {}  # recipe object -> (output, seconds): decoded once
             own = case.prob > 0.5
             rows[sname]["student"].append({"volume": vid, **score(own, case.reference),
                                            "calibration": calibration(own, np.abs(2 * case.prob - 1),
                                                                       case.reference)})
             for rname, (recipe, mode, opts) in recipes.items():
-                t = time.perf_counter()
                 opts = dict(opts)
                 lcc = opts.pop("lcc", False)
+                decode_s = 0.0
                 if recipe is None:  # the student alone
+                    t = time.perf_counter()
                     label, conf = case.prob > 0.5, np.abs(2 * case.prob - 1)
                     idx = []
                 else:
-                    probs, idx, iou = recipe(case, decoder)
+                    if id(recipe) not in outputs:
+                        t = time.perf_counter()
+                        outputs[id(recipe)] = (recipe(case, decoder), time.perf_counter() - t)
+                    (probs, idx, iou), decode_s = outputs[id(recipe)]  # counted for every user
+                    t = time.perf_counter()
                     label, conf = fused_label(case, probs, idx, iou, mode, **opts)
                 if lcc:
                     label = largest_component(label)
                 rows[sname][rname].append({"volume": vid, **score(label, case.reference),
                                            "calibration": calibration(label, conf, case.reference),
                                            "slices": len(idx),
-                                           "decode_s": round(time.perf_counter() - t, 2)})
+                                           "decode_s": round(decode_s + time.perf_counter() - t, 2)})
         log.info("%d/%d %s (%.0f s)", n, len(ids), vid, time.perf_counter() - t0)
         write_results(args, ids[:n], rows)
     write_results(args, ids, rows, show=True)

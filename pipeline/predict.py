@@ -98,10 +98,47 @@ def collect_inputs(inputs: list[Path | str]) -> list[Path]:
     plain: list[Path] = []
     for source in map(Path, inputs):
         if source.is_dir() and _is_dicom_dir(source):
-            files.append(source)
+            from .ingest import dicom
+
+            series = dicom.series_volume_ids(source)  # several series: one input each
+            files += [source if uid is None else Path(f"{source}{_SERIES}{uid}")
+                      for _, uid in series]
         else:
             plain.append(source)
     return files + collect_sources(plain)
+
+
+_SERIES = "#series="
+"""Marks one series of a multi-series DICOM folder in an input path: ``FOLDER#series=UID``."""
+
+
+def _dicom_input(source: Path) -> tuple[Path, str | None] | None:
+    """``(folder, SeriesInstanceUID or None)`` of a DICOM input, None for a file."""
+    text = str(source)
+    if _SERIES in text:
+        folder, uid = text.rsplit(_SERIES, 1)
+        return Path(folder), uid
+    return (source, None) if source.is_dir() else None
+
+
+def _volume_id(source: Path) -> str:
+    """The output name of an input: ingest's volume id (a series: ``<folder>_s<number>``)."""
+    from .ingest import volume_id_for
+
+    found = _dicom_input(source)
+    if found is None:
+        return volume_id_for(source)
+    from .ingest import dicom
+
+    folder, uid = found
+    if uid is None:
+        return dicom.dicom_volume_id(folder)
+    ids = {u: vid for vid, u in dicom.series_volume_ids(folder)}
+    if uid not in ids:
+        from .ingest.validate import input_error
+
+        raise input_error(folder, f"no DICOM image series {uid} in the folder")
+    return ids[uid]
 
 
 def _is_dicom_dir(path: Path) -> bool:
@@ -114,14 +151,14 @@ def _is_dicom_dir(path: Path) -> bool:
 
 def _read(source: Path):
     """The `LoadedVolume` and volume id of one input."""
-    from .ingest import read_volume, volume_id_for
+    from .ingest import read_volume
 
-    if source.is_dir():
+    found = _dicom_input(source)
+    if found is not None:
         from .ingest import dicom
 
-        volume = dicom.read_dicom_series(source)
-        return volume, dicom.dicom_volume_id(source)
-    return read_volume(source), volume_id_for(source)
+        return dicom.read_dicom_series(*found), _volume_id(source)
+    return read_volume(source), _volume_id(source)
 
 
 def output_paths(out_dir: Path, volume_id: str) -> tuple[Path, Path]:
@@ -218,14 +255,7 @@ def predict_scan(student: Path, source: Path, out_dir: Path, options: PredictOpt
     source, out_dir = Path(source), Path(out_dir)
     node = os.uname().nodename
     try:
-        if source.is_dir():
-            from .ingest import dicom
-
-            volume_id = dicom.dicom_volume_id(source)
-        else:
-            from .ingest import volume_id_for
-
-            volume_id = volume_id_for(source)
+        volume_id = _volume_id(source)
     except SemisamError as exc:
         return PredictItem(source=str(source), status=PredictStatus.failed, reason=str(exc), node=node)
     label_path, prob_path = output_paths(out_dir, volume_id)

@@ -107,10 +107,15 @@ def load_student(path: Path, device: torch.device | str = "cpu") -> tuple[torch.
 
 
 def zscore(image: np.ndarray) -> np.ndarray:
-    """Per-volume z-score of an ``XxYxZ`` image (constant volumes become zeros)."""
+    """Per-volume z-score of an ``XxYxZ`` image (constant volumes become zeros), float32.
+
+    Mean and standard deviation are summed in float64 and the voxels divided before the mean
+    is taken off, so intensities near the float32 limit (a scaled export) give finite values
+    instead of an overflow to Inf/NaN."""
     image = image.astype(np.float32, copy=False)
-    std = float(image.std())
-    return (image - float(image.mean())) / (std if std > 0 else 1.0)
+    mean, std = float(image.mean(dtype=np.float64)), float(image.std(dtype=np.float64))
+    std = std if std > 0 and np.isfinite(std) else 1.0
+    return image / np.float32(std) - np.float32(mean / std)
 
 
 @torch.inference_mode()

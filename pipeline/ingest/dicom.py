@@ -234,13 +234,15 @@ def _series_id(folder: Path, s: DicomSeries, many: bool) -> str:
     return validate_volume_id(f"{base}_{tail}")
 
 
-def read_dicom_dir(path: Path) -> list[DicomVolume]:
+def read_dicom_dir(path: Path, only: str | None = None) -> list[DicomVolume]:
     """Every image series of a folder as a volume (id: the folder's name, ``_s<SeriesNumber>``
-    appended when the folder holds several series).
+    appended when the folder holds several series); with ``only`` (a SeriesInstanceUID), just
+    that series, with the id it has among the others.
 
     Raises:
-        InputError: no image series, or a series with missing/duplicated slices, mixed
-            orientations or sizes (one line naming the series and the files).
+        InputError: no image series (or no series ``only``), or a series with missing or
+            duplicated slices, mixed orientations or sizes (one line naming the series and the
+            files).
     """
     folder = Path(path)
     scanned, skipped = scan_dicom_dir(folder)
@@ -248,16 +250,21 @@ def read_dicom_dir(path: Path) -> list[DicomVolume]:
         detail = f" ({skipped[0]}{', ...' if len(skipped) > 1 else ''})" if skipped else ""
         raise input_error(folder, f"no DICOM image series in the folder{detail}")
     infos = list_series(folder)
-    if len(infos) > 1:
+    if len(infos) > 1 and only is None:
         log.info("%s: %d series (%s): one volume each", display_path(folder), len(infos),
                  "; ".join(f"{s.number} {s.description!r} {len(s.files)} slices" for s in infos))
+    many = len(infos) > 1
+    if only is not None:
+        infos = [info for info in infos if info.uid == only]
+        if not infos:
+            raise input_error(folder, f"no DICOM image series {only} in the folder")
     out = []
     for info in infos:
         image, affine, dtype = _stack(folder, info.uid, scanned[info.uid])
         image = check_image(image, folder)
         spacing = tuple(float(n) for n in np.linalg.norm(affine[:3, :3], axis=0))
         spacing, affine_list = check_geometry(spacing, affine, folder)
-        out.append(DicomVolume(volume_id=_series_id(folder, info, len(infos) > 1), series=info,
+        out.append(DicomVolume(volume_id=_series_id(folder, info, many), series=info,
                                image=image, spacing=spacing, affine=affine_list,
                                sha256=_series_sha(info.files), source_dtype=dtype))
     return out
@@ -268,16 +275,27 @@ def dicom_volume_id(path: Path) -> str:
     return validate_volume_id(Path(path).resolve().name)
 
 
-def read_dicom_series(path: Path):
-    """A single-series DICOM folder as a `readers.LoadedVolume` (what `read_volume` returns).
+def series_volume_ids(path: Path) -> list[tuple[str, str | None]]:
+    """``(volume id, SeriesInstanceUID)`` of each image series of a folder, from the headers;
+    one ``(folder name, None)`` when it holds a single series (or none: reading says why)."""
+    infos = list_series(Path(path))
+    if len(infos) <= 1:
+        return [(dicom_volume_id(path), None)]
+    return [(_series_id(Path(path), info, True), info.uid) for info in infos]
+
+
+def read_dicom_series(path: Path, uid: str | None = None):
+    """A single-series DICOM folder, or series ``uid`` of a folder, as a `readers.LoadedVolume`
+    (what `read_volume` returns).
 
     Raises:
-        InputError: see `read_dicom_dir`; also when the folder holds several series (it names
-            them: read them with `read_dicom_dir`, or give each series its own folder).
+        InputError: see `read_dicom_dir`; also when no ``uid`` is given and the folder holds
+            several series (it names them: read them with `read_dicom_dir`, or give each
+            series its own folder).
     """
     from .readers import LoadedVolume
 
-    volumes = read_dicom_dir(path)
+    volumes = read_dicom_dir(path, only=uid)
     if len(volumes) > 1:
         names = ", ".join(f"{v.series.uid} ({v.series.description or 'no description'}, "
                           f"{len(v.series.files)} slices)" for v in volumes)

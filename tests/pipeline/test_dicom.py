@@ -124,6 +124,26 @@ def test_multi_series_folder_gives_one_volume_per_series(tmp_path):
         dicom.read_dicom_series(folder)
 
 
+def test_predict_segments_each_series_of_a_multi_series_folder(tmp_path, trained_student):
+    """A study folder with two series: one output per series, named as ingest names them, each
+    on its own series' grid and affine; a rerun skips both."""
+    from semisam.pipeline.predict import predict
+
+    a, b = _phantom(4, (40, 40, 24)), _phantom(5, (32, 36, 20))
+    aff_a, aff_b = _oblique_ras_affine((0.8, 0.9, 2.0)), np.diag([1.2, 1.1, 3.0, 1.0])
+    folder = tmp_path / "study"
+    write_series(folder, a, aff_a, number=3, description="T1", names=lambda k: f"a{k:03d}.dcm")
+    write_series(folder, b, aff_b, number=5, description="T2", names=lambda k: f"b{k:03d}.dcm")
+    report = predict(trained_student, [folder], tmp_path / "out")
+    assert [i.status.value for i in report.items] == ["written", "written"], report.items
+    for name, image, affine in (("study_s3", a, aff_a), ("study_s5", b, aff_b)):
+        seg = nib.load(str(tmp_path / "out" / f"{name}.nii.gz"))
+        assert seg.shape == image.shape
+        np.testing.assert_allclose(seg.affine, affine, atol=1e-5)
+    again = predict(trained_student, [folder], tmp_path / "out")
+    assert [i.status.value for i in again.items] == ["skipped", "skipped"]
+
+
 def _one_line(exc: pytest.ExceptionInfo) -> str:
     msg = str(exc.value)
     assert "\n" not in msg

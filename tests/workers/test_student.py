@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from semisam.schemas import CheckpointError, StudentInferenceConfig
-from semisam.workers.student import build_student, load_student, predict_probability, save_student
+from semisam.workers.student import (
+    build_student,
+    load_student,
+    predict_probability,
+    save_student,
+    zscore,
+)
 from tests.conftest import TEST_SPEC
 
 
@@ -77,3 +83,27 @@ def test_not_a_student_checkpoint(tmp_path):
     torch.save({"a": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a semisam student checkpoint"):
         load_student(tmp_path / "other.pt")
+
+
+def test_zscore_matches_the_definition_on_ordinary_volumes():
+    image = np.random.default_rng(0).normal(300.0, 40.0, (12, 10, 8)).astype(np.float32)
+    expected = (image.astype(np.float64) - image.mean(dtype=np.float64)) / image.std(dtype=np.float64)
+    np.testing.assert_allclose(zscore(image), expected, atol=1e-5)
+    assert zscore(image).dtype == np.float32
+
+
+@pytest.mark.parametrize("scale", [3.0e38, -3.0e38, 1.0e30])
+def test_zscore_of_intensities_near_the_float32_limit_is_finite(scale):
+    """A scaled export can hold values near float32's limit: no overflow warning, no Inf/NaN,
+    and the z-score still separates the two intensity groups."""
+    image = np.zeros((8, 8, 8), np.float32)
+    image[2:5, 2:5, 2:5] = scale
+    with np.errstate(all="raise"):
+        z = zscore(image)
+    assert np.isfinite(z).all()
+    assert abs(float(z.mean())) < 1e-4 and abs(float(z.std()) - 1.0) < 1e-3
+    assert (z[2:5, 2:5, 2:5] > 0).all() == (scale > 0)
+
+
+def test_zscore_of_a_constant_volume_is_zero():
+    np.testing.assert_array_equal(zscore(np.full((4, 4, 4), 7.0, np.float32)), 0.0)
