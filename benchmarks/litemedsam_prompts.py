@@ -259,7 +259,8 @@ def r_propagate(margin: int = 5, step_margin: int = 3, within: bool = False,
 # ---- fusion -----------------------------------------------------------------------------------
 
 def fused_label(case: Case, probs: np.ndarray, idx: list[int], iou: np.ndarray, mode: str,
-                gate: float = 0.0, weight: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+                gate: float = 0.0, weight: float = 0.5, guard: float = 0.0
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Pseudo-label (bool) and confidence (float in [0, 1]) of one recipe's masker output.
 
     Modes: ``masker`` (masker on prompted slices, student elsewhere), ``average`` (weighted
@@ -285,6 +286,8 @@ def fused_label(case: Case, probs: np.ndarray, idx: list[int], iou: np.ndarray, 
         cfg = FusionConfig(mode=FusionMode.average, masker_weight=1.0)
     else:
         cfg = FusionConfig(mode=FusionMode.average, masker_weight=weight)
+    if guard:  # the product's fallback (the guard reads the largest component, so fuse keeps it)
+        cfg = cfg.model_copy(update={"min_student_agreement": guard, "largest_component": True})
     result = fuse(case.prob, probs_k, idx_k, cfg, AXIS)
     return result.pseudo_label > 0, confidence_from_uint8(result.confidence)
 
@@ -355,6 +358,8 @@ RECIPES: dict[str, tuple[Recipe, str, dict]] = {
     "propagate-within": (shared(r_propagate, within=True), "masker", {}),
     "prop-agree-avg": (shared(r_propagate, within=True, agree_start=True), "average", {}),
     "prop-agree-avg-lcc": (shared(r_propagate, within=True, agree_start=True), "average", {"lcc": True}),
+    "prop-agree-avg-lcc-guard0.4": (shared(r_propagate, within=True, agree_start=True), "average",
+                                    {"lcc": True, "guard": 0.4}),
     "prop-agree-stop-avg-lcc": (shared(r_propagate, within=True, agree_start=True, min_agreement=0.3),
                                 "average", {"lcc": True}),
     "propagate-within-avg": (shared(r_propagate, within=True), "average", {}),
@@ -443,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
                 for r in ["student", *recipes]:
                     rows[s][r].append(done[(s, r, vid)])
             log.info("%d/%d %s (kept from results.json)", n, len(ids), vid)
-            continue
+            continue  # nothing new: the volume is not even read
         cases = prepare(root, vid, students, masker, args.cache or args.workdir / "cache")
         for sname, case in cases.items():
             outputs: dict[int, tuple] = {}  # recipe object -> (output, seconds): decoded once
@@ -452,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
                                            "calibration": calibration(own, np.abs(2 * case.prob - 1),
                                                                       case.reference)})
             for rname, (recipe, mode, opts) in recipes.items():
+                if (sname, rname, vid) in done:
+                    rows[sname][rname].append(done[(sname, rname, vid)])
+                    continue
                 opts = dict(opts)
                 lcc = opts.pop("lcc", False)
                 decode_s = 0.0

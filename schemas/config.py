@@ -243,6 +243,11 @@ class FusionConfig(StrictModel):
         0.5, ge=0, le=1, description="mode 'average': weight of the masker's probability (the "
         "student's is 1 - weight)",
     )
+    min_student_agreement: float = Field(
+        0.0, ge=0, le=1, description="a fused pseudo-label whose Dice with the student's own "
+        "largest component is below this is rejected for the student's answer (the masker "
+        "followed another structure); 0 = never",
+    )
 
 
 class StudentInferenceConfig(StrictModel):
@@ -302,9 +307,12 @@ class RuntimeConfig(StrictModel):
 MASKER_DEFAULTS: dict[MaskerKind, dict[str, dict[str, object]]] = {
     # LiteMedSAM was trained with box prompts only: points make its masks worse; boxes
     # propagated from the student's largest slice and the average with the student beat the
-    # student's own mask on LA (docs/benchmarks.md); a config that sets a field keeps its value
+    # student's own mask on LA; a fused label that lost the student's structure (Dice < 0.4
+    # with it) falls back to the student (docs/benchmarks.md); a config that sets a field
+    # keeps its value
     MaskerKind.litemedsam: {"prompts": {"positive_points": 0, "propagate": True},
-                            "fusion": {"mode": FusionMode.average, "largest_component": True}},
+                            "fusion": {"mode": FusionMode.average, "largest_component": True,
+                                       "min_student_agreement": 0.4}},
 }
 """Per-masker defaults: a field listed here that a config leaves unset takes the masker's value
 (the round's stored config then holds it explicitly)."""

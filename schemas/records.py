@@ -56,6 +56,14 @@ class VolumeStats(StrictModel):
         None, description="mean of the masker's own per-slice quality score over prompted "
         "slices (SAM-family: the decoder's predicted IoU); None without one",
     )
+    fused_student_dice: float | None = Field(
+        None, description="Dice of the fused pseudo-label with the student's largest component "
+        "(None if no slice was prompted)",
+    )
+    masker_rejected: bool = Field(
+        False, description="the fused label agreed with the student less than "
+        "fusion.min_student_agreement: the student's answer was stored instead",
+    )
 
 
 class VolumeRecord(StrictModel):

@@ -14,7 +14,11 @@ Pseudo-label (uint8 {0, 1}), by `FusionMode`, on prompted slices:
 
 and ``p_s > T`` on every other slice. With `FusionConfig.largest_component` (the default of
 LiteMedSAM rounds) only the largest 26-connected component of that label is kept, and the
-voxels it removes get confidence 0.
+voxels it removes get confidence 0. With `FusionConfig.min_student_agreement` (LiteMedSAM rounds:
+0.4) a fused label whose Dice with the student's largest component is below it is replaced by
+the student's answer, ``p_s > T`` with its confidence, everywhere: the masker's propagation has
+followed another structure (measured on LA, docs/benchmarks.md); the record says so
+(`VolumeStats.masker_rejected`).
 
 Multi-planar rounds (`PromptConfig.extra_axes`) give the masker's answer along several slice axes
 (`MaskerView`); ``p_m`` of a voxel is then the mean over the views whose prompted slices contain
@@ -125,6 +129,18 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     return labels == int(np.argmax(sizes))
+
+
+def _keep_largest(label: np.ndarray, confidence: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The largest component of ``label``; the voxels it removes get confidence 0."""
+    keep = _largest_component(label)
+    np.copyto(confidence, 0.0, where=label & ~keep)
+    return keep, confidence
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
+    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(a & b)) / total
 
 
 def gate_view(view: MaskerView, scores: np.ndarray | None, min_score: float) -> MaskerView:
@@ -290,12 +306,21 @@ def fuse(
         np.copyto(label, prompted_label, where=covered)
         np.copyto(confidence, prompted_confidence, where=covered)
     if config.largest_component:
-        keep = _largest_component(label)
-        np.copyto(confidence, 0.0, where=label & ~keep)
-        label = keep
+        label, confidence = _keep_largest(label, confidence)
+    agreement, rejected = None, False
+    if covered.any():
+        agreement = _dice(label, _largest_component(student > STUDENT_THRESHOLD))
+        if agreement < config.min_student_agreement:  # the masker left the student's structure
+            rejected = True
+            label, confidence = student > STUDENT_THRESHOLD, margin(student, STUDENT_THRESHOLD)
+            if config.largest_component:
+                label, confidence = _keep_largest(label, confidence)
+            logger.info("fused label agrees with the student's structure at Dice %.3f < %.3f: "
+                        "the student's answer is kept", agreement, config.min_student_agreement)
     pseudo_label = label.view(np.uint8)  # bool is one byte, 0 or 1
     stats = volume_stats(pseudo_label, confidence, student, masker, indices, config, slice_axis, extra,
                          combined=(m, covered))
+    stats.fused_student_dice, stats.masker_rejected = agreement, rejected
     if all_scores:
         stats.masker_score = float(np.mean(np.concatenate(all_scores), dtype=np.float64))
     logger.debug("fused %d prompted slices: %s", len(indices), stats)

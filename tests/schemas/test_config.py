@@ -5,6 +5,7 @@ import pytest
 
 from semisam.schemas import (
     ConfigError,
+    FusionMode,
     InputError,
     RoundConfig,
     SamConfig,
@@ -98,3 +99,32 @@ def test_gpu_recipe_in_the_throughput_guide_is_a_valid_round_config():
     assert (cfg.masker.sam.dtype, cfg.masker.sam.batch_size, cfg.masker.sam.compile) == \
         ("bfloat16", 32, True)
     assert cfg.runtime.workers * cfg.runtime.gpus_per_worker == 1.0
+
+
+def test_litemedsam_rounds_get_the_masker_defaults_where_the_config_is_silent():
+    from semisam.schemas import MaskerKind, RoundConfig
+
+    cfg = RoundConfig()
+    assert cfg.masker.kind == MaskerKind.litemedsam
+    assert cfg.prompts.positive_points == 0 and cfg.prompts.propagate
+    assert cfg.fusion.mode == FusionMode.average and cfg.fusion.largest_component
+    assert cfg.fusion.min_student_agreement == 0.4
+    kept = RoundConfig.model_validate({"prompts": {"positive_points": 2},
+                                       "fusion": {"min_student_agreement": 0.0}})
+    assert kept.prompts.positive_points == 2 and kept.fusion.min_student_agreement == 0.0
+    walker = RoundConfig.model_validate({"masker": {"kind": "random_walker"}})
+    assert walker.prompts.positive_points == 1 and not walker.prompts.propagate
+    assert walker.fusion.mode == FusionMode.masker_on_prompted
+    assert walker.fusion.min_student_agreement == 0.0
+
+
+def test_masker_option_on_a_default_config_gives_that_maskers_defaults():
+    """`run-round --masker random_walker` without a config: the random walker's defaults, the
+    same round (fingerprint) as a config file that names the masker."""
+    from semisam.pipeline.commands.round import round_config
+    from semisam.schemas import RoundConfig
+
+    by_option = round_config(None, {"masker.kind": "random_walker"})
+    by_file = RoundConfig.model_validate({"masker": {"kind": "random_walker"}})
+    assert by_option.fingerprint_payload() == by_file.fingerprint_payload()
+    assert round_config(None, {}).fingerprint_payload() == RoundConfig().fingerprint_payload()

@@ -257,3 +257,36 @@ def test_largest_component_keeps_one_blob_and_zeroes_removed_confidence():
     assert kept.pseudo_label[3, 3, 2] == 1 and kept.confidence[9, 9, 2] == 0
     assert kept.confidence[3, 3, 2] == plain.confidence[3, 3, 2] > 0
     assert kept.stats.foreground_voxels == 5 * 5 * 4
+
+
+def _two_structures():
+    """A student that sees structure A; a masker whose prompted slices hold structure B only."""
+    student = np.zeros((16, 16, 6), np.float32)
+    student[1:7, 1:7, 1:5] = 0.9
+    masker = np.zeros((4, 16, 16), np.float32)
+    masker[:, 9:15, 9:15] = 0.95  # slices 1..4 along axis 2, as (N, H, W)
+    return student, masker, [1, 2, 3, 4]
+
+
+def test_a_fused_label_that_left_the_students_structure_falls_back_to_the_student():
+    student, masker, prompted = _two_structures()
+    cfg = FusionConfig(mode=FusionMode.masker_on_prompted, largest_component=True)
+    followed = fuse(student, masker, prompted, cfg, 2)
+    assert followed.pseudo_label[12, 12, 2] == 1 and followed.pseudo_label[3, 3, 2] == 0
+    assert followed.stats.fused_student_dice == 0.0 and not followed.stats.masker_rejected
+    guarded = fuse(student, masker, prompted, cfg.model_copy(update={"min_student_agreement": 0.4}), 2)
+    alone = fuse(student, None, [], FusionConfig(largest_component=True), 2)
+    np.testing.assert_array_equal(guarded.pseudo_label, alone.pseudo_label)
+    np.testing.assert_array_equal(guarded.confidence, alone.confidence)
+    assert guarded.stats.masker_rejected and guarded.stats.fused_student_dice == 0.0
+
+
+def test_a_masker_that_agrees_with_the_student_is_kept_by_the_guard():
+    student, masker, prompted = _two_structures()
+    masker[:] = 0.0
+    masker[:, 1:7, 2:7] = 0.95  # the student's structure, one column narrower
+    cfg = FusionConfig(mode=FusionMode.masker_on_prompted, largest_component=True,
+                       min_student_agreement=0.4)
+    fused = fuse(student, masker, prompted, cfg, 2)
+    assert not fused.stats.masker_rejected and fused.stats.fused_student_dice > 0.9
+    assert fused.pseudo_label[1, 3, 2] == 1 and fused.pseudo_label[3, 1, 2] == 0
