@@ -98,6 +98,11 @@ def round_summary(summary, as_json: bool) -> None:
                      _fmt(v.student_sam_dice), _fmt(v.seconds, 2), v.error or ""))
     print_table(title, ("volume", "status", "node", "prompted/slices", "fg frac", "mean conf",
                         "student-vs-masker Dice", "s", "error"), rows, fold=True)
+    rejected = [v.volume_id for v in summary.volumes if v.masker_rejected]
+    if rejected:
+        print_line(f"{len(rejected)} volume(s) kept the student's answer, the masker's label having "
+                   f"lost the student's structure (fusion.min_student_agreement): "
+                   f"{', '.join(rejected)}")
     if summary.per_node:
         print_line("per node: " + ", ".join(f"{n}: {c}" for n, c in sorted(summary.per_node.items())))
 

@@ -24,6 +24,8 @@ class VolumeRow(StrictModel):
     foreground_fraction: float | None = None
     mean_confidence: float | None = None
     student_sam_dice: float | None = None
+    masker_rejected: bool = Field(False, description="the student's answer was kept (fusion."
+                                  "min_student_agreement)")
     seconds: float | None = None
 
 
@@ -52,7 +54,7 @@ def volume_row(root: zarr.Group, round_index: int, volume_id: str) -> VolumeRow:
         s = record.stats
         row.slices_prompted, row.slices_total = s.slices_prompted, s.slices_total
         row.foreground_fraction, row.mean_confidence = s.foreground_fraction, s.mean_confidence
-        row.student_sam_dice = s.student_sam_dice
+        row.student_sam_dice, row.masker_rejected = s.student_sam_dice, s.masker_rejected
     return row
 
 

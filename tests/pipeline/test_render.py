@@ -68,3 +68,15 @@ def _repo():
     from pathlib import Path
 
     return Path(__file__).resolve().parents[2]
+
+
+def test_volumes_that_kept_the_students_answer_are_named(capsys, monkeypatch):
+    monkeypatch.delenv("SEMISAM_TABLES", raising=False)
+    summary = _summary()
+    summary.volumes[1].masker_rejected = True
+    render.round_summary(summary, as_json=False)
+    lines = capsys.readouterr().out.splitlines()
+    kept = [ln for ln in lines if "kept the student's answer" in ln]
+    assert len(kept) == 1 and kept[0].startswith("1 volume(s)") and kept[0].endswith(": la_001")
+    render.round_summary(_summary(), as_json=False)
+    assert "kept the student's answer" not in capsys.readouterr().out
