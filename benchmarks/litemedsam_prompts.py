@@ -359,7 +359,7 @@ RECIPES: dict[str, tuple[Recipe, str, dict]] = {
     "prop-agree-avg": (shared(r_propagate, within=True, agree_start=True), "average", {}),
     "prop-agree-avg-lcc": (shared(r_propagate, within=True, agree_start=True), "average", {"lcc": True}),
     "prop-agree-avg-lcc-guard0.4": (shared(r_propagate, within=True, agree_start=True), "average",
-                                    {"lcc": True, "guard": 0.4}),
+                                    {"guard": 0.4}),  # the guard has fuse keep the largest component
     "prop-agree-stop-avg-lcc": (shared(r_propagate, within=True, agree_start=True, min_agreement=0.3),
                                 "average", {"lcc": True}),
     "propagate-within-avg": (shared(r_propagate, within=True), "average", {}),

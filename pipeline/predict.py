@@ -150,15 +150,15 @@ def _is_dicom_dir(path: Path) -> bool:
 
 
 def _read(source: Path):
-    """The `LoadedVolume` and volume id of one input."""
+    """The `LoadedVolume` of one input (a file, a DICOM folder or one series of one)."""
     from .ingest import read_volume
 
     found = _dicom_input(source)
     if found is not None:
         from .ingest import dicom
 
-        return dicom.read_dicom_series(*found), _volume_id(source)
-    return read_volume(source), _volume_id(source)
+        return dicom.read_dicom_series(*found)
+    return read_volume(source)
 
 
 def output_paths(out_dir: Path, volume_id: str) -> tuple[Path, Path]:
@@ -266,7 +266,7 @@ def predict_scan(student: Path, source: Path, out_dir: Path, options: PredictOpt
         item.reason = "finished outputs with the same student and options"
         return item
     try:
-        volume, _ = _read(source)
+        volume = _read(source)
         model, spec = _student(student, device)
         cfg = StudentInferenceConfig(flip_axes=options.flip_axes, overlap=options.overlap,
                                      sw_batch_size=options.sw_batch_size)

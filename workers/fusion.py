@@ -51,6 +51,8 @@ from scipy import ndimage
 
 from semisam.schemas import CONFIDENCE_SCALE, FusionConfig, FusionMode, VolumeStats
 
+from .overlap import dice
+
 __all__ = [
     "STUDENT_THRESHOLD",
     "FusionResult",
@@ -129,18 +131,6 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     return labels == int(np.argmax(sizes))
-
-
-def _keep_largest(label: np.ndarray, confidence: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The largest component of ``label``; the voxels it removes get confidence 0."""
-    keep = _largest_component(label)
-    np.copyto(confidence, 0.0, where=label & ~keep)
-    return keep, confidence
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
-    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(a & b)) / total
 
 
 def gate_view(view: MaskerView, scores: np.ndarray | None, min_score: float) -> MaskerView:
@@ -306,15 +296,21 @@ def fuse(
         np.copyto(label, prompted_label, where=covered)
         np.copyto(confidence, prompted_confidence, where=covered)
     if config.largest_component:
-        label, confidence = _keep_largest(label, confidence)
+        keep = _largest_component(label)
+        np.copyto(confidence, 0.0, where=label & ~keep)
+        label = keep
     agreement, rejected = None, False
     if covered.any():
-        agreement = _dice(label, _largest_component(student > STUDENT_THRESHOLD))
+        student_fg = student > STUDENT_THRESHOLD
+        structure = _largest_component(student_fg)
+        agreement = dice(label, structure)
         if agreement < config.min_student_agreement:  # the masker left the student's structure
             rejected = True
-            label, confidence = student > STUDENT_THRESHOLD, margin(student, STUDENT_THRESHOLD)
+            confidence = margin(student, STUDENT_THRESHOLD)
+            label = student_fg
             if config.largest_component:
-                label, confidence = _keep_largest(label, confidence)
+                np.copyto(confidence, 0.0, where=student_fg & ~structure)
+                label = structure
             logger.info("fused label agrees with the student's structure at Dice %.3f < %.3f: "
                         "the student's answer is kept", agreement, config.min_student_agreement)
     pseudo_label = label.view(np.uint8)  # bool is one byte, 0 or 1
@@ -362,15 +358,14 @@ def volume_stats(
     mean_confidence = float(np.mean(confidence, dtype=np.float64)) if np.size(confidence) else 0.0
     views = [MaskerView(slice_axis, indices, masker_prob)] if indices and masker_prob is not None else []
     views += [v for v in extra_views if len(v.indices)]
-    dice = None
+    agreement = None
     if views:
         m, covered = combined if combined is not None else masker_volume(np.shape(pseudo_label), views)
         student_fg = np.asarray(student_prob) > STUDENT_THRESHOLD
         student_fg &= covered
         masker_fg = m > config.masker_threshold
         masker_fg &= covered
-        total = np.count_nonzero(student_fg) + np.count_nonzero(masker_fg)
-        dice = 1.0 if total == 0 else 2.0 * np.count_nonzero(student_fg & masker_fg) / total
+        agreement = dice(student_fg, masker_fg)
     axes = [slice_axis, *(v.axis for v in extra_views)]
     return VolumeStats(
         slices_total=sum(int(np.shape(pseudo_label)[a]) for a in axes),
@@ -378,5 +373,5 @@ def volume_stats(
         foreground_voxels=foreground,
         foreground_fraction=foreground / max(int(np.size(pseudo_label)), 1),
         mean_confidence=mean_confidence,
-        student_sam_dice=dice,
+        student_sam_dice=agreement,
     )

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .maskers.base import MaskerSession, SlicePrompt
+from .overlap import dice
 
 __all__ = ["choose_start", "clip_box", "mask_box", "propagate"]
 
@@ -44,11 +45,6 @@ def clip_box(box: np.ndarray, bound: np.ndarray) -> np.ndarray | None:
     return np.array([x0, y0, x1, y1], np.float32)
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
-
-
 def choose_start(session: MaskerSession, prompts: Sequence[SlicePrompt], student: np.ndarray,
                  min_area_fraction: float = 0.5, threshold: float = 0.5) -> int:
     """The stack position to start from: among the slices whose student area is at least
@@ -61,7 +57,7 @@ def choose_start(session: MaskerSession, prompts: Sequence[SlicePrompt], student
     areas = student.reshape(len(student), -1).sum(axis=1)
     eligible = np.flatnonzero(areas >= min_area_fraction * areas.max())
     probs, _ = session.mask(eligible.tolist(), [prompts[i] for i in eligible])
-    agreement = [_dice(p > threshold, student[i]) for p, i in zip(probs, eligible)]
+    agreement = [dice(p > threshold, student[i]) for p, i in zip(probs, eligible)]
     return int(eligible[int(np.argmax(agreement))])
 
 
@@ -112,7 +108,7 @@ def propagate(session: MaskerSession, prompts: Sequence[SlicePrompt], areas: Seq
                 break
             p, s = session.mask([pos], [SlicePrompt(z, box)])
             if min_agreement > 0 and student is not None and \
-                    _dice(p[0] > threshold, student[pos]) < min_agreement:
+                    dice(p[0] > threshold, student[pos]) < min_agreement:
                 break
             out[pos] = (p[0], None if s is None else float(s[0]))
             prev, z = p[0], z + step
