@@ -109,5 +109,6 @@ def test_remove_a_worker_node_mid_round(tmp_path, trained_student):
     removed = report["removed_node"][:8]
     late = [r for r in recs if r.attempt > 1]
     assert all(removed not in (r.node or "") for r in late), [r.node for r in late]
-    assert len({r.node for r in recs}) >= 2
+    # How the remaining volumes spread over the two surviving nodes depends on how fast their
+    # actors start on a loaded machine (CI once saw one node take all 12), so it is not asserted.
     assert verify_round(root, str(store), 1).ok
