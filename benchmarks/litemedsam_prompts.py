@@ -49,6 +49,7 @@ from semisam.workers.intensity import window_volume
 from semisam.workers.localization import foreground_mask, slice_prompts
 from semisam.workers.maskers import MaskerSession, SlicePrompt
 from semisam.workers.maskers.litemedsam import LiteMedSamMasker
+from semisam.workers.overlap import dice as mask_dice
 from semisam.workers.propagation import choose_start, mask_box, propagate
 from semisam.workers.student import load_student, predict_probability
 
@@ -256,6 +257,68 @@ def r_propagate(margin: int = 5, step_margin: int = 3, within: bool = False,
     return run
 
 
+def agreement_starts(session: MaskerSession, prompts: list[SlicePrompt], student: np.ndarray,
+                     count: int, spacing: int) -> list[int]:
+    """Up to ``count`` stack positions, best agreement first (as `choose_start` ranks them),
+    each at least ``spacing`` slices from the ones before it."""
+    areas = student.reshape(len(student), -1).sum(axis=1)
+    eligible = np.flatnonzero(areas >= 0.5 * areas.max())
+    probs, _ = session.mask(eligible.tolist(), [prompts[i] for i in eligible])
+    agreement = np.array([mask_dice(p > 0.5, student[i]) for p, i in zip(probs, eligible)])
+    picked: list[int] = []
+    for pos in eligible[np.argsort(-agreement, kind="stable")]:
+        if all(abs(prompts[pos].index - prompts[q].index) >= spacing for q in picked):
+            picked.append(int(pos))
+        if len(picked) == count:
+            break
+    return picked
+
+
+def r_chains(count: int = 3, spacing: int = 10, margin: int = 5, step_margin: int = 3) -> Recipe:
+    """Several propagation chains (within the student's boxes) from the ``count`` best-agreeing
+    starts ``spacing`` slices apart; per slice the mean of the chains' probabilities, a chain
+    that did not reach the slice counting 0 (a soft vote)."""
+    def run(case, dec):
+        prompts = student_prompts(case, margin)
+        if not prompts:
+            return r_box(margin)(case, dec)
+        mask = foreground_mask(case.prob, PromptConfig())
+        session = CachedSession(case, dec, prompts)
+        student = np.moveaxis(mask, AXIS, 0)[[p.index for p in prompts]]
+        areas = student.reshape(len(student), -1).sum(axis=1)
+        starts = agreement_starts(session, prompts, student, count, spacing)
+        total: dict[int, np.ndarray] = {}
+        for start in starts:
+            positions, probs, _ = propagate(session, prompts, areas, step_margin,
+                                            within_student=True, start=start)
+            for pos, p in zip(positions, probs):
+                total[pos] = total.get(pos, 0) + p
+        keys = sorted(total)
+        return (np.stack([total[k] / len(starts) for k in keys]), [prompts[k].index for k in keys],
+                None)
+    return run
+
+
+def r_gt_start(margin: int = 5, step_margin: int = 3, within: bool = True) -> Recipe:
+    """Diagnostic (reads labels): propagation as the default's, started on the prompted slice
+    where the reference is largest with the reference's box there; ``within`` clips later boxes
+    to the student's. How much of the gap is the start, how much the chain."""
+    def run(case, dec):
+        prompts = student_prompts(case, margin)
+        ref = np.moveaxis(case.reference, AXIS, 0)
+        ref_areas = np.array([ref[p.index].sum() for p in prompts])
+        if not prompts or not ref_areas.any():
+            return r_box(margin)(case, dec)
+        start = int(np.argmax(ref_areas))
+        prompts[start] = SlicePrompt(prompts[start].index, mask_box(ref[prompts[start].index], margin))
+        session = CachedSession(case, dec, prompts)
+        areas = np.ones(len(prompts))
+        positions, probs, iou = propagate(session, prompts, areas, step_margin,
+                                          within_student=within, start=start)
+        return probs, [prompts[i].index for i in positions], iou
+    return run
+
+
 # ---- fusion -----------------------------------------------------------------------------------
 
 def fused_label(case: Case, probs: np.ndarray, idx: list[int], iou: np.ndarray, mode: str,
@@ -364,6 +427,10 @@ RECIPES: dict[str, tuple[Recipe, str, dict]] = {
                                 "average", {"lcc": True}),
     "propagate-within-avg": (shared(r_propagate, within=True), "average", {}),
     "propagate-within-avg-lcc": (shared(r_propagate, within=True), "average", {"lcc": True}),
+    "chains3-avg-guard0.4": (shared(r_chains, 3), "average", {"guard": 0.4}),
+    "gt-start-avg-guard0.4 (diagnostic: reads labels)": (shared(r_gt_start), "average", {"guard": 0.4}),
+    "gt-start-free-avg-guard0.4 (diagnostic: reads labels)": (shared(r_gt_start, within=False),
+                                                             "average", {"guard": 0.4}),
     "gt-box (diagnostic: reads labels)": (shared(r_gt_box, 5), "masker-only", {}),
 }
 
