@@ -49,8 +49,13 @@ from semisam.workers.intensity import window_volume
 from semisam.workers.localization import foreground_mask, slice_prompts
 from semisam.workers.maskers import MaskerSession, SlicePrompt
 from semisam.workers.maskers.litemedsam import LiteMedSamMasker
-from semisam.workers.overlap import dice as mask_dice
-from semisam.workers.propagation import choose_start, mask_box, propagate
+from semisam.workers.propagation import (
+    choose_start,
+    choose_starts,
+    mask_box,
+    propagate,
+    propagate_chains,
+)
 from semisam.workers.student import load_student, predict_probability
 
 log = logging.getLogger("benchmarks.litemedsam_prompts")
@@ -257,23 +262,6 @@ def r_propagate(margin: int = 5, step_margin: int = 3, within: bool = False,
     return run
 
 
-def agreement_starts(session: MaskerSession, prompts: list[SlicePrompt], student: np.ndarray,
-                     count: int, spacing: int) -> list[int]:
-    """Up to ``count`` stack positions, best agreement first (as `choose_start` ranks them),
-    each at least ``spacing`` slices from the ones before it."""
-    areas = student.reshape(len(student), -1).sum(axis=1)
-    eligible = np.flatnonzero(areas >= 0.5 * areas.max())
-    probs, _ = session.mask(eligible.tolist(), [prompts[i] for i in eligible])
-    agreement = np.array([mask_dice(p > 0.5, student[i]) for p, i in zip(probs, eligible)])
-    picked: list[int] = []
-    for pos in eligible[np.argsort(-agreement, kind="stable")]:
-        if all(abs(prompts[pos].index - prompts[q].index) >= spacing for q in picked):
-            picked.append(int(pos))
-        if len(picked) == count:
-            break
-    return picked
-
-
 def r_chains(count: int = 3, spacing: int = 10, margin: int = 5, step_margin: int = 3) -> Recipe:
     """Several propagation chains (within the student's boxes) from the ``count`` best-agreeing
     starts ``spacing`` slices apart; per slice the mean of the chains' probabilities, a chain
@@ -286,16 +274,9 @@ def r_chains(count: int = 3, spacing: int = 10, margin: int = 5, step_margin: in
         session = CachedSession(case, dec, prompts)
         student = np.moveaxis(mask, AXIS, 0)[[p.index for p in prompts]]
         areas = student.reshape(len(student), -1).sum(axis=1)
-        starts = agreement_starts(session, prompts, student, count, spacing)
-        total: dict[int, np.ndarray] = {}
-        for start in starts:
-            positions, probs, _ = propagate(session, prompts, areas, step_margin,
-                                            within_student=True, start=start)
-            for pos, p in zip(positions, probs):
-                total[pos] = total.get(pos, 0) + p
-        keys = sorted(total)
-        return (np.stack([total[k] / len(starts) for k in keys]), [prompts[k].index for k in keys],
-                None)
+        starts = choose_starts(session, prompts, student, count, spacing)
+        positions, probs, iou = propagate_chains(session, prompts, areas, step_margin, starts)
+        return probs, [prompts[k].index for k in positions], iou
     return run
 
 

@@ -98,6 +98,13 @@ class PromptConfig(StrictModel):
         "least half the student's largest area, the one where the masker (prompted with the "
         "student's box) agrees best with the student; 'largest' = the student's largest slice",
     )
+    propagate_chains: int = Field(
+        1, ge=1, le=8, description="propagation chains from that many starts (the best "
+        "'agreement' slices, propagate_chain_spacing apart); per slice the mean of the chains' "
+        "masker probabilities, a chain that did not reach it counting 0 (a soft vote)",
+    )
+    propagate_chain_spacing: int = Field(
+        10, ge=1, description="least distance in slices between two chains' starts")
     propagate_within_student: bool = Field(
         True, description="clip each propagated box to the student's box of that slice (the "
         "masker can trim the student's box, not drift beyond it)",
@@ -306,11 +313,12 @@ class RuntimeConfig(StrictModel):
 
 MASKER_DEFAULTS: dict[MaskerKind, dict[str, dict[str, object]]] = {
     # LiteMedSAM was trained with box prompts only: points make its masks worse; boxes
-    # propagated from the student's largest slice and the average with the student beat the
-    # student's own mask on LA; a fused label that lost the student's structure (Dice < 0.4
+    # propagated from the student's best-agreeing slices (3 chains, a soft vote) and the
+    # average with the student beat the student's own mask on LA; a fused label that lost the student's structure (Dice < 0.4
     # with it) falls back to the student (docs/benchmarks.md); a config that sets a field
     # keeps its value
-    MaskerKind.litemedsam: {"prompts": {"positive_points": 0, "propagate": True},
+    MaskerKind.litemedsam: {"prompts": {"positive_points": 0, "propagate": True,
+                                        "propagate_chains": 3},
                             "fusion": {"mode": FusionMode.average, "largest_component": True,
                                        "min_student_agreement": 0.4}},
 }

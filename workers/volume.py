@@ -31,7 +31,7 @@ from .fusion import MaskerView, fuse
 from .intensity import window_volume
 from .localization import foreground_mask, slice_prompts, stack_slices
 from .maskers import Masker, SlicePrompt, build_masker
-from .propagation import choose_start, propagate
+from .propagation import choose_starts, propagate_chains
 from .student import load_student, predict_probability
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,8 @@ class VolumeProcessor:
                    axis: int) -> tuple[list[int], np.ndarray, np.ndarray | None]:
         """The masker on one axis's prompted slices: all of them with the student's boxes, or
         (``prompts.propagate``) the ones reached by box propagation from the student's largest
-        slice. Returns the slice indices masked, their probabilities and scores."""
+        slice or, with ``propagate_start`` 'agreement', from ``propagate_chains`` starts where
+        masker and student agree best (the chains' soft vote). Returns the slice indices masked, their probabilities and scores."""
         cfg = self.config.prompts
         if not cfg.propagate:
             probs, score = self.masker.mask_slices_scored(slices, prompts)
@@ -140,11 +141,14 @@ class VolumeProcessor:
         student = stack_slices(mask, [p.index for p in prompts], axis)
         areas = student.reshape(len(prompts), -1).sum(axis=1)
         session = self.masker.session(slices)
-        start = choose_start(session, prompts, student) \
-            if cfg.propagate_start == "agreement" else None
-        positions, probs, score = propagate(session, prompts, areas, cfg.propagate_margin,
-                                            within_student=cfg.propagate_within_student,
-                                            start=start)
+        if cfg.propagate_start == "agreement":
+            starts = choose_starts(session, prompts, student, cfg.propagate_chains,
+                                   cfg.propagate_chain_spacing)
+        else:
+            starts = [int(np.argmax(areas))]
+        positions, probs, score = propagate_chains(session, prompts, areas, cfg.propagate_margin,
+                                                   starts,
+                                                   within_student=cfg.propagate_within_student)
         return [prompts[i].index for i in positions], probs, score
 
     def _run(self, volume_id: str, attempt: int) -> VolumeRecord:

@@ -95,3 +95,41 @@ def test_start_is_where_masker_and_student_agree_not_the_largest_slice():
     session = MaskerSession(RandomWalkerMasker(RandomWalkerConfig()), slices)
     assert int(np.argmax(student.reshape(3, -1).sum(axis=1))) == 0
     assert choose_start(session, prompts, student) == 1
+
+
+def test_starts_are_ranked_by_agreement_and_kept_apart():
+    from semisam.workers.propagation import choose_starts
+
+    slices = _stack(6, lambda z: 10)
+    yy, xx = np.mgrid[0:48, 0:48]
+    disk = (yy - 24) ** 2 + (xx - 24) ** 2 <= 100
+    off = np.zeros((48, 48), bool)
+    off[10:40, 2:20] = True  # beside the structure: the masker disagrees there
+    student = np.stack([disk, disk, off, disk, off, disk])
+    prompts = [SlicePrompt(z * 4, np.array([4, 4, 44, 44], np.float32)) for z in range(6)]
+    session = MaskerSession(RandomWalkerMasker(RandomWalkerConfig()), slices)
+    starts = choose_starts(session, prompts, student, count=3, spacing=6)
+    assert len(starts) == 3 and not {2, 4} & set(starts)  # the agreeing slices only
+    idx = sorted(prompts[s].index for s in starts)
+    assert all(b - a >= 6 for a, b in zip(idx, idx[1:]))
+    assert choose_starts(session, prompts, student, count=6, spacing=100) == starts[:1]
+
+
+def test_chains_vote_each_missing_chain_counts_zero():
+    from semisam.workers.propagation import propagate_chains
+
+    radii = [0, 0, 8, 10, 8, 0, 9]
+    slices = _stack(len(radii), lambda z: radii[z])
+    prompts = [SlicePrompt(z, np.array([4, 4, 44, 44], np.float32)) for z in range(7)]
+    session = Vanishing(RandomWalkerMasker(RandomWalkerConfig()), slices)
+    areas = [1, 1, 5, 9, 5, 1, 1]
+    one, p_one, _ = propagate(session, prompts, areas, margin=2, start=3)
+    six, p_six, _ = propagate(session, prompts, areas, margin=2, start=6)
+    positions, probs, _ = propagate_chains(session, prompts, areas, 2, [3, 6])
+    assert positions == sorted(set(one) | set(six))
+    for k, pos in enumerate(positions):
+        a = p_one[one.index(pos)] if pos in one else 0.0
+        b = p_six[six.index(pos)] if pos in six else 0.0
+        np.testing.assert_allclose(probs[k], (a + b) / 2, atol=1e-6)
+    single, p_single, _ = propagate_chains(session, prompts, areas, 2, [3])
+    assert single == one and np.array_equal(p_single, p_one)
