@@ -314,9 +314,9 @@ class RuntimeConfig(StrictModel):
 MASKER_DEFAULTS: dict[MaskerKind, dict[str, dict[str, object]]] = {
     # LiteMedSAM was trained with box prompts only: points make its masks worse; boxes
     # propagated from the student's best-agreeing slices (3 chains, a soft vote) and the
-    # average with the student beat the student's own mask on LA; a fused label that lost the student's structure (Dice < 0.4
-    # with it) falls back to the student (docs/benchmarks.md); a config that sets a field
-    # keeps its value
+    # average with the student beat the student's own mask on LA; a fused label that lost the
+    # student's structure (Dice < 0.4 with it) falls back to the student (docs/benchmarks.md);
+    # a config that sets a field keeps its value
     MaskerKind.litemedsam: {"prompts": {"positive_points": 0, "propagate": True,
                                         "propagate_chains": 3},
                             "fusion": {"mode": FusionMode.average, "largest_component": True,

@@ -93,7 +93,7 @@ def propagate_chains(session: MaskerSession, prompts: Sequence[SlicePrompt], are
         return propagate(session, prompts, areas, margin, threshold, within_student,
                          start=starts[0] if starts else None)
     total: dict[int, np.ndarray] = {}
-    score_sum: dict[int, list[float]] = {}
+    chain_scores: dict[int, list[float]] = {}
     have_scores = True
     for start in starts:
         positions, probs, scores = propagate(session, prompts, areas, margin, threshold,
@@ -102,10 +102,10 @@ def propagate_chains(session: MaskerSession, prompts: Sequence[SlicePrompt], are
         for k, pos in enumerate(positions):
             total[pos] = total[pos] + probs[k] if pos in total else probs[k].astype(np.float32)
             if scores is not None:
-                score_sum.setdefault(pos, []).append(float(scores[k]))
+                chain_scores.setdefault(pos, []).append(float(scores[k]))
     keys = sorted(total)
     stacked = np.stack([total[k] / len(starts) for k in keys])
-    return keys, stacked, (np.array([np.mean(score_sum[k]) for k in keys], np.float32)
+    return keys, stacked, (np.array([np.mean(chain_scores[k]) for k in keys], np.float32)
                            if have_scores else None)
 
 

@@ -133,7 +133,8 @@ class VolumeProcessor:
         """The masker on one axis's prompted slices: all of them with the student's boxes, or
         (``prompts.propagate``) the ones reached by box propagation from the student's largest
         slice or, with ``propagate_start`` 'agreement', from ``propagate_chains`` starts where
-        masker and student agree best (the chains' soft vote). Returns the slice indices masked, their probabilities and scores."""
+        masker and student agree best (the chains' soft vote). Returns the slice indices masked,
+        their probabilities and scores."""
         cfg = self.config.prompts
         if not cfg.propagate:
             probs, score = self.masker.mask_slices_scored(slices, prompts)
