@@ -49,6 +49,7 @@ from semisam.workers.intensity import window_volume
 from semisam.workers.localization import foreground_mask, slice_prompts
 from semisam.workers.maskers import MaskerSession, SlicePrompt
 from semisam.workers.maskers.litemedsam import LiteMedSamMasker
+from semisam.workers.maskers.sam.checkpoint import sha256_file
 from semisam.workers.propagation import (
     choose_start,
     choose_starts,
@@ -92,7 +93,10 @@ class Decoder:
 
 def prepare(root, volume_id: str, students: dict, masker: LiteMedSamMasker, cache: Path
             ) -> dict[str, Case]:
-    """Student maps and embeddings of one volume (cached), one `Case` per student."""
+    """Student maps and embeddings of one volume (cached), one `Case` per student.
+
+    ``students``: name -> (model, spec, checkpoint sha256); a student's map is cached under its
+    checkpoint's sha256, so a retrained student under the same name is never read stale."""
     cache.mkdir(parents=True, exist_ok=True)
     file = cache / f"{volume_id}.npz"
     image = read_image(root, volume_id)
@@ -100,14 +104,15 @@ def prepare(root, volume_id: str, students: dict, masker: LiteMedSamMasker, cach
     data = dict(np.load(file)) if file.is_file() else {}
     changed = not data
     data.setdefault("windowed", window_volume(image, IntensityConfig()))
-    for name, (model, spec) in students.items():
-        if f"prob_{name}" not in data:
-            data[f"prob_{name}"] = predict_probability(
+    key = {name: f"prob_{sha[:16]}" for name, (_, _, sha) in students.items()}
+    for name, (model, spec, _) in students.items():
+        if key[name] not in data:
+            data[key[name]] = predict_probability(
                 model, image, spec, StudentInferenceConfig(), torch.device("cpu")).astype(np.float16)
             changed = True
     needed: set[int] = set(np.flatnonzero(reference.any(axis=(0, 1))).tolist())
     for name in students:
-        mask = foreground_mask(data[f"prob_{name}"].astype(np.float32), PromptConfig())
+        mask = foreground_mask(data[key[name]].astype(np.float32), PromptConfig())
         zs = np.flatnonzero(mask.any(axis=(0, 1)))
         if zs.size:
             needed |= set(range(max(0, zs[0] - 3), min(mask.shape[2], zs[-1] + 4)))
@@ -128,7 +133,7 @@ def prepare(root, volume_id: str, students: dict, masker: LiteMedSamMasker, cach
         np.savez(file, **data)
     embeddings = {int(i): e for i, e in zip(data["emb_index"], data["emb"])}
     return {name: Case(volume_id, data["windowed"], reference,
-                       data[f"prob_{name}"].astype(np.float32), embeddings) for name in students}
+                       data[key[name]].astype(np.float32), embeddings) for name in students}
 
 
 # ---- prompt builders --------------------------------------------------------------------------
@@ -420,20 +425,27 @@ def score(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     return {"dice": dice(pred, ref), "hd95": hd95(pred, ref) if pred.any() else float("nan")}
 
 
-def previous_rows(path: Path) -> dict[tuple[str, str, str], dict]:
-    """(student, recipe, volume) -> row of an earlier run's results.json (``--resume``)."""
+def previous_rows(path: Path, checkpoints: dict[str, str]) -> dict[tuple[str, str, str], dict]:
+    """(student, recipe, volume) -> row of an earlier run's results.json (``--resume``), for the
+    students whose checkpoint sha256 (``checkpoints``: name -> sha256) is the one recorded there:
+    rows measured with another checkpoint under the same name are measured again."""
     if not path.is_file():
         return {}
-    old = json.loads(path.read_text())["rows"]
-    return {(s, r, row["volume"]): row for s, table in old.items() for r, vals in table.items()
-            for row in vals}
+    old = json.loads(path.read_text())
+    recorded = {name: info["sha256"] for name, info in old.get("students", {}).items()}
+    keep = {s for s in old["rows"] if recorded.get(s) == checkpoints.get(s)}
+    for s in sorted(set(old["rows"]) - keep):
+        log.warning("results.json: rows of student %s not kept (its checkpoint is not the one "
+                    "they were measured with, or was not recorded)", s)
+    return {(s, r, row["volume"]): row for s, table in old["rows"].items() if s in keep
+            for r, vals in table.items() for row in vals}
 
 
 def write_results(args: argparse.Namespace, ids: list[str], rows: dict, show: bool = False) -> None:
     """``WORKDIR/results.json`` (after every volume: a stopped run keeps what it measured) and,
     with ``show``, one table per student."""
     result = {"date": date.today().isoformat(), "command": " ".join(sys.argv),
-              "store": str(args.store), "volumes": ids, "rows": rows}
+              "store": str(args.store), "students": args.checkpoints, "volumes": ids, "rows": rows}
     args.workdir.mkdir(parents=True, exist_ok=True)
     (args.workdir / "results.json").write_text(json.dumps(result, indent=1))
     if not show:
@@ -477,10 +489,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(2)
     students = {}
+    args.checkpoints = {}
     for item in args.student:
         name, _, path = item.partition("=")
         model, spec, _ = load_student(Path(path), "cpu")
-        students[name] = (model, spec)
+        args.checkpoints[name] = {"checkpoint": path, "sha256": sha256_file(path)}
+        students[name] = (model, spec, args.checkpoints[name]["sha256"])
     masker = LiteMedSamMasker(LiteMedSamConfig(dtype=args.dtype), "cpu")
     decoder = Decoder(masker)
     root = open_store(args.store, read_only=True)
@@ -488,7 +502,9 @@ def main(argv: list[str] | None = None) -> int:
     recipes = {k: v for k, v in RECIPES.items() if not args.recipes or k in args.recipes}
     rows: dict[str, dict[str, list[dict]]] = {s: {"student": [], **{r: [] for r in recipes}}
                                               for s in students}
-    done = previous_rows(args.workdir / "results.json") if args.resume else {}
+    done = (previous_rows(args.workdir / "results.json",
+                          {n: c["sha256"] for n, c in args.checkpoints.items()})
+            if args.resume else {})
     t0 = time.perf_counter()
     for n, vid in enumerate(ids, 1):
         if all(done.get((s, r, vid)) for s in students for r in ["student", *recipes]):

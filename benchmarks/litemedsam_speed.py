@@ -132,7 +132,8 @@ def load_groups(n: int, per_volume: int, synthetic: bool):
 @torch.no_grad()
 def reference_slice(model: torch.nn.Module, image: np.ndarray, box: np.ndarray) -> np.ndarray:
     """The official LiteMedSAM 2D inference of one ``HxW`` uint8 slice and XYXY box, fp32 ->
-    ``HxW`` float32 probabilities."""
+    ``HxW`` float32 probabilities (on the model's device)."""
+    device = next(model.parameters()).device
     h, w = image.shape
     img3 = np.repeat(image[:, :, None], 3, axis=-1)
     ratio = 256.0 / max(h, w)
@@ -140,10 +141,10 @@ def reference_slice(model: torch.nn.Module, image: np.ndarray, box: np.ndarray) 
     img256 = cv2.resize(img3, (neww, newh), interpolation=cv2.INTER_AREA)
     img256 = (img256 - img256.min()) / np.clip(img256.max() - img256.min(), 1e-8, None)
     img256 = np.pad(img256, ((0, 256 - newh), (0, 256 - neww), (0, 0)))
-    tensor = torch.tensor(img256).float().permute(2, 0, 1).unsqueeze(0)
+    tensor = torch.tensor(img256).float().permute(2, 0, 1).unsqueeze(0).to(device)
     embedding = model.image_encoder(tensor)
     box256 = np.array([int(v * ratio) for v in box], np.float32)
-    box_t = torch.as_tensor(box256[None, None, :], dtype=torch.float32)
+    box_t = torch.as_tensor(box256[None, None, :], dtype=torch.float32, device=device)
     sparse, dense = model.prompt_encoder(points=None, boxes=box_t, masks=None)
     low_res, _ = model.mask_decoder(image_embeddings=embedding,
                                     image_pe=model.prompt_encoder.get_dense_pe(),
@@ -151,7 +152,7 @@ def reference_slice(model: torch.nn.Module, image: np.ndarray, box: np.ndarray) 
                                     dense_prompt_embeddings=dense, multimask_output=False)
     low_res = F.interpolate(low_res[..., :newh, :neww], (h, w), mode="bilinear",
                             align_corners=False)
-    return torch.sigmoid(low_res)[0, 0].numpy()
+    return torch.sigmoid(low_res)[0, 0].cpu().numpy()
 
 
 def run_reference(model, groups) -> list[np.ndarray]:

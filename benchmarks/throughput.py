@@ -5,7 +5,10 @@ Run on purpose, never from the test suite. Prints a table and writes JSON::
     .venv/bin/python benchmarks/throughput.py --device cpu --out bench-cpu.json
     python3 benchmarks/throughput.py --device cuda --model vit_b --la-dir .gpu/la --out bench-gpu.json
 
-CPU: a small SAM built from segment-anything's modules (real 16-pixel patches, 64x64 tokens),
+LiteMedSAM (the round's default masker, bundled trained weights): the official per-slice fp32
+loop (rewritten from its inference script, ``litemedsam_speed.py``) against the project's masker
+with its default configuration, on LA slices (phantoms without ``../shared/data``): slices/s
+and the IoU of the masks. CPU: a small SAM built from segment-anything's modules (real 16-pixel patches, 64x64 tokens),
 phantom slices, and `run-round` on a local Ray with the random-walker masker for 8 and 64
 volumes (efficiency and worker memory). GPU: vit_b with random weights, LA slices, and the
 worker path (student + SAM vit_b) over LA volumes. Prompts for the SAM-stage comparison come
@@ -38,10 +41,12 @@ from bench_round import (  # noqa: E402
     worker_path,
 )
 from bench_sam import agreement, naive_loop, project_path  # noqa: E402
+from litemedsam_speed import ious, load_groups, run_reference, timed  # noqa: E402
 
 from semisam.pipeline.phantoms import make_phantom  # noqa: E402
 from semisam.schemas import (  # noqa: E402
     IntensityConfig,
+    LiteMedSamConfig,
     MaskerKind,
     PromptConfig,
     RoundConfig,
@@ -119,6 +124,35 @@ def sam_section(args, device: torch.device) -> dict:
     }
 
 
+def litemedsam_section(args, device: torch.device) -> dict:
+    """LiteMedSAM: the official per-slice fp32 loop against the project's default masker on
+    the same slices and label boxes (median of ``--repeats`` after a warm-up)."""
+    from semisam.workers.maskers.litemedsam import LiteMedSamMasker, load_litemedsam
+
+    groups, source = load_groups(args.litemedsam_slices, 16, synthetic=False)
+    n = sum(len(s) for _, s, _ in groups)
+    model, _, _ = load_litemedsam(None, device)
+    run_reference(model, [(v, s[:1], p[:1]) for v, s, p in groups])  # warm-up
+    ref_times, _, ref = timed(lambda: run_reference(model, groups), args.repeats)
+    config = LiteMedSamConfig()
+    masker = LiteMedSamMasker(config, device, model=model)
+
+    def run():
+        return [masker.mask_slices(s, p) for _, s, p in groups]
+
+    run()  # warm-up
+    times, _, out = timed(run, args.repeats)
+    ref_after, _, _ = timed(lambda: run_reference(model, groups), args.repeats)
+    ref_s = float(np.median(ref_times + ref_after))
+    fast_s = float(np.median(times))
+    iou = ious(out, ref)
+    return {"source": source, "slices": n, "encoder_dtype": str(masker.encoder.dtype),
+            "batch_size": config.batch_size, "channels_last": config.channels_last,
+            "reference_slices_per_s": round(n / ref_s, 3),
+            "project_slices_per_s": round(n / fast_s, 3), "speedup": round(ref_s / fast_s, 2),
+            "iou_min": round(float(iou.min()), 4), "iou_mean": round(float(iou.mean()), 4)}
+
+
 def e2e_section(args, device: torch.device, work: Path, out: dict, save) -> dict:
     """Fills ``out`` (and calls ``save()``) after each measurement."""
     if device.type == "cuda":
@@ -167,7 +201,7 @@ def render(results: dict) -> None:
     table = Table(title=f"semisam throughput ({results['device']})")
     table.add_column("measure")
     table.add_column("value", justify="right")
-    for section in ("sam", "e2e"):
+    for section in ("sam", "litemedsam", "e2e"):
         for key, value in results.get(section, {}).items():
             if isinstance(value, dict):
                 for k2, v2 in value.items():
@@ -200,7 +234,9 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--tasks-in-flight", type=int, default=3, help="threads per worker")
     p.add_argument("--round-volumes", type=int, nargs="*", default=[8, 64])
-    p.add_argument("--skip", nargs="*", default=[], choices=["sam", "e2e", "worker"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["sam", "litemedsam", "e2e", "worker"])
+    p.add_argument("--litemedsam-slices", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=3, help="LiteMedSAM: timed runs per path")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("bench.json"))
     args = p.parse_args()
@@ -216,6 +252,9 @@ def main() -> None:
         args.out.write_text(json.dumps(results, indent=2))
 
     save()
+    if "litemedsam" not in args.skip:
+        results["litemedsam"] = litemedsam_section(args, device)
+        save()
     if "e2e" not in args.skip:
         results["e2e"] = {}
         with tempfile.TemporaryDirectory() as work:

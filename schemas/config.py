@@ -100,8 +100,8 @@ class PromptConfig(StrictModel):
     )
     propagate_chains: int = Field(
         1, ge=1, le=8, description="propagation chains from that many starts (the best "
-        "'agreement' slices, propagate_chain_spacing apart); per slice the mean of the chains' "
-        "masker probabilities, a chain that did not reach it counting 0 (a soft vote)",
+        "slices by propagate_start, propagate_chain_spacing apart); per slice the mean of the "
+        "chains' masker probabilities, a chain that did not reach it counting 0 (a soft vote)",
     )
     propagate_chain_spacing: int = Field(
         10, ge=1, description="least distance in slices between two chains' starts")

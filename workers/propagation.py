@@ -20,7 +20,8 @@ import numpy as np
 from .maskers.base import MaskerSession, SlicePrompt
 from .overlap import dice
 
-__all__ = ["choose_start", "choose_starts", "clip_box", "mask_box", "propagate", "propagate_chains"]
+__all__ = ["choose_start", "choose_starts", "clip_box", "largest_starts", "mask_box", "propagate",
+           "propagate_chains", "spaced_starts"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +62,23 @@ def choose_starts(session: MaskerSession, prompts: Sequence[SlicePrompt], studen
     eligible = np.flatnonzero(areas >= min_area_fraction * areas.max())
     probs, _ = session.mask(eligible.tolist(), [prompts[i] for i in eligible])
     agreement = np.array([dice(p > threshold, student[i]) for p, i in zip(probs, eligible)])
+    return spaced_starts(eligible[np.argsort(-agreement, kind="stable")], prompts, count, spacing)
+
+
+def largest_starts(prompts: Sequence[SlicePrompt], areas: Sequence[int], count: int = 1,
+                   spacing: int = 10) -> list[int]:
+    """Up to ``count`` stack positions with the largest student areas (``areas``: N pixel
+    counts), each at least ``spacing`` slice indices from those already taken
+    (``prompts.propagate_start`` 'largest')."""
+    return spaced_starts(np.argsort(-np.asarray(areas), kind="stable"), prompts, count, spacing)
+
+
+def spaced_starts(ranked: Sequence[int], prompts: Sequence[SlicePrompt], count: int,
+                  spacing: int) -> list[int]:
+    """The first ``count`` of the stack positions ``ranked`` (best first) that lie at least
+    ``spacing`` slice indices from every position taken before them."""
     picked: list[int] = []
-    for pos in eligible[np.argsort(-agreement, kind="stable")]:
+    for pos in ranked:
         if all(abs(prompts[pos].index - prompts[q].index) >= spacing for q in picked):
             picked.append(int(pos))
         if len(picked) == count:

@@ -31,7 +31,7 @@ from .fusion import MaskerView, fuse
 from .intensity import window_volume
 from .localization import foreground_mask, slice_prompts, stack_slices
 from .maskers import Masker, SlicePrompt, build_masker
-from .propagation import choose_starts, propagate_chains
+from .propagation import choose_starts, largest_starts, propagate_chains
 from .student import load_student, predict_probability
 
 log = logging.getLogger(__name__)
@@ -131,9 +131,9 @@ class VolumeProcessor:
     def _mask_axis(self, slices: np.ndarray, prompts: list[SlicePrompt], mask: np.ndarray,
                    axis: int) -> tuple[list[int], np.ndarray, np.ndarray | None]:
         """The masker on one axis's prompted slices: all of them with the student's boxes, or
-        (``prompts.propagate``) the ones reached by box propagation from the student's largest
-        slice or, with ``propagate_start`` 'agreement', from ``propagate_chains`` starts where
-        masker and student agree best (the chains' soft vote). Returns the slice indices masked,
+        (``prompts.propagate``) the ones reached by box propagation from ``propagate_chains``
+        starts (the chains' soft vote): with ``propagate_start`` 'agreement' the slices where
+        masker and student agree best, with 'largest' the student's largest slices. Returns the slice indices masked,
         their probabilities and scores."""
         cfg = self.config.prompts
         if not cfg.propagate:
@@ -146,7 +146,8 @@ class VolumeProcessor:
             starts = choose_starts(session, prompts, student, cfg.propagate_chains,
                                    cfg.propagate_chain_spacing)
         else:
-            starts = [int(np.argmax(areas))]
+            starts = largest_starts(prompts, areas, cfg.propagate_chains,
+                                    cfg.propagate_chain_spacing)
         positions, probs, score = propagate_chains(session, prompts, areas, cfg.propagate_margin,
                                                    starts,
                                                    within_student=cfg.propagate_within_student)

@@ -133,3 +133,14 @@ def test_chains_vote_each_missing_chain_counts_zero():
         np.testing.assert_allclose(probs[k], (a + b) / 2, atol=1e-6)
     single, p_single, _ = propagate_chains(session, prompts, areas, 2, [3])
     assert single == one and np.array_equal(p_single, p_one)
+
+
+def test_largest_starts_rank_by_area_and_keep_apart():
+    from semisam.workers.propagation import largest_starts
+
+    prompts = [SlicePrompt(z * 3, np.array([0, 0, 9, 9], np.float32)) for z in range(8)]
+    areas = [5, 40, 38, 10, 30, 20, 35, 1]  # slice indices 0, 3, ..., 21
+    assert largest_starts(prompts, areas, count=1) == [1]
+    # 2 (index 6) and 4 (index 12) lie within 10 of 1 (index 3) or 6 (index 18)
+    assert largest_starts(prompts, areas, count=3, spacing=10) == [1, 6]
+    assert largest_starts(prompts, areas, count=3, spacing=1) == [1, 2, 6]
