@@ -155,13 +155,15 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _patch_fits_strides(self) -> TrainConfig:
-        factor = 1
-        for s in self.student.strides:
-            factor *= s
+        """Every patch axis divisible by the network's downsampling: the product of the strides
+        (UNet, DynUNet) or 16 (VNet, which ignores ``strides``)."""
+        factor = self.student.size_divisor
         bad = [p for p in self.student.patch_size if p % factor]
         if bad:
+            what = ("16 (monai.VNet)" if self.student.architecture == "monai.VNet"
+                    else f"the product of the strides ({factor})")
             raise ValueError(f"student.patch_size {self.student.patch_size} must be divisible by "
-                             f"the product of the strides ({factor})")
+                             f"{what}")
         return self
 
 

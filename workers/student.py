@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import pickle
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
-from monai.networks.nets import UNet
+from monai.networks.nets import DynUNet, UNet, VNet
 from pydantic import ValidationError
 
 from semisam.schemas import (
@@ -33,7 +34,16 @@ CHECKPOINT_VERSION = 1
 
 
 def build_student(spec: StudentSpec) -> torch.nn.Module:
-    """A MONAI 3D UNet: ``Bx1xXxYxZ`` z-scored input -> ``Bx{out_channels}xXxYxZ`` logits."""
+    """The network ``spec.architecture`` names, freshly initialised (from torch's global RNG).
+
+    Every architecture maps a ``Bx1xXxYxZ`` z-scored input to ``Bx{out_channels}xXxYxZ``
+    logits of the same spatial size, for sizes divisible by ``spec.size_divisor``.
+    """
+    return _BUILDERS[spec.architecture](spec)
+
+
+def _build_unet(spec: StudentSpec) -> torch.nn.Module:
+    """``monai.networks.nets.UNet`` with the spec's channels, strides, residual units, dropout."""
     return UNet(
         spatial_dims=3,
         in_channels=1,
@@ -43,6 +53,55 @@ def build_student(spec: StudentSpec) -> torch.nn.Module:
         num_res_units=spec.num_res_units,
         dropout=spec.dropout,
     )
+
+
+def _build_vnet(spec: StudentSpec) -> torch.nn.Module:
+    """``monai.networks.nets.VNet`` (fixed widths 16-256, 4 halvings: sizes divisible by 16).
+
+    ``spec.dropout`` becomes the probability of every dropout layer: MONAI's down/up dropouts
+    and the skip-connection dropouts it fixes at 0.5 in its two finest up blocks, so that
+    ``dropout=0`` means a deterministic network, as for the other architectures. Dropout holds
+    no weights: the state dict does not depend on it.
+    """
+    p = spec.dropout
+    model = VNet(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=spec.out_channels,
+        dropout_prob_down=p if p > 0 else None,
+        dropout_prob_up=(p if p > 0 else None, p),
+    )
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Dropout, torch.nn.Dropout2d, torch.nn.Dropout3d)):
+            module.p = p
+    return model
+
+
+def _build_dynunet(spec: StudentSpec) -> torch.nn.Module:
+    """``monai.networks.nets.DynUNet``: 3x3x3 kernels, a full-resolution input block then one
+    level per stride (``channels`` as filters), affine instance norm, residual blocks when
+    ``num_res_units > 0``, no deep supervision (the forward returns the logits only)."""
+    levels = len(spec.strides) + 1
+    return DynUNet(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=spec.out_channels,
+        kernel_size=[3] * levels,
+        strides=[1, *spec.strides],
+        upsample_kernel_size=list(spec.strides),
+        filters=list(spec.channels),
+        dropout=spec.dropout if spec.dropout > 0 else None,
+        norm_name=("INSTANCE", {"affine": True}),
+        deep_supervision=False,
+        res_block=spec.num_res_units > 0,
+    )
+
+
+_BUILDERS: dict[str, Callable[[StudentSpec], torch.nn.Module]] = {
+    "monai.UNet": _build_unet,
+    "monai.VNet": _build_vnet,
+    "monai.DynUNet": _build_dynunet,
+}
 
 
 def save_student(path: Path, model: torch.nn.Module, spec: StudentSpec, meta: dict | None = None) -> None:
@@ -130,6 +189,10 @@ def predict_probability(
 
     With ``config.flip_axes`` (test-time augmentation) the result is the mean of the softmax
     of the plain volume and of the volume flipped along each listed axis (flipped back).
+
+    Windows are ``spec.patch_size`` (a volume smaller than it on an axis is padded to it by
+    MONAI's ``sliding_window_inference`` and cropped back), so the network only ever sees
+    patch-sized inputs and any volume size works for every architecture.
 
     Args:
         image: ``XxYxZ`` float32 raw intensities (normalised here as the spec says).

@@ -151,3 +151,42 @@ def test_train_cli_with_config_and_resume(phantom_store, tmp_path):
     proc = runner.invoke(app, ["train", str(phantom_store), "--out", str(out), "--round", "4",
                                "--config", str(config), "--no-progress"])
     assert proc.exit_code == 2 and "round 4" in proc.output
+
+
+@pytest.mark.parametrize("student", [
+    StudentSpec(architecture="monai.VNet", patch_size=(32, 32, 32)),  # the smallest VNet patch
+    StudentSpec(architecture="monai.DynUNet", channels=(4, 8, 16), strides=(2, 2),
+                num_res_units=1, patch_size=(16, 16, 16)),
+], ids=["vnet", "dynunet"])
+def test_training_accepts_vnet_and_dynunet(phantom_store, tmp_path, student):
+    """Mean Teacher + supervised steps on 48x48x32 phantoms; the checkpoint holds that network."""
+    cfg = _config(iterations=2)
+    cfg.student = student
+    seen = []
+    train_student(phantom_store, tmp_path / "s.pt", cfg, on_step=lambda i, info: seen.append(info))
+    assert len(seen) == 2 and all(np.isfinite(info["loss"]) for info in seen)
+    model, spec, meta = load_student(tmp_path / "s.pt")
+    assert spec == student and meta["iteration"] == 2
+    assert type(model).__name__ == student.architecture.removeprefix("monai.")
+
+
+def test_patch_validator_uses_16_for_vnet_and_the_strides_otherwise(tmp_path):
+    """VNet ignores ``strides``: a patch of 48 fits it although the strides multiply to 32."""
+    import json
+
+    from semisam.schemas.training import load_train_config
+
+    vnet = StudentSpec(architecture="monai.VNet", strides=(2, 2, 2, 2, 2), patch_size=(48, 48, 32))
+    assert TrainConfig(student=vnet).student.size_divisor == 16
+    dyn = StudentSpec(architecture="monai.DynUNet", channels=(4, 8, 16), strides=(2, 4),
+                      patch_size=(16, 16, 12))
+    with pytest.raises(ValueError, match=r"product of the strides \(8\)"):
+        TrainConfig(student=dyn)
+    config = tmp_path / "train.json"  # what `semisam train --config` reads
+    config.write_text(json.dumps({"student": {"architecture": "monai.VNet",
+                                              "patch_size": [112, 112, 81]}}))
+    with pytest.raises(ConfigError, match="field 'student'.*patch_size.*16"):
+        load_train_config(config)
+    config.write_text(json.dumps({"student": {"architecture": "monai.VNet",
+                                              "patch_size": [112, 112, 80]}}))
+    assert load_train_config(config).student.architecture == "monai.VNet"

@@ -4,12 +4,15 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from monai.networks.nets import DynUNet, UNet, VNet
+from pydantic import ValidationError
 
-from semisam.schemas import CheckpointError, StudentInferenceConfig
+from semisam.schemas import CheckpointError, StudentInferenceConfig, StudentSpec
 from semisam.workers.student import (
     build_student,
     load_student,
     predict_probability,
+    read_checkpoint,
     save_student,
     zscore,
 )
@@ -107,3 +110,108 @@ def test_zscore_of_intensities_near_the_float32_limit_is_finite(scale):
 
 def test_zscore_of_a_constant_volume_is_zero():
     np.testing.assert_array_equal(zscore(np.full((4, 4, 4), 7.0, np.float32)), 0.0)
+
+
+# --- architectures: monai.UNet (default), monai.VNet, monai.DynUNet -------------------------
+
+VNET_SPEC = StudentSpec(architecture="monai.VNet", patch_size=(32, 32, 32))
+DYNUNET_SPEC = StudentSpec(architecture="monai.DynUNet", channels=(4, 8, 16), strides=(2, 2),
+                           num_res_units=1, patch_size=(16, 16, 16))
+ARCH_SPECS = {"monai.UNet": TEST_SPEC, "monai.VNet": VNET_SPEC, "monai.DynUNet": DYNUNET_SPEC}
+ARCH_CLASSES = {"monai.UNet": UNet, "monai.VNet": VNet, "monai.DynUNet": DynUNet}
+
+
+@pytest.mark.parametrize("arch", list(ARCH_SPECS))
+def test_each_architecture_maps_the_input_size_to_logits_of_that_size(arch):
+    """``1x1x32x32x32`` z-scored input -> ``1x{out_channels}x32x32x32`` finite logits."""
+    spec = ARCH_SPECS[arch]
+    torch.manual_seed(0)
+    model = build_student(spec).eval()
+    assert type(model) is ARCH_CLASSES[arch]
+    with torch.no_grad():
+        out = model(torch.randn(1, 1, 32, 32, 32))
+    assert out.shape == (1, spec.out_channels, 32, 32, 32) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("arch", ["monai.VNet", "monai.DynUNet"])
+def test_new_architectures_round_trip_through_a_checkpoint(arch, tmp_path):
+    spec = ARCH_SPECS[arch]
+    torch.manual_seed(3)
+    model = build_student(spec).eval()
+    x = torch.randn(1, 1, *spec.patch_size)
+    with torch.no_grad():
+        before = model(x)
+    save_student(tmp_path / "s.pt", model, spec, {"iterations": 1})
+    assert read_checkpoint(tmp_path / "s.pt")["spec"]["architecture"] == arch  # weights_only=True
+    loaded, loaded_spec, _ = load_student(tmp_path / "s.pt")
+    assert loaded_spec == spec and type(loaded) is ARCH_CLASSES[arch] and not loaded.training
+    with torch.no_grad():
+        after = loaded(x)
+    assert torch.equal(before, after)
+
+
+@pytest.mark.parametrize("arch", ["monai.VNet", "monai.DynUNet"])
+def test_new_architectures_give_probabilities_on_an_odd_sized_volume(arch):
+    """37x51x29: larger than the patch on some axes (overlapping windows), smaller on others
+    (padded), not divisible by 16 anywhere."""
+    spec = ARCH_SPECS[arch]
+    torch.manual_seed(4)
+    model = build_student(spec).eval()
+    img = np.random.default_rng(5).normal(100.0, 20.0, size=(37, 51, 29)).astype(np.float32)
+    prob = predict_probability(model, img, spec, StudentInferenceConfig())
+    assert prob.shape == img.shape and prob.dtype == np.float32
+    assert np.isfinite(prob).all() and 0.0 <= prob.min() and prob.max() <= 1.0
+
+
+def test_vnet_dropout_is_the_spec_dropout_everywhere():
+    """MONAI fixes some VNet skip dropouts at 0.5; the spec's dropout overrides all of them."""
+    for p in (0.0, 0.3):
+        model = build_student(StudentSpec(architecture="monai.VNet", patch_size=(32, 32, 32),
+                                          dropout=p))
+        probs = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout3d)]
+        assert probs and all(q == p for q in probs)
+
+
+def test_vnet_patch_must_be_divisible_by_16():
+    with pytest.raises(ValidationError, match=r"patch_size \[32, 32, 40\].*16"):
+        StudentSpec(architecture="monai.VNet", patch_size=(32, 32, 40))
+    with pytest.raises(ValidationError, match="patch_size"):  # assignment is validated too
+        StudentSpec(architecture="monai.VNet", patch_size=(32, 32, 32)).patch_size = (24, 32, 32)
+
+
+def test_dynunet_needs_one_more_channel_than_strides():
+    with pytest.raises(ValidationError, match=r"channels \[4, 8, 16, 32\].*len\(strides\) \+ 1"):
+        StudentSpec(architecture="monai.DynUNet", channels=(4, 8, 16, 32), strides=(2, 2))
+    with pytest.raises(ValidationError, match="strides"):
+        StudentSpec(architecture="monai.DynUNet", channels=(4, 8), strides=(2,))
+
+
+def test_unknown_architecture_refused():
+    with pytest.raises(ValidationError, match="architecture"):
+        StudentSpec(architecture="monai.SwinUNETR")
+
+
+def test_unet_stays_the_default_with_unchanged_defaults_and_weights():
+    assert StudentSpec().model_dump(mode="json") == {
+        "architecture": "monai.UNet", "channels": [8, 16, 32, 64], "strides": [2, 2, 2],
+        "num_res_units": 1, "dropout": 0.0, "patch_size": [64, 64, 48], "out_channels": 2,
+        "normalization": "zscore"}
+    torch.manual_seed(0)
+    ours = build_student(TEST_SPEC).state_dict()
+    torch.manual_seed(0)
+    plain = UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=TEST_SPEC.channels,
+                 strides=TEST_SPEC.strides, num_res_units=TEST_SPEC.num_res_units).state_dict()
+    assert list(ours) == list(plain) and all(torch.equal(ours[k], plain[k]) for k in plain)
+
+
+def test_old_checkpoint_without_architecture_loads_as_unet(tmp_path):
+    torch.manual_seed(6)
+    model = build_student(TEST_SPEC)
+    save_student(tmp_path / "s.pt", model, TEST_SPEC)
+    payload = read_checkpoint(tmp_path / "s.pt")
+    del payload["spec"]["architecture"]  # what semisam wrote before the field had choices
+    torch.save(payload, tmp_path / "old.pt")
+    loaded, spec, _ = load_student(tmp_path / "old.pt")
+    assert spec == TEST_SPEC and spec.architecture == "monai.UNet" and type(loaded) is UNet
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                  loaded.state_dict().values()))
