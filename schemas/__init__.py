@@ -1,6 +1,7 @@
 """Pydantic models: the single source of truth for configs, records and the store layout."""
 
 from .base import StrictModel
+from .classes import MAX_CLASS_VALUE, ClassMap, binary_classes, default_name, parse_classes
 from .config import (
     LITEMEDSAM_SHA256,
     FusionConfig,
@@ -32,6 +33,8 @@ from .errors import (
 )
 from .layout import (
     CONFIDENCE_SCALE,
+    MULTICLASS_SCHEMA_VERSION,
+    NEW_STORE_SCHEMA_VERSION,
     SCHEMA_VERSION,
     output_path,
     round_path,
@@ -70,12 +73,12 @@ from .training import (
 )
 
 __all__ = [
-    "StrictModel", "FusionConfig", "FusionMode", "IntensityConfig", "MaskerConfig", "MaskerKind",
+    "StrictModel", "ClassMap", "MAX_CLASS_VALUE", "binary_classes", "default_name", "parse_classes", "FusionConfig", "FusionMode", "IntensityConfig", "MaskerConfig", "MaskerKind",
     "LiteMedSamConfig", "bundled_litemedsam_checkpoint", "LITEMEDSAM_SHA256",
     "Modality", "PromptConfig", "RandomWalkerConfig", "RoundConfig", "RuntimeConfig", "SamConfig",
     "SamFamily", "SamType", "StudentInferenceConfig", "first_validation_error",
     "load_round_config", "CheckpointError", "ConfigError", "InputError", "RoundError",
-    "SemisamError", "StoreError", "no_sam_checkpoint", "CONFIDENCE_SCALE", "SCHEMA_VERSION", "output_path",
+    "SemisamError", "StoreError", "no_sam_checkpoint", "CONFIDENCE_SCALE", "SCHEMA_VERSION", "MULTICLASS_SCHEMA_VERSION", "NEW_STORE_SCHEMA_VERSION", "output_path",
     "round_path", "validate_volume_id", "volume_path", "RoundMeta", "RoundStatus", "VolumeMeta",
     "VolumeRecord", "VolumeStats", "VolumeStatus", "utcnow", "StudentSpec", "STORAGE_ENV",
     "StorageConfig", "load_json_model", "AugmentConfig", "BatchConfig", "ExportModel",

@@ -2,10 +2,11 @@
 
 ::
 
-    store.zarr/                       attrs: schema_version, description
+    store.zarr/                       attrs: schema_version, description, classes (multi-class)
       volumes/<id>/image              float32, (X, Y, Z) as ingested
-      volumes/<id>/label              uint8 {0,1}, labeled volumes only
-      volumes/<id>/reference          uint8 {0,1}, evaluation-only truth of unlabeled volumes
+      volumes/<id>/label              uint8 class values (0 background; {0,1} one structure),
+                                      labeled volumes only
+      volumes/<id>/reference          uint8 as label, evaluation-only truth of unlabeled volumes
       volumes/<id>                    attrs: VolumeMeta
       rounds/<r>                      attrs: RoundMeta
       rounds/<r>/pseudo_label/<id>    uint8 {0,1}
@@ -19,7 +20,9 @@ import re
 
 from .errors import InputError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the newest layout this semisam reads
+MULTICLASS_SCHEMA_VERSION = 2  # stores with a class map (``classes``); one-structure stores stay 1
+NEW_STORE_SCHEMA_VERSION = 1  # what a new store is created with (raised by a class map)
 CONFIDENCE_SCALE = 255  # confidence uint8 value v means v / 255
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

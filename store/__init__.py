@@ -17,11 +17,13 @@ from .rounds import (
 from .volumes import (
     list_metas,
     list_volumes,
+    read_class_map,
     read_image,
     read_label,
     read_meta,
     read_reference,
     slice_chunks,
+    write_class_map,
     write_volume,
 )
 
@@ -29,5 +31,5 @@ __all__ = [
     "open_store", "store_full_error", "store_write_failure", "fsspec_options", "is_url", "worker_env", "array_sha256", "clear_record", "list_rounds", "read_output", "read_record",
     "read_round_meta", "volume_status", "write_outputs", "write_record", "write_round_meta",
     "list_metas", "list_volumes", "read_image", "read_label", "read_meta", "read_reference", "slice_chunks",
-    "write_volume",
+    "write_volume", "read_class_map", "write_class_map",
 ]

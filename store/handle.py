@@ -9,7 +9,7 @@ from typing import Any
 
 import zarr
 
-from semisam.schemas import SCHEMA_VERSION, StorageConfig, StoreError
+from semisam.schemas import NEW_STORE_SCHEMA_VERSION, SCHEMA_VERSION, StorageConfig, StoreError
 
 from .remote import fsspec_options, is_url, probe_writable, url_has_store
 
@@ -96,7 +96,8 @@ def open_store(store: str | Path, *, create: bool = False, read_only: bool = Fal
         if not create or read_only:
             raise StoreError(
                 f"{location}: Zarr group without 'schema_version': not a semisam store")
-        root.attrs.update({"schema_version": SCHEMA_VERSION, "description": "semisam store"})
+        root.attrs.update({"schema_version": NEW_STORE_SCHEMA_VERSION,
+                           "description": "semisam store"})
     elif not isinstance(version, int) or version > SCHEMA_VERSION:
         raise StoreError(
             f"{location}: store schema_version {version!r} is newer than this semisam "

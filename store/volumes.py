@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 import zarr
 
-from semisam.schemas import InputError, StoreError, VolumeMeta, validate_volume_id, volume_path
+from semisam.schemas import (
+    MULTICLASS_SCHEMA_VERSION,
+    ClassMap,
+    InputError,
+    StoreError,
+    VolumeMeta,
+    binary_classes,
+    validate_volume_id,
+    volume_path,
+)
 
 DIMENSION_NAMES = ("i", "j", "k")  # voxel index axes of the source file (affine maps them to mm)
 
@@ -98,3 +107,27 @@ def read_reference(root: zarr.Group, volume_id: str) -> np.ndarray | None:
         if f"{base}/{name}" in root:
             return np.asarray(root[f"{base}/{name}"][...], dtype=np.uint8)
     return None
+
+
+def read_class_map(root: zarr.Group) -> ClassMap:
+    """The store's class map (root attribute ``classes``); a store without one (every store
+    written before class maps, and every one-structure store) is ``{1: "foreground"}``."""
+    raw = root.attrs.get("classes")
+    if raw is None:
+        return binary_classes()
+    try:
+        return ClassMap(names={int(k): v for k, v in dict(raw).items()})
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise StoreError(f"store attribute 'classes' is not a valid class map ({exc})") from None
+
+
+def write_class_map(root: zarr.Group, classes: ClassMap) -> None:
+    """Record ``classes`` in the store root. A one-structure map ``{1: "foreground"}`` is not
+    written (such stores stay as they always were); any other map raises the store's
+    ``schema_version`` to `MULTICLASS_SCHEMA_VERSION`, which older semisam versions refuse
+    instead of reading its labels as binary."""
+    if not classes.multiclass and classes.names == binary_classes().names:
+        return
+    root.attrs.update({"classes": classes.to_attrs(),
+                       "schema_version": max(int(root.attrs.get("schema_version", 1)),
+                                             MULTICLASS_SCHEMA_VERSION)})

@@ -19,17 +19,23 @@ def ingest(
     labels: Annotated[Optional[Path], typer.Option(help="folder of label files named like the images")] = None,
     labeled: Annotated[Optional[Path], typer.Option(help="text file: ids that count as labeled")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace volumes whose source changed")] = False,
-    binarize: Annotated[bool, typer.Option(help="labels > 0 become 1 (multi-class sets)")] = False,
+    binarize: Annotated[bool, typer.Option(help="labels > 0 become 1 (one structure from a multi-class set)")] = False,
+    classes: Annotated[Optional[str], typer.Option(
+        help="keep label values as classes: VALUE=NAME pairs (1=anterior,2=posterior), a JSON "
+        "file {\"1\": \"anterior\"}, or 'auto' (names class_<v>)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable report")] = False,
 ) -> None:
     """Ingest volumes (and labels) into a store; re-ingesting the same file is a no-op."""
+    from semisam.schemas import parse_classes
+
     from ..ingest import collect_sources
     from ..ingest import ingest as ingest_fn
 
+    class_map = None if classes is None else "auto" if classes == "auto" else parse_classes(classes)
     total = len(collect_sources(sources)) if not as_json else 0
     with render.count_bar("ingest", total, enabled=not as_json) as tick:
         report = ingest_fn(store, sources, labels_dir=labels, labeled=labeled, overwrite=overwrite,
-                           binarize=binarize, on_volume=tick)
+                           binarize=binarize, on_volume=tick, classes=class_map)
     render.ingest_report(report, as_json)
     if report.failed:
         raise typer.Exit(1)

@@ -7,6 +7,11 @@ Per volume, in this order (metadata last, so a volume is complete exactly when i
    as unlabeled) is written, or a stale one deleted;
 3. `semisam.store.write_volume` writes ``image``, ``label`` (labeled volumes only) and then the
    `VolumeMeta`.
+
+Labels are binary {0, 1} unless the ingest keeps classes (``classes``: a `ClassMap`, or
+``"auto"`` for default names ``class_<v>``; a store that already has a class map keeps using
+it): then they are stored as their integer values and the store root records the class map,
+which is updated before a volume with a new value is written.
 """
 
 from __future__ import annotations
@@ -22,19 +27,23 @@ import zarr
 from pydantic import Field
 
 from semisam.schemas import (
+    ClassMap,
     InputError,
     SemisamError,
     StrictModel,
     VolumeMeta,
+    default_name,
     validate_volume_id,
     volume_path,
 )
 from semisam.store import (
     open_store,
+    read_class_map,
     read_meta,
     slice_chunks,
     store_full_error,
     store_write_failure,
+    write_class_map,
     write_volume,
 )
 from semisam.store.volumes import DIMENSION_NAMES
@@ -238,13 +247,59 @@ def _changed(path: Path, before: str | None, after: str) -> None:
         )
 
 
-def _load(plan: _Plan, binarize: bool) -> tuple[LoadedVolume, np.ndarray | None]:
+class _ClassPolicy:
+    """What an ingest does with label values: binary labels only (``keep`` False: today's
+    one-structure stores), or class values under the store's class map, which ``auto`` grows
+    with a default-named class for every new value."""
+
+    def __init__(self, root: zarr.Group, classes: ClassMap | str | None, binarize: bool) -> None:
+        stored = "classes" in root.attrs
+        existing = read_class_map(root)
+        if binarize and classes is not None:
+            raise InputError("--binarize and --classes exclude each other: drop one")
+        if binarize and stored:
+            raise InputError(f"--binarize: the store keeps classes ({existing.to_attrs()}); "
+                             "binary labels go into a store of their own")
+        self.root, self.keep, self.auto = root, classes is not None or stored, classes == "auto"
+        self.names: dict[int, str] = dict(existing.names) if stored else {}
+        if isinstance(classes, ClassMap):
+            clash = {v: (n, classes.names[v]) for v, n in self.names.items()
+                     if v in classes.names and classes.names[v] != n}
+            if clash:
+                v, (old, new) = next(iter(clash.items()))
+                raise InputError(f"--classes names class {v} {new!r}; the store calls it {old!r}")
+            self.names.update(classes.names)
+            write_class_map(root, ClassMap(names=self.names))
+
+    def check(self, label: np.ndarray | None, where: Path) -> None:
+        """Refuse (``InputError`` naming ``where``) a label value the class map does not hold;
+        in ``auto`` mode record it instead (before the volume is written)."""
+        if not self.keep or label is None:
+            return
+        values = [int(v) for v in np.unique(label) if v]
+        unknown = [v for v in values if v not in self.names]
+        if not unknown:
+            return
+        if not self.auto:
+            known = ", ".join(f"{v}={n}" for v, n in self.names.items()) or "none"
+            raise input_error(where, f"label has class value(s) {unknown} that the class map "
+                              f"({known}) does not name: add them to --classes, or use "
+                              "--classes auto")
+        self.names.update({v: default_name(v) for v in unknown})
+        classes = ClassMap(names=self.names)
+        self.names = dict(classes.names)
+        write_class_map(self.root, classes)
+        log.info("class map: %s", ", ".join(f"{v}={n}" for v, n in self.names.items()))
+
+
+def _load(plan: _Plan, binarize: bool, keep_classes: bool = False
+          ) -> tuple[LoadedVolume, np.ndarray | None]:
     """Read the image and its label (``XxYxZ`` uint8 or None), on the image's voxel grid."""
-    volume = read_volume(plan.path, binarize=binarize)
+    volume = read_volume(plan.path, binarize=binarize, keep_classes=keep_classes)
     _changed(plan.path, plan.sha256, volume.sha256)
     label = volume.label
     if plan.label_file is not None:
-        loaded = read_label_file(plan.label_file, binarize=binarize)
+        loaded = read_label_file(plan.label_file, binarize=binarize, keep_classes=keep_classes)
         _changed(plan.label_file, plan.label_sha256, file_sha256(plan.label_file))
         label = loaded.label
         if volume.has_geometry and loaded.has_geometry:
@@ -300,6 +355,7 @@ def _ingest_checked(
     labeled_ids: set[str] | None,
     overwrite: bool,
     binarize: bool,
+    policy: _ClassPolicy,
 ) -> VolumeIngest:
     """Ingest one file; raises `SemisamError` (one line) if it cannot be."""
     plan = _Plan(path, labels_dir, labeled_ids)
@@ -315,7 +371,8 @@ def _ingest_checked(
     if status == IngestStatus.unchanged:
         has_reference = f"{volume_path(plan.volume_id)}/{REFERENCE_ARRAY}" in root
     else:
-        volume, label = _load(plan, binarize)
+        volume, label = _load(plan, binarize, policy.keep)
+        policy.check(label, plan.label_file if plan.label_file is not None else plan.path)
         has_reference = _write(root, plan, volume, label)
     return VolumeIngest(
         volume_id=plan.volume_id,
@@ -352,6 +409,7 @@ def ingest(
     overwrite: bool = False,
     binarize: bool = False,
     on_volume: Callable[[str, str], None] | None = None,
+    classes: ClassMap | str | None = None,
 ) -> IngestReport:
     """Ingest image files into the store, one volume per file.
 
@@ -365,6 +423,9 @@ def ingest(
         overwrite: replace a volume whose files (sha256) or labeled flag changed.
         binarize: map label values ``> 0`` to 1 instead of refusing non-binary labels.
         on_volume: called as ``on_volume(volume_id, status)`` after each file.
+        classes: keep label values as classes: a `ClassMap` (every value must be in it), or
+            ``"auto"`` (new values get the names ``class_<v>``); None: binary labels, unless
+            the store already has a class map.
 
     Returns:
         An `IngestReport`; a bad file is recorded as ``failed`` with a one-line reason and does
@@ -372,12 +433,16 @@ def ingest(
 
     Raises:
         StoreError: the store cannot be opened or created.
-        InputError: ``labels_dir`` is not a directory, or the labeled list is unreadable/invalid.
+        InputError: ``labels_dir`` is not a directory, the labeled list is unreadable/invalid,
+            or ``classes`` contradicts the store's class map or ``binarize``.
     """
+    if classes is not None and not isinstance(classes, ClassMap) and classes != "auto":
+        raise InputError(f"classes must be a ClassMap or 'auto', got {classes!r}")
     if labels_dir is not None and not Path(labels_dir).is_dir():
         raise input_error(labels_dir, "labels directory does not exist")
     labeled_ids = load_labeled_ids(labeled)
     root = open_store(store, create=True)
+    policy = _ClassPolicy(root, classes, binarize)
     report = IngestReport(store=str(store))
     claimed: dict[str, Path] = {}
     named: set[str] = set()  # every id the sources name, ingested or not
@@ -393,6 +458,7 @@ def ingest(
                 labeled_ids=labeled_ids,
                 overwrite=overwrite,
                 binarize=binarize,
+                policy=policy,
             )
         except Exception as exc:
             failure = store_write_failure(exc)

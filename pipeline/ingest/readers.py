@@ -377,13 +377,14 @@ def _read_raw(path: Path) -> tuple[str, _Raw]:
         ) from None
 
 
-def read_volume(path: Path, *, binarize: bool = False) -> LoadedVolume:
+def read_volume(path: Path, *, binarize: bool = False, keep_classes: bool = False) -> LoadedVolume:
     """Read and validate one image file (and the ``label`` an h5 file may carry).
 
     Args:
         path: a ``.nii``, ``.nii.gz``, ``.nrrd``, ``.h5``/``.hdf5`` (datasets ``image`` and
             optional ``label``) or ``.npy`` file.
         binarize: map an embedded label's values ``> 0`` to 1 instead of refusing non-binary labels.
+        keep_classes: keep an embedded label's class values (multi-class ingest).
 
     Returns:
         The `LoadedVolume`: ``XxYxZ`` float32 image, optional uint8 label, spacing (mm), affine.
@@ -401,7 +402,7 @@ def read_volume(path: Path, *, binarize: bool = False) -> LoadedVolume:
     image = check_image(raw.image, path)
     label = None
     if raw.label is not None:
-        label = check_label(raw.label, path, binarize=binarize)
+        label = check_label(raw.label, path, binarize=binarize, keep_classes=keep_classes)
         check_label_shape(label.shape, image.shape, path)
     spacing, affine = check_geometry(raw.spacing, raw.affine, path)
     return LoadedVolume(
@@ -418,7 +419,7 @@ def read_volume(path: Path, *, binarize: bool = False) -> LoadedVolume:
 
 
 def read_label(
-    path: Path, *, binarize: bool = False
+    path: Path, *, binarize: bool = False, keep_classes: bool = False
 ) -> tuple[np.ndarray, tuple[float, float, float], list[list[float]]]:
     """Read and validate a label file given separately from its image.
 
@@ -431,18 +432,19 @@ def read_label(
         InputError: unreadable file, or a label that is not integer, >= 0 and binary (unless
             ``binarize``).
     """
-    loaded = read_label_file(path, binarize=binarize)
+    loaded = read_label_file(path, binarize=binarize, keep_classes=keep_classes)
     return loaded.label, loaded.spacing, loaded.affine
 
 
-def read_label_file(path: Path, *, binarize: bool = False) -> LoadedLabel:
+def read_label_file(path: Path, *, binarize: bool = False, keep_classes: bool = False
+                    ) -> LoadedLabel:
     """`read_label`, with whether the file has a world geometry (`LoadedLabel`)."""
     path = Path(path)
     if check_suffix(path) == "h5":
         raw = _read_raw_h5_label(path)
     else:
         raw = _read_raw(path)[1]
-    label = check_label(raw.image, path, binarize=binarize)
+    label = check_label(raw.image, path, binarize=binarize, keep_classes=keep_classes)
     spacing, affine = check_geometry(raw.spacing, raw.affine, path)
     return LoadedLabel(label, spacing, affine, raw.has_geometry)
 

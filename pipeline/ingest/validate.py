@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from semisam.schemas import InputError
+from semisam.schemas import MAX_CLASS_VALUE, InputError
 
 log = logging.getLogger(__name__)
 
@@ -136,15 +136,17 @@ def check_image(array: np.ndarray, path: Path) -> np.ndarray:
     return image
 
 
-def check_label(array: np.ndarray, path: Path, *, binarize: bool = False) -> np.ndarray:
-    """Validate a label volume and return it as ``XxYxZ`` uint8 in {0, 1}.
+def check_label(array: np.ndarray, path: Path, *, binarize: bool = False,
+                keep_classes: bool = False) -> np.ndarray:
+    """Validate a label volume and return it as ``XxYxZ`` uint8: {0, 1}, or class values.
 
     Labels must be integers >= 0 (floating point values are accepted when integral). Values other
-    than {0, 1} are an error unless ``binarize``, which maps ``label > 0`` to 1.
+    than {0, 1} are an error unless ``binarize``, which maps ``label > 0`` to 1, or
+    ``keep_classes`` (a multi-class ingest), which keeps them as class values up to 255.
 
     Raises:
-        InputError: unsupported dtype, not 3D, non-finite, fractional or negative values, or
-            non-binary values without ``binarize``.
+        InputError: unsupported dtype, not 3D, non-finite, fractional or negative values,
+            non-binary values with neither option, or values above 255.
     """
     check_dtype(array, path, "label", allow_bool=True)
     array = as_3d(array, path, "label")
@@ -166,12 +168,17 @@ def check_label(array: np.ndarray, path: Path, *, binarize: bool = False) -> np.
         )
     if values[-1] <= 1:
         return array.astype(np.uint8)
+    shown = ", ".join(f"{v:g}" for v in values[:10]) + (", ..." if values.size > 10 else "")
+    if keep_classes and not binarize:
+        if values[-1] > MAX_CLASS_VALUE:
+            raise input_error(path, f"label has values {{{shown}}}; class values must be "
+                              f"0..{MAX_CLASS_VALUE}")
+        return array.astype(np.uint8)
     if not binarize:
-        shown = ", ".join(f"{v:g}" for v in values[:10]) + (", ..." if values.size > 10 else "")
         raise input_error(
             path,
             f"label has values {{{shown}}}; a binary label {{0, 1}} is required "
-            "(use --binarize to map label > 0 to 1)",
+            "(use --binarize to map label > 0 to 1, or --classes to keep the classes)",
         )
     log.debug("%s: binarized label values %s to {0, 1}", display_path(path), values.tolist())
     return (array > 0).astype(np.uint8)
