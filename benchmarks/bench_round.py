@@ -109,7 +109,7 @@ def record_figures(records: list[VolumeRecord], wall: float, workers: int,
     total = sum(r.stats.slices_total for r in done)
     model = sum(r.timings_s.get(k, 0.0) for r in done for k in MODEL_STAGES)
     stages = {k: round(sum(r.timings_s.get(k, 0.0) for r in done), 3)
-              for k in ("read", "student", "prompts", "masker", "write")}
+              for k in ("read", "student", "prompts", "masker", "fuse", "write")}
     startup = None
     if started_at is not None and done:
         first = min(datetime.fromisoformat(r.finished_at).timestamp() - sum(r.timings_s.values())

@@ -34,6 +34,7 @@ from semisam.schemas import (
 )
 from semisam.store import (
     open_store,
+    read_class_map,
     read_record,
     store_full_error,
     store_write_failure,
@@ -384,7 +385,7 @@ def run_round(
         log.debug("round %d: checkpoints unchanged since the round began (same sha256); "
                   "not loaded again on the driver", round_index)
     else:
-        check_checkpoints(config, Path(student))
+        check_checkpoints(config, Path(student), read_class_map(root))
     started = time.perf_counter()
     try:
         with acquire_round_lock(root, store, round_index, config.runtime.lock_timeout_s,

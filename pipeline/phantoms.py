@@ -41,14 +41,49 @@ def make_phantom(
     return (image * 400.0 + 100.0).astype(np.float32), label.astype(np.uint8)
 
 
+MULTICLASS_LEVELS = (1.0, 0.75, 1.35)  # image level of structure 1, 2, 3 (background 0.3)
+
+
+def make_multiclass_phantom(
+    shape: tuple[int, int, int] = (64, 64, 40),
+    seed: int = 0,
+    noise: float = 0.15,
+    classes: int = 3,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`make_phantom`'s blob cut into ``classes`` (2 or 3) touching structures along axis 0,
+    each with its own intensity (`MULTICLASS_LEVELS`), the distractor kept.
+
+    Returns:
+        ``(image XxYxZ float32, label XxYxZ uint8 in {0, 1..classes})``: structure ``k`` is the
+        ``k``-th slab of the blob's extent along axis 0.
+    """
+    if classes not in (2, 3):
+        raise ValueError(f"classes must be 2 or 3, got {classes}")
+    image, blob = make_phantom(shape, seed, noise)
+    xs = np.flatnonzero(blob.any(axis=(1, 2)))
+    cuts = np.linspace(xs[0], xs[-1] + 1, classes + 1).round().astype(int)
+    x = np.arange(shape[0])[:, None, None]
+    label = np.zeros(shape, np.uint8)
+    for k in range(classes):
+        label[(blob > 0) & (x >= cuts[k]) & (x < cuts[k + 1])] = k + 1
+    # rescale each structure's intensity: the blob was drawn at level 1.0 (times bias, + noise)
+    scale = np.ones(shape, np.float32)
+    for k in range(classes):
+        scale[label == k + 1] = MULTICLASS_LEVELS[k]
+    raw = (image - 100.0) / 400.0
+    return ((raw * scale) * 400.0 + 100.0).astype(np.float32), label
+
+
 def write_phantom_set(
     out_dir: Path,
     count: int = 8,
     shape: tuple[int, int, int] = (64, 64, 40),
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.5),
     seed: int = 0,
+    classes: int = 1,
 ) -> tuple[Path, Path]:
-    """Write ``count`` phantoms as NIfTI pairs ``images/phantom_NNN.nii.gz`` and ``labels/...``.
+    """Write ``count`` phantoms as NIfTI pairs ``images/phantom_NNN.nii.gz`` and ``labels/...``
+    (``classes`` 2 or 3: `make_multiclass_phantom`'s touching structures, label values 1..).
 
     Returns:
         ``(images_dir, labels_dir)``.
@@ -61,7 +96,8 @@ def write_phantom_set(
     affine = np.diag([*spacing, 1.0])
     affine[:3, 3] = [-10.0, 20.0, 5.0]
     for i in range(count):
-        image, label = make_phantom(shape, seed=seed * 1000 + i)
+        image, label = (make_phantom(shape, seed=seed * 1000 + i) if classes == 1 else
+                        make_multiclass_phantom(shape, seed=seed * 1000 + i, classes=classes))
         name = f"phantom_{i:03d}.nii.gz"
         nib.save(nib.Nifti1Image(image, affine), images / name)
         nib.save(nib.Nifti1Image(label, affine), labels / name)

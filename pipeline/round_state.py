@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from semisam.schemas import (
     CheckpointError,
+    ClassMap,
     RoundConfig,
     RoundError,
     RoundMeta,
@@ -192,7 +193,8 @@ def plan_round(
     return plan
 
 
-def check_checkpoints(config: RoundConfig, student_checkpoint: Path) -> None:
+def check_checkpoints(config: RoundConfig, student_checkpoint: Path,
+                      classes: ClassMap | None = None) -> None:
     """Load the round's checkpoints once on the driver, before any worker starts.
 
     The student is loaded as the workers will load it (``weights_only=True``); a SAM checkpoint
@@ -203,6 +205,7 @@ def check_checkpoints(config: RoundConfig, student_checkpoint: Path) -> None:
     Raises:
         CheckpointError: missing, corrupt, unsafe (would run code when unpickled), not a state
             dict, or not the configured student/SAM type.
+        InputError: the student's output channels do not fit ``classes`` (the store's).
     """
     with warnings.catch_warnings():  # torch's pickle-protocol notes are noise next to the verdict
         warnings.simplefilter("ignore", UserWarning)
@@ -222,9 +225,11 @@ def check_checkpoints(config: RoundConfig, student_checkpoint: Path) -> None:
 
             path, _ = resolve_checkpoint(config.masker.litemedsam.checkpoint)
             check_lite_state_dict(read_state_dict(path), path)
-        from semisam.workers.student import load_student
+        from semisam.workers.student import check_student_classes, load_student
 
-        load_student(student_checkpoint, "cpu")
+        _, spec, _ = load_student(student_checkpoint, "cpu")
+        if classes is not None:
+            check_student_classes(spec, classes, student_checkpoint)
 
 
 def finish_round(root: zarr.Group, store: str, meta: RoundMeta, any_failed: bool) -> RoundMeta:

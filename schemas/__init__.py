@@ -43,6 +43,7 @@ from .layout import (
 )
 from .loading import first_validation_error, load_json_model
 from .records import (
+    ClassStats,
     RoundMeta,
     RoundStatus,
     VolumeMeta,
@@ -79,7 +80,7 @@ __all__ = [
     "SamFamily", "SamType", "StudentInferenceConfig", "first_validation_error",
     "load_round_config", "CheckpointError", "ConfigError", "InputError", "RoundError",
     "SemisamError", "StoreError", "no_sam_checkpoint", "CONFIDENCE_SCALE", "SCHEMA_VERSION", "MULTICLASS_SCHEMA_VERSION", "NEW_STORE_SCHEMA_VERSION", "output_path",
-    "round_path", "validate_volume_id", "volume_path", "RoundMeta", "RoundStatus", "VolumeMeta",
+    "round_path", "validate_volume_id", "volume_path", "ClassStats", "RoundMeta", "RoundStatus", "VolumeMeta",
     "VolumeRecord", "VolumeStats", "VolumeStatus", "utcnow", "StudentSpec", "STORAGE_ENV",
     "StorageConfig", "load_json_model", "AugmentConfig", "BatchConfig", "ExportModel",
     "LoopConfig", "LrSchedule", "MeanTeacherConfig", "OptimizerConfig", "OptimizerKind",

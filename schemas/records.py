@@ -41,8 +41,21 @@ class VolumeStatus(str, Enum):
     pending = "pending"
 
 
+class ClassStats(StrictModel):
+    """One structure's statistics in a multi-class round (its one-structure pipeline's)."""
+
+    name: str
+    slices_prompted: int = 0
+    foreground_voxels: int = Field(0, description="voxels of this class in the combined label")
+    student_sam_dice: float | None = None
+    masker_score: float | None = None
+    fused_student_dice: float | None = None
+    masker_rejected: bool = False
+
+
 class VolumeStats(StrictModel):
-    """Per-volume statistics of one round."""
+    """Per-volume statistics of one round (multi-class rounds: over all classes, and per class
+    in ``classes``)."""
 
     slices_total: int = 0
     slices_prompted: int = 0
@@ -64,6 +77,9 @@ class VolumeStats(StrictModel):
         False, description="the fused label agreed with the student less than "
         "fusion.min_student_agreement: the student's answer was stored instead",
     )
+    classes: dict[int, ClassStats] | None = Field(
+        None, description="multi-class rounds: per class value, that class's statistics (the "
+        "volume-level masker figures are then means over classes, masker_rejected any class)")
 
 
 class VolumeRecord(StrictModel):

@@ -22,6 +22,8 @@ from pydantic import ValidationError
 
 from semisam.schemas import (
     CheckpointError,
+    ClassMap,
+    InputError,
     StudentInferenceConfig,
     StudentSpec,
     first_validation_error,
@@ -200,6 +202,32 @@ def predict_probability(
     Returns:
         ``XxYxZ`` float32 in [0, 1]: softmax probability of class 1.
     """
+    return _sliding_softmax(model, image, spec, config, device, channels=1)
+
+
+@torch.inference_mode()
+def predict_probabilities(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    spec: StudentSpec,
+    config: StudentInferenceConfig,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """`predict_probability` for every output channel (multi-class students).
+
+    Returns:
+        ``CxXxYxZ`` float32 softmax probabilities, ``C = spec.out_channels`` (channel 0 the
+        background, channel c the store's c-th class); they sum to 1 over ``C``.
+    """
+    return _sliding_softmax(model, image, spec, config, device, channels=slice(None))
+
+
+@torch.inference_mode()
+def _sliding_softmax(model: torch.nn.Module, image: np.ndarray, spec: StudentSpec,
+                     config: StudentInferenceConfig, device: torch.device | str,
+                     channels: int | slice) -> np.ndarray:
+    """Sliding-window softmax of ``image``, channel(s) ``channels`` (an int: ``XxYxZ``; a
+    slice: ``CxXxYxZ``), averaged over the flip views of ``config.flip_axes``."""
     x = torch.from_numpy(zscore(image))[None, None].to(device)
     views: list[tuple[int, ...]] = [()] + [(2 + a,) for a in config.flip_axes]
     prob = None
@@ -213,8 +241,22 @@ def predict_probability(
             overlap=config.overlap,
             mode=config.mode,
         )
-        p = torch.softmax(logits.float(), dim=1)[0, 1]
-        p = torch.flip(p, [d - 2 for d in dims]) if dims else p
+        p = torch.softmax(logits.float(), dim=1)[0, channels]
+        spatial = p.ndim - 3  # index of the X axis in p: 0 (one channel) or 1 (CxXxYxZ)
+        p = torch.flip(p, [d - 2 + spatial for d in dims]) if dims else p
         prob = p if prob is None else prob + p
     prob = prob / len(views)
     return prob.cpu().numpy().astype(np.float32)
+
+
+def check_student_classes(spec: StudentSpec, classes: ClassMap, checkpoint: Path | str) -> None:
+    """A K-class store needs a student with K + 1 output channels (channel c = class c).
+
+    Raises:
+        InputError: one line naming the checkpoint, its channels and the store's classes.
+    """
+    if spec.out_channels != classes.count + 1:
+        names = ", ".join(f"{v}={n}" for v, n in classes.names.items())
+        raise InputError(f"student {checkpoint}: {spec.out_channels} output channels, but the "
+                         f"store has {classes.count} class(es) ({names}): it needs "
+                         f"{classes.count + 1} (train it on this store)")
