@@ -4,6 +4,15 @@ Ground truth of a volume is ``volumes/<id>/label`` (labeled) or ``volumes/<id>/r
 (ingested as unlabeled, kept for evaluation only). Metrics (`semisam.training.metrics`, medpy's
 definitions): Dice, Jaccard, 95% Hausdorff and average surface distance, in voxels and in mm
 (the store's spacing), per volume and as mean +- std over the volumes where they are defined.
+
+A multi-class store (its class map, `semisam.store.read_class_map`) is scored per structure:
+class ``v`` is ``label == v`` in both the prediction and the truth (largest component: per
+class). A volume's metrics are then the mean over its classes (where defined) and its
+``classes`` hold each class's own; the report's ``summary`` is over those per-volume means and
+``class_summary`` per class over the volumes, ``classes`` names the values. A student's
+prediction there is the argmax of its ``K + 1`` softmax channels mapped back to class values.
+A one-structure store is scored, and reported, exactly as before class maps existed (no
+``classes`` keys in the JSON).
 """
 
 from __future__ import annotations
@@ -15,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import zarr
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from semisam.schemas import (
     CheckpointError,
+    ClassMap,
     ConfigError,
     InputError,
     StrictModel,
@@ -30,22 +40,52 @@ from semisam.schemas import (
 from semisam.store import (
     list_metas,
     open_store,
+    read_class_map,
     read_image,
     read_output,
     read_record,
     read_reference,
     read_round_meta,
 )
+from semisam.training.checkpoint import checkpoint_classes
 from semisam.training.metrics import METRICS, case_metrics, largest_component
-from semisam.workers.student import load_student, predict_probability
+from semisam.workers.student import (
+    check_student_classes,
+    load_student,
+    predict_probabilities,
+    predict_probability,
+)
 
 from .round_state import sha256_file
 
 log = logging.getLogger(__name__)
 
 
+def _drop_unset(data: dict, keys: tuple[str, ...]) -> dict:
+    """``data`` without the ``keys`` whose value is None (a one-structure store's JSON stays
+    what it was before class maps)."""
+    return {k: v for k, v in data.items() if not (k in keys and v is None)}
+
+
+class ClassMetrics(StrictModel):
+    """Metrics of one structure (``label == value``) in one volume; None where undefined."""
+
+    dice: float
+    jaccard: float
+    hd95_voxels: float | None = None
+    asd_voxels: float | None = None
+    hd95_mm: float | None = None
+    asd_mm: float | None = None
+    predicted_voxels: int = 0
+    reference_voxels: int = 0
+
+
 class CaseMetrics(StrictModel):
-    """Metrics of one volume; None where undefined (an empty mask has no surface)."""
+    """Metrics of one volume; None where undefined (an empty mask has no surface).
+
+    Multi-class stores: every metric is the mean over the classes where it is defined, the
+    voxel counts are sums over the classes, and ``classes`` holds each class's metrics.
+    """
 
     volume_id: str
     dice: float
@@ -56,6 +96,12 @@ class CaseMetrics(StrictModel):
     asd_mm: float | None = None
     predicted_voxels: int = 0
     reference_voxels: int = 0
+    classes: dict[int, ClassMetrics] | None = Field(
+        None, description="multi-class stores: label value -> that class's metrics")
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict:
+        return _drop_unset(handler(self), ("classes",))
 
 
 class MetricSummary(StrictModel):
@@ -71,7 +117,16 @@ class EvaluationReport(StrictModel):
     source: str = Field(description="student checkpoint path, or 'round r pseudo-labels'")
     largest_component: bool = False
     cases: list[CaseMetrics] = Field(default_factory=list)
-    summary: dict[str, MetricSummary] = Field(default_factory=dict)
+    summary: dict[str, MetricSummary] = Field(
+        default_factory=dict, description="over the volumes (multi-class: of their class means)")
+    classes: dict[int, str] | None = Field(
+        None, description="multi-class stores: label value -> structure name")
+    class_summary: dict[int, dict[str, MetricSummary]] | None = Field(
+        None, description="multi-class stores: label value -> metric -> summary over the volumes")
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict:
+        return _drop_unset(handler(self), ("classes", "class_summary"))
 
     def mean(self, metric: str) -> float | None:
         return self.summary[metric].mean if metric in self.summary else None
@@ -87,7 +142,7 @@ class RoundEvaluation(StrictModel):
         default_factory=dict, description="mean(pseudo-label) - mean(student) per metric")
 
 
-def summarize(cases: list[CaseMetrics]) -> dict[str, MetricSummary]:
+def summarize(cases: list[CaseMetrics] | list[ClassMetrics]) -> dict[str, MetricSummary]:
     """Mean and (population) std of every metric over the cases where it is defined."""
     out = {}
     for metric in METRICS:
@@ -97,15 +152,42 @@ def summarize(cases: list[CaseMetrics]) -> dict[str, MetricSummary]:
     return out
 
 
-def score(volume_id: str, pred: np.ndarray, ref: np.ndarray, spacing, keep_largest: bool) -> CaseMetrics:
-    """`CaseMetrics` of one binary prediction ``XxYxZ`` against its truth ``XxYxZ``."""
-    pred = pred > 0
+def mask_scores(pred: np.ndarray, ref: np.ndarray, spacing, keep_largest: bool) -> dict:
+    """Every metric of `METRICS` (None where undefined) and both voxel counts of one ``XxYxZ``
+    bool prediction against its ``XxYxZ`` bool truth."""
     if keep_largest:
         pred = largest_component(pred)
-    values = case_metrics(pred, ref > 0, spacing)
+    values = case_metrics(pred, ref, spacing)
     clean = {k: (None if np.isnan(v) else float(v)) for k, v in values.items()}
-    return CaseMetrics(volume_id=volume_id, predicted_voxels=int(pred.sum()),
-                       reference_voxels=int((ref > 0).sum()), **clean)
+    return {"predicted_voxels": int(pred.sum()), "reference_voxels": int(ref.sum()), **clean}
+
+
+def score(volume_id: str, pred: np.ndarray, ref: np.ndarray, spacing, keep_largest: bool) -> CaseMetrics:
+    """`CaseMetrics` of one binary prediction ``XxYxZ`` against its truth ``XxYxZ``."""
+    return CaseMetrics(volume_id=volume_id, **mask_scores(pred > 0, ref > 0, spacing, keep_largest))
+
+
+def _mean_defined(values: list[float | None]) -> float | None:
+    defined = [v for v in values if v is not None]
+    return float(np.mean(defined)) if defined else None
+
+
+def score_classes(volume_id: str, pred: np.ndarray, ref: np.ndarray, spacing, keep_largest: bool,
+                  classes: ClassMap) -> CaseMetrics:
+    """`CaseMetrics` of one multi-class prediction against its truth, both ``XxYxZ`` uint8
+    class values: per class ``v`` (``pred == v`` vs ``ref == v``) and the class means."""
+    per = {v: ClassMetrics(**mask_scores(pred == v, ref == v, spacing, keep_largest))
+           for v in classes.values}
+    cases = list(per.values())
+    means = {m: _mean_defined([getattr(c, m) for c in cases]) for m in METRICS}
+    return CaseMetrics(volume_id=volume_id, classes=per,
+                       predicted_voxels=sum(c.predicted_voxels for c in cases),
+                       reference_voxels=sum(c.reference_voxels for c in cases), **means)
+
+
+def summarize_classes(cases: list[CaseMetrics], classes: ClassMap) -> dict[int, dict[str, MetricSummary]]:
+    """`summarize` of every class over the volumes (cases scored by `score_classes`)."""
+    return {v: summarize([c.classes[v] for c in cases if c.classes]) for v in classes.values}
 
 
 def has_reference(root: zarr.Group, volume_id: str) -> bool:
@@ -140,28 +222,76 @@ def read_volume_list(value: str | Path) -> list[str]:
 
 def _evaluate(root: zarr.Group, store: str, source: str, ids: list[str],
               predict: Callable[[str], np.ndarray], keep_largest: bool,
-              on_volume: Callable[[str, str], None] | None) -> EvaluationReport:
+              on_volume: Callable[[str, str], None] | None,
+              classes: ClassMap | None = None) -> EvaluationReport:
+    """Score ``predict(id)`` against every volume's truth; ``classes`` (a multi-class map):
+    per class (`score_classes`), else as one structure (`score`)."""
     spacing = {m.volume_id: m.spacing for m in list_metas(root)}
+    multi = classes is not None and classes.multiclass
     cases = []
     for vid in ids:
-        cases.append(score(vid, predict(vid), read_reference(root, vid), spacing[vid], keep_largest))
+        pred, ref = predict(vid), read_reference(root, vid)
+        cases.append(score_classes(vid, pred, ref, spacing[vid], keep_largest, classes) if multi
+                     else score(vid, pred, ref, spacing[vid], keep_largest))
         if on_volume is not None:
             on_volume(vid, f"Dice {cases[-1].dice:.3f}")
-    return EvaluationReport(store=store, source=source, largest_component=keep_largest,
-                            cases=cases, summary=summarize(cases))
+    report = EvaluationReport(store=store, source=source, largest_component=keep_largest,
+                              cases=cases, summary=summarize(cases))
+    if multi:
+        report.classes = dict(classes.names)
+        report.class_summary = summarize_classes(cases, classes)
+    return report
+
+
+def check_checkpoint_classes(meta: dict, classes: ClassMap, checkpoint: Path, store: str) -> None:
+    """A student that records a class map must have been trained on the store's: the same
+    value -> name pairs, so that channel ``c`` is scored as the structure it learnt.
+
+    Raises:
+        InputError: the maps differ (one line naming the checkpoint, the store and both maps).
+    """
+    trained = checkpoint_classes(meta, checkpoint)
+    if trained is None or trained == classes or not (trained.multiclass or classes.multiclass):
+        return
+    raise InputError(f"student {checkpoint}: trained on classes ({_show(trained)}), but store "
+                     f"{store} has ({_show(classes)}); its channels would be scored as other "
+                     "structures")
+
+
+def _show(classes: ClassMap) -> str:
+    """``1=anterior, 2=posterior``."""
+    return ", ".join(f"{v}={n}" for v, n in classes.names.items())
 
 
 def student_predictor(root: zarr.Group, checkpoint: Path, inference: StudentInferenceConfig,
-                      device: str = "auto") -> Callable[[str], np.ndarray]:
-    """``volume id -> XxYxZ bool`` prediction (sliding window, foreground probability > 0.5)."""
+                      device: str = "auto", store: str = "",
+                      classes: ClassMap | None = None) -> Callable[[str], np.ndarray]:
+    """``volume id -> XxYxZ`` prediction by sliding window: one-structure stores bool
+    (foreground probability > 0.5); multi-class ``classes`` uint8 class values (the argmax of
+    the ``K + 1`` softmax channels, channel ``c`` -> ``classes.values[c - 1]``, 0 -> 0).
+
+    Raises:
+        InputError: a multi-class store and a student without ``K + 1`` channels, or one
+            trained on another class map (`check_checkpoint_classes`).
+    """
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
-    model, spec, _ = load_student(checkpoint, dev)
+    model, spec, meta = load_student(checkpoint, dev)
+    classes = classes or read_class_map(root)
+    check_checkpoint_classes(meta, classes, checkpoint, store)
+    if not classes.multiclass:
+        def predict(volume_id: str) -> np.ndarray:
+            return predict_probability(model, read_image(root, volume_id), spec, inference, dev) > 0.5
 
-    def predict(volume_id: str) -> np.ndarray:
-        return predict_probability(model, read_image(root, volume_id), spec, inference, dev) > 0.5
+        return predict
+    check_student_classes(spec, classes, checkpoint)
+    values = np.asarray([0, *classes.values], dtype=np.uint8)
 
-    return predict
+    def predict_classes(volume_id: str) -> np.ndarray:
+        prob = predict_probabilities(model, read_image(root, volume_id), spec, inference, dev)
+        return values[np.argmax(prob, axis=0)]
+
+    return predict_classes
 
 
 def evaluate_student(store: str | Path, checkpoint: Path, volumes: Iterable[str] | None = None,
@@ -176,8 +306,11 @@ def evaluate_student(store: str | Path, checkpoint: Path, volumes: Iterable[str]
     """
     root = open_store(store, read_only=True)
     ids = select_volumes(root, volumes)
-    predict = student_predictor(root, Path(checkpoint), inference or StudentInferenceConfig(), device)
-    return _evaluate(root, str(store), str(checkpoint), ids, predict, largest_component, on_volume)
+    classes = read_class_map(root)
+    predict = student_predictor(root, Path(checkpoint), inference or StudentInferenceConfig(), device,
+                                str(store), classes)
+    return _evaluate(root, str(store), str(checkpoint), ids, predict, largest_component, on_volume,
+                     classes)
 
 
 def evaluate_round(store: str | Path, round_index: int, student: Path | None = None,
@@ -210,11 +343,13 @@ def evaluate_round(store: str | Path, round_index: int, student: Path | None = N
         raise CheckpointError(f"{checkpoint}: sha256 differs from round {round_index}'s student "
                               f"({meta.student_sha256[:12]})")
     inference = StudentInferenceConfig.model_validate(meta.config.get("student", {}))
+    classes = read_class_map(root)
     pseudo = _evaluate(root, str(store), f"round {round_index} pseudo-labels", ids,
                        lambda vid: read_output(root, round_index, "pseudo_label", vid),
-                       largest_component, on_volume)
+                       largest_component, on_volume, classes)
     own = _evaluate(root, str(store), str(checkpoint), ids,
-                    student_predictor(root, checkpoint, inference, device), largest_component, on_volume)
+                    student_predictor(root, checkpoint, inference, device, str(store), classes),
+                    largest_component, on_volume, classes)
     gain = {}
     for metric in METRICS:
         a, b = pseudo.mean(metric), own.mean(metric)

@@ -1,7 +1,9 @@
 """Resume checkpoints of the training stage (``CKPT.state.pt`` next to the student ``CKPT``).
 
 The student checkpoint ``CKPT`` is a plain `semisam.workers.student` checkpoint (what rounds
-load); its ``meta`` carries the config, the iteration and the store fingerprint. The state file
+load); its ``meta`` carries the config, the iteration, the store fingerprint and, for a store
+with a class map other than ``{1: "foreground"}``, that map (``meta["classes"]``, `ClassMap`
+attribute form ``{"1": "name", ...}``: channel ``c`` is the ``c``-th value). The state file
 holds everything needed to continue a run bit for bit, as tensors, lists and plain values
 only, so both load with ``torch.load(weights_only=True)``::
 
@@ -20,14 +22,35 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
-from semisam.schemas import CheckpointError, TrainConfig
+from semisam.schemas import CheckpointError, ClassMap, TrainConfig, first_validation_error
 from semisam.workers.student import read_checkpoint
 
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "semisam-train-state"
 STATE_VERSION = 1
+CLASSES_META_KEY = "classes"
+
+
+def checkpoint_classes(meta: dict, path: Path | str) -> ClassMap | None:
+    """The class map a student checkpoint's ``meta`` records; None when it records none (a
+    student of a one-structure store, or one trained before class maps).
+
+    Raises:
+        CheckpointError: ``meta["classes"]`` is not a valid class map (one line naming ``path``).
+    """
+    raw = meta.get(CLASSES_META_KEY)
+    if raw is None:
+        return None
+    try:
+        return ClassMap(names={int(k): v for k, v in dict(raw).items()})
+    except ValidationError as exc:
+        detail = first_validation_error(exc)
+    except (ValueError, TypeError, AttributeError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    raise CheckpointError(f"{path}: meta 'classes' is not a valid class map ({detail})")
 
 
 def state_path(checkpoint: Path) -> Path:

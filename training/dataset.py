@@ -1,6 +1,11 @@
 """What the training stage reads from a store: volume handles, intensity statistics, the round's
 pseudo-labels, a fingerprint of it all, and batches of patches.
 
+Labels and pseudo-labels hold the store's class VALUES (``uint8``: 0 background, the class
+map's values for the structures, e.g. {1, 3}); the losses take class INDICES ``0..K``
+(channel ``c`` of the student = ``classes.values[c - 1]``). `class_index_table` maps one to
+the other where patches are assembled; for a one-structure store it is the identity.
+
 Nothing here loads a whole volume: statistics are accumulated slab by slab along the chunked
 axis, and patches are sliced from the Zarr arrays (`read_region`).
 """
@@ -18,21 +23,55 @@ import zarr
 
 from semisam.schemas import (
     CONFIDENCE_SCALE,
+    ClassMap,
     ConfigError,
     InputError,
     TrainConfig,
     VolumeMeta,
     VolumeStatus,
+    binary_classes,
     output_path,
     volume_path,
 )
-from semisam.store import list_metas, read_record, read_round_meta
+from semisam.store import list_metas, read_class_map, read_record, read_round_meta
 
 from .patches import crop_start, read_region, read_size, rot_flip, rot_flip_choice
 
 log = logging.getLogger(__name__)
 
 FOREGROUND_SAMPLE = 4096  # foreground voxel positions kept per labeled volume
+UNKNOWN_CLASS = -1  # index-table entry of a label value that is not in the class map
+
+
+def class_index_table(classes: ClassMap) -> np.ndarray | None:
+    """Label value -> class index: a ``(256,)`` int64 table, ``table[0] = 0`` and
+    ``table[classes.values[c - 1]] = c``, every other value `UNKNOWN_CLASS`; None for a
+    one-structure store ``{1: ...}``, whose values already are the indices (identity)."""
+    if not classes.multiclass:
+        return None
+    table = np.full(256, UNKNOWN_CLASS, dtype=np.int64)
+    table[0] = 0
+    table[np.asarray(classes.values, dtype=np.int64)] = np.arange(1, classes.count + 1)
+    return table
+
+
+def to_class_indices(values: np.ndarray, table: np.ndarray | None, volume_id: str,
+                     classes: ClassMap) -> np.ndarray:
+    """Class indices ``XxYxZ`` int64 of a patch of class values ``XxYxZ`` int64 (0..255).
+
+    Raises:
+        InputError: the patch holds a value the class map does not name (one line naming the
+            volume and the map).
+    """
+    if table is None:
+        return values
+    indices = table[values]
+    if (indices == UNKNOWN_CLASS).any():
+        bad = int(values[indices == UNKNOWN_CLASS][0])
+        known = ", ".join(f"{v}={n}" for v, n in classes.names.items())
+        raise InputError(f"volume '{volume_id}': label value {bad} is not in the store's class "
+                         f"map ({known})")
+    return indices
 
 
 @dataclass
@@ -58,6 +97,7 @@ class TrainingData:
     unlabeled: list[VolumeSource]
     fingerprint: str
     round_index: int | None = None
+    classes: ClassMap = field(default_factory=binary_classes)
 
 
 def slabs(shape: tuple[int, ...], chunks: tuple[int, ...]) -> Iterator[tuple[slice, ...]]:
@@ -98,10 +138,14 @@ def foreground_sample(array: zarr.Array, cap: int = FOREGROUND_SAMPLE) -> np.nda
     return coords[::stride][:cap].astype(np.int64)
 
 
-def store_fingerprint(root: zarr.Group, metas: list[VolumeMeta], round_index: int | None) -> str:
-    """sha256 over what training reads: the volumes' source hashes and labeled flags, and the
-    round's fingerprint plus the checksums of its done volumes."""
+def store_fingerprint(root: zarr.Group, metas: list[VolumeMeta], round_index: int | None,
+                      classes: ClassMap | None = None) -> str:
+    """sha256 over what training reads: the volumes' source hashes and labeled flags, the class
+    map of a multi-class store (a one-structure store's fingerprint is what it always was), and
+    the round's fingerprint plus the checksums of its done volumes."""
     payload: dict = {"volumes": [[m.volume_id, m.sha256, m.label_sha256, m.labeled] for m in metas]}
+    if classes is not None and classes.multiclass:
+        payload["classes"] = classes.to_attrs()
     if round_index is not None:
         meta = read_round_meta(root, round_index)
         records = {}
@@ -124,7 +168,8 @@ def _attach_round(root: zarr.Group, source: VolumeSource, round_index: int) -> b
 
 
 def open_training_data(root: zarr.Group, config: TrainConfig, round_index: int | None) -> TrainingData:
-    """Handles and statistics of every volume the run trains on (``config.exclude`` left out).
+    """Handles and statistics of every volume the run trains on (``config.exclude`` left out),
+    and the store's class map.
 
     Raises:
         InputError: no labeled volume remains.
@@ -156,13 +201,16 @@ def open_training_data(root: zarr.Group, config: TrainConfig, round_index: int |
                         "they get no SAM term", round_index, len(unlabeled) - attached, len(unlabeled))
     log.info("training data: %d labeled, %d unlabeled volumes%s", len(labeled), len(unlabeled),
              f", pseudo-labels of round {round_index}" if round_index is not None else "")
-    return TrainingData(labeled, unlabeled, store_fingerprint(root, metas, round_index), round_index)
+    classes = read_class_map(root)
+    return TrainingData(labeled, unlabeled, store_fingerprint(root, metas, round_index, classes),
+                        round_index, classes)
 
 
 @dataclass
 class Batch:
     """One batch, labeled patches first. Shapes: ``image`` Bx1xXxYxZ float32 (z-scored);
-    ``label`` LxXxYxZ int64; ``pseudo_label`` UxXxYxZ int64; ``confidence`` UxXxYxZ float32."""
+    ``label`` LxXxYxZ int64 and ``pseudo_label`` UxXxYxZ int64, class indices ``0..K``;
+    ``confidence`` UxXxYxZ float32."""
 
     image: np.ndarray
     label: np.ndarray
@@ -188,9 +236,12 @@ class PatchSampler:
         self.size = tuple(config.student.patch_size)
         self.n_unlabeled = config.batch.unlabeled if use_unlabeled and data.unlabeled else 0
         self.with_round = data.round_index is not None
+        self.index_table = class_index_table(data.classes)
 
     def _patch(self, source: VolumeSource, rng: np.random.Generator,
                foreground_prob: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One augmented patch: image ``XxYxZ`` float32 (z-scored), target ``XxYxZ`` int64 class
+        indices (0 where the volume has none), confidence ``XxYxZ`` float32."""
         k, flip_axis = rot_flip_choice(rng, self.config.augment.rot90, self.config.augment.flip)
         size = read_size(self.size, k)
         centre = None
@@ -206,7 +257,9 @@ class PatchSampler:
             confidence = (read_region(source.confidence, start, size) / CONFIDENCE_SCALE
                           if source.confidence is not None else (target >= 0).astype(np.float32))
         stack = rot_flip(np.stack([image, target, confidence]), k, flip_axis)
-        return stack[0], stack[1], stack[2]
+        values = np.rint(stack[1]).astype(np.int64)
+        indices = to_class_indices(values, self.index_table, source.meta.volume_id, self.data.classes)
+        return stack[0], indices, stack[2]
 
     def sample(self, rng: np.random.Generator) -> Batch:
         """Labeled then unlabeled patches; volumes drawn uniformly with replacement."""
@@ -224,8 +277,8 @@ class PatchSampler:
             conf.append(confidence)
         return Batch(
             image=np.stack(images)[:, None].astype(np.float32),
-            label=np.rint(np.stack(labels)).astype(np.int64),
-            pseudo_label=np.rint(np.stack(pseudo)).astype(np.int64) if pseudo and self.with_round else None,
+            label=np.stack(labels),
+            pseudo_label=np.stack(pseudo) if pseudo and self.with_round else None,
             confidence=np.stack(conf).astype(np.float32) if conf and self.with_round else None,
         )
 

@@ -1,5 +1,11 @@
 """Loss terms of the training stage. Every function takes logits or softmax ``BxCxXxYxZ``.
 
+``C = K + 1`` channels for a store of ``K`` structures: channel 0 the background, channel ``c``
+the ``c``-th structure; targets are class INDICES ``0..K`` (`semisam.training.dataset` maps the
+store's class values to them). The Dice terms are the mean over the foreground classes
+``1..K`` of the per-class soft Dice; for ``K = 1`` (``C = 2``) they are the single
+foreground-channel Dice, computed exactly as before multi-class stores existed.
+
 The SAM term is a confidence-weighted per-voxel loss with constant (detached) weights: its
 gradient is non-zero wherever the confidence is > 0 and exactly zero where it is 0. SemiSAM+'s
 public code instead normalises the loss ``s / (s + 1e-16)``, which is 1 for any ``s > 0`` and so
@@ -22,8 +28,8 @@ def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, smooth: float = 1e-
     weight 0 takes no part and gets no gradient.
 
     Args:
-        prob: ``BxXxYxZ`` foreground probability.
-        target: ``BxXxYxZ`` {0, 1}.
+        prob: ``BxXxYxZ`` probability of one class (the foreground of a one-structure store).
+        target: ``BxXxYxZ`` {0, 1} (or bool): membership of that class.
         weights: ``BxXxYxZ`` in [0, 1], constant; None = every voxel 1.
     """
     target = target.float()
@@ -36,13 +42,36 @@ def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, smooth: float = 1e-
     return 1.0 - (2.0 * intersect + smooth) / (denominator + smooth)
 
 
+def class_dice_loss(prob: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5,
+                    weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the foreground classes ``1..C-1`` of the per-class `soft_dice_loss`.
+
+    For ``C = 2`` this is ``soft_dice_loss(prob[:, 1], target == 1)`` itself (same operations,
+    bit-identical to the one-structure loss).
+
+    Args:
+        prob: ``BxCxXxYxZ`` softmax probabilities, ``C >= 2``.
+        target: ``BxXxYxZ`` int64 class indices in ``0..C-1``.
+        weights: ``BxXxYxZ`` in [0, 1], constant, shared by every class; None = every voxel 1.
+
+    Returns:
+        Scalar loss.
+    """
+    channels = prob.shape[1]
+    if channels == 2:
+        return soft_dice_loss(prob[:, 1], target == 1, smooth, weights)
+    losses = [soft_dice_loss(prob[:, c], target == c, smooth, weights) for c in range(1, channels)]
+    return torch.stack(losses).mean()
+
+
 def supervised_terms(logits: torch.Tensor, label: torch.Tensor,
                      config: SupervisedConfig) -> dict[str, torch.Tensor]:
-    """Cross-entropy and soft Dice (foreground class) of labeled patches, unweighted.
+    """Cross-entropy over the ``C`` classes and soft Dice (`class_dice_loss`: mean over the
+    foreground classes) of labeled patches, unweighted.
 
     Args:
         logits: ``BxCxXxYxZ``.
-        label: ``BxXxYxZ`` int64 class indices.
+        label: ``BxXxYxZ`` int64 class indices in ``0..C-1``.
 
     Returns:
         ``{"ce": ..., "dice": ...}`` (a term whose weight is 0 is not computed).
@@ -51,7 +80,7 @@ def supervised_terms(logits: torch.Tensor, label: torch.Tensor,
     if config.ce_weight > 0:
         terms["ce"] = F.cross_entropy(logits, label)
     if config.dice_weight > 0:
-        terms["dice"] = soft_dice_loss(torch.softmax(logits, dim=1)[:, 1], label == 1)
+        terms["dice"] = class_dice_loss(torch.softmax(logits, dim=1), label)
     return terms
 
 
@@ -83,7 +112,7 @@ def sam_consistency(student_logits: torch.Tensor, pseudo_label: torch.Tensor,
 
     Args:
         student_logits: ``BxCxXxYxZ``.
-        pseudo_label: ``BxXxYxZ`` int64 class indices.
+        pseudo_label: ``BxXxYxZ`` int64 class indices in ``0..C-1``.
         confidence: ``BxXxYxZ`` float in [0, 1] (0 where there is no pseudo-label, e.g. padding
             or a volume without a done record). Without ``confidence_weighted`` every voxel with
             confidence > 0 counts with weight 1.
@@ -92,9 +121,10 @@ def sam_consistency(student_logits: torch.Tensor, pseudo_label: torch.Tensor,
         Scalar: ``sum(w d) / N`` (``normalization=voxels``; equals SemiSAM's plain mean when
         ``w == 1``) or ``sum(w d) / sum(w)`` (``confidence``); 0 (with a zero gradient) when
         every weight is 0. ``d`` is ``0.5 * mean_c (p_c - y_c)^2`` (``mse``) or ``-log p_y``
-        (``ce`` and ``ce_dice``); ``ce_dice`` adds the ``weights``-weighted `soft_dice_loss` of the foreground
-        class, so that a small structure counts as much as the background around it (the
-        per-voxel mean alone is dominated by easy background voxels).
+        (``ce`` and ``ce_dice``), over the ``C`` classes; ``ce_dice`` adds the
+        ``weights``-weighted `class_dice_loss` (mean over the foreground classes ``1..C-1``), so
+        that a small structure counts as much as the background around it (the per-voxel mean
+        alone is dominated by easy background voxels).
     """
     weights = sam_voxel_weights(confidence, config)
     if config.loss == SamLoss.mse:
@@ -109,6 +139,6 @@ def sam_consistency(student_logits: torch.Tensor, pseudo_label: torch.Tensor,
     else:
         value = weighted / torch.sum(weights).clamp_min(1e-6)
     if config.loss == SamLoss.ce_dice:
-        prob_fg = torch.softmax(student_logits, dim=1)[:, 1]
-        value = value + soft_dice_loss(prob_fg, pseudo_label == 1, weights=weights)
+        prob = torch.softmax(student_logits, dim=1)
+        value = value + class_dice_loss(prob, pseudo_label, weights=weights)
     return value

@@ -10,6 +10,13 @@ One iteration (``t`` of ``T``)::
             + w_sam(t) * sum(conf * d(p, onehot(pseudo_label))) / N        (unlabeled part)
     SGD step at lr(t); teacher <- EMA(student)
 
+On a store of ``K`` structures (its class map) the student has ``K + 1`` output channels
+(`fit_out_channels`), labels and pseudo-labels enter the losses as class indices ``0..K``, CE
+and the SAM term's per-voxel part run over the ``K + 1`` classes, and both Dice terms are the
+mean of the per-class Dice over the structures; the Mean Teacher term (MSE of the two
+softmaxes over every channel) needs no change. The student checkpoint's ``meta["classes"]``
+records the class map (absent for a one-structure store ``{1: "foreground"}``).
+
 Resume checkpoints (`checkpoint.py`) are written every ``checkpoint_every`` iterations and at
 the end; the student checkpoint is written at the end.
 """
@@ -26,12 +33,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from semisam.schemas import OptimizerKind, TrainConfig
-from semisam.store import open_store
+from semisam.schemas import ClassMap, ConfigError, OptimizerKind, TrainConfig, binary_classes
+from semisam.store import open_store, read_class_map
 from semisam.workers.student import build_student, load_student, save_student
 
 from . import schedules
 from .checkpoint import (
+    CLASSES_META_KEY,
     capture_rng,
     check_resumable,
     load_state,
@@ -72,6 +80,34 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
+
+
+DEFAULT_OUT_CHANNELS = 2  # StudentSpec.out_channels' default: one structure + background
+
+
+def fit_out_channels(config: TrainConfig, classes: ClassMap, store: str | Path) -> TrainConfig:
+    """The config with ``student.out_channels = K + 1`` for a store of ``K`` structures.
+
+    A config that leaves ``student.out_channels`` at the default 2 gets ``K + 1`` (logged); one
+    that already has ``K + 1`` is returned as it is (so is every config on a one-structure store
+    with the default).
+
+    Raises:
+        ConfigError: ``student.out_channels`` is set to neither ``K + 1`` nor the default 2
+            (one line naming the field, the store and K).
+    """
+    have, need = config.student.out_channels, classes.count + 1
+    if have == need:
+        return config
+    if have != DEFAULT_OUT_CHANNELS:
+        names = ", ".join(f"{v}={n}" for v, n in classes.names.items())
+        raise ConfigError(f"student.out_channels {have}: store {store} has K={classes.count} "
+                          f"class(es) ({names}), so the student needs K+1={need} output channels "
+                          f"(set {need} or leave the default {DEFAULT_OUT_CHANNELS})")
+    log.info("store %s has %d classes: student.out_channels %d -> %d", store, classes.count,
+             have, need)
+    student = config.student.model_copy(update={"out_channels": need})
+    return config.model_copy(update={"student": student})
 
 
 def build_nets(config: TrainConfig, device: torch.device, init: Path | None = None) -> Nets:
@@ -251,13 +287,17 @@ def train_student(
 
     Raises:
         CheckpointError: ``resume`` with a state from another config, round or store content.
+        ConfigError: ``config.student.out_channels`` does not fit the store's class map
+            (`fit_out_channels`).
     """
-    config = config or TrainConfig()
     out = Path(out)
+    root = open_store(store, read_only=True)
+    classes = read_class_map(root)
+    config = fit_out_channels(config or TrainConfig(), classes, store)
     device = resolve_device(config.device)
     if device.type == "cpu" and config.threads:
         torch.set_num_threads(config.threads)
-    data = open_training_data(open_store(store, read_only=True), config, round_index)
+    data = open_training_data(root, config, round_index)
     use_unlabeled = config.mean_teacher.enabled or (config.sam.enabled and round_index is not None)
     session = _Session(build_nets(config, device, init), PatchSampler(data, config, use_unlabeled),
                        config, data.fingerprint, round_index, device, state_path(out))
@@ -269,11 +309,14 @@ def train_student(
     result = session.run(start, elapsed, on_step)
     nets = session.nets
     exported = nets.ema if config.export.value == "teacher" else nets.model
-    save_student(out, exported.eval(), config.student, {
+    meta = {
         "stage": "semisam-train", "iteration": config.iterations,
         "config": config.model_dump(mode="json"), "store_fingerprint": data.fingerprint,
         "round": round_index, "export": config.export.value,
-        "labeled": [s.meta.volume_id for s in data.labeled], "final_terms": result.last})
+        "labeled": [s.meta.volume_id for s in data.labeled], "final_terms": result.last}
+    if data.classes != binary_classes():
+        meta[CLASSES_META_KEY] = data.classes.to_attrs()
+    save_student(out, exported.eval(), config.student, meta)
     result.checkpoint = out
     log.info("student written to %s (%d iterations, %.1f s)", out, config.iterations, result.seconds)
     return result

@@ -1,4 +1,9 @@
-"""`semisam evaluate`: Dice, Jaccard, 95HD, ASD of a student, or of a round's pseudo-labels."""
+"""`semisam evaluate`: Dice, Jaccard, 95HD, ASD of a student, or of a round's pseudo-labels.
+
+A multi-class store's table has a ``class`` column: per volume one row per structure and one
+with their mean, then ``mean +- std`` over the volumes per structure and of the means; a
+one-structure store's table is unchanged.
+"""
 
 from __future__ import annotations
 
@@ -23,20 +28,58 @@ def _fmt(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _cells(metrics) -> list[str]:
+    """The `_COLUMNS` of a `CaseMetrics` or `ClassMetrics`."""
+    return [_fmt(getattr(metrics, m), d) for m, _, d in _COLUMNS]
+
+
+def _summary_cells(summary: dict) -> list[str]:
+    """``mean +- std`` of every `_COLUMNS` metric in a ``metric -> MetricSummary`` dict."""
+    cells = []
+    for metric, _, digits in _COLUMNS:
+        s = summary[metric]
+        cells.append("-" if s.mean is None else f"{s.mean:.{digits}f} +- {s.std:.{digits}f}")
+    return cells
+
+
+def _class_label(report, value: int) -> str:
+    return f"{report.classes[value]} ({value})"
+
+
+def class_table(report, title: str) -> Table:
+    """`report_table` of a multi-class `EvaluationReport`: a ``class`` column, per volume a row
+    per class and one of their mean, then the per-class and mean ``mean +- std`` rows."""
+    table = Table(title=f"{title} ({len(report.cases)} volumes, {len(report.classes)} classes"
+                        f"{', largest component' if report.largest_component else ''})")
+    table.add_column("volume")
+    table.add_column("class")
+    for _, header, _ in _COLUMNS:
+        table.add_column(header, justify="right")
+    for case in report.cases:
+        for value in report.classes:
+            table.add_row(case.volume_id, _class_label(report, value), *_cells(case.classes[value]))
+        table.add_row(case.volume_id, "mean", *_cells(case), end_section=True)
+    for value in report.classes:
+        table.add_row("mean +- std", _class_label(report, value),
+                      *_summary_cells(report.class_summary[value]))
+    table.add_row("[bold]mean +- std[/bold]", "[bold]mean[/bold]", *_summary_cells(report.summary),
+                  end_section=True)
+    return table
+
+
 def report_table(report, title: str) -> Table:
-    """Per-volume rows and a ``mean +- std`` row of an `EvaluationReport`."""
+    """Per-volume rows and a ``mean +- std`` row of an `EvaluationReport` (multi-class:
+    `class_table`)."""
+    if report.classes is not None:
+        return class_table(report, title)
     table = Table(title=f"{title} ({len(report.cases)} volumes"
                         f"{', largest component' if report.largest_component else ''})")
     table.add_column("volume")
     for _, header, _ in _COLUMNS:
         table.add_column(header, justify="right")
     for case in report.cases:
-        table.add_row(case.volume_id, *[_fmt(getattr(case, m), d) for m, _, d in _COLUMNS])
-    cells = []
-    for metric, _, digits in _COLUMNS:
-        s = report.summary[metric]
-        cells.append("-" if s.mean is None else f"{s.mean:.{digits}f} +- {s.std:.{digits}f}")
-    table.add_row("[bold]mean +- std[/bold]", *cells, end_section=True)
+        table.add_row(case.volume_id, *_cells(case))
+    table.add_row("[bold]mean +- std[/bold]", *_summary_cells(report.summary), end_section=True)
     return table
 
 
@@ -47,7 +90,15 @@ def summary_line(report) -> str:
         s = report.summary[metric]
         if s.mean is not None:
             parts.append(f"{header} {s.mean:.{digits}f} +- {s.std:.{digits}f}")
-    return f"mean +- std over {len(report.cases)} volumes: " + ", ".join(parts)
+    line = f"mean +- std over {len(report.cases)} volumes: " + ", ".join(parts)
+    if report.classes is None:
+        return line
+    per_class = []
+    for value in report.classes:
+        s = report.class_summary[value]["dice"]
+        per_class.append(f"{_class_label(report, value)} "
+                         + ("-" if s.mean is None else f"{s.mean:.3f} +- {s.std:.3f}"))
+    return f"{line} (mean of {len(report.classes)} classes); Dice per class: " + ", ".join(per_class)
 
 
 def _volumes(value: Optional[str]) -> Optional[list[str]]:

@@ -11,10 +11,17 @@ from semisam.schemas import (
     SamLoss,
     SamNormalization,
     StudentSpec,
+    SupervisedConfig,
     TrainConfig,
 )
 from semisam.training.dataset import Batch
-from semisam.training.losses import sam_consistency
+from semisam.training.losses import (
+    class_dice_loss,
+    sam_consistency,
+    sam_voxel_weights,
+    soft_dice_loss,
+    supervised_terms,
+)
 from semisam.training.mean_teacher import build_nets, loss_terms
 
 TINY = StudentSpec(channels=(4, 8), strides=(2,), num_res_units=0, patch_size=(16, 16, 8))
@@ -123,3 +130,75 @@ def test_sam_term_needs_pseudo_labels():
     batch.pseudo_label = batch.confidence = None
     _, info = _grad(_config(), batch)
     assert "sam" not in info and "mt" in info
+
+
+# --- multi-class (K structures, K + 1 channels) ----------------------------------------------
+
+def _indices(shape, channels: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, channels, shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_class_dice_is_the_mean_of_the_single_class_losses(weighted):
+    logits = _logits((2, 4, 6, 6, 4), seed=5)
+    prob = torch.softmax(logits, dim=1)
+    target = _indices((2, 6, 6, 4), 4, seed=6)
+    weights = torch.rand(2, 6, 6, 4, generator=torch.Generator().manual_seed(7)) if weighted else None
+    value = class_dice_loss(prob, target, weights=weights)
+    single = [soft_dice_loss(prob[:, c], target == c, weights=weights) for c in (1, 2, 3)]
+    assert value.item() == pytest.approx(sum(s.item() for s in single) / 3, rel=1e-6)
+    if not weighted:  # the supervised term is that loss
+        dice = supervised_terms(logits, target, SupervisedConfig(ce_weight=0.0))["dice"]
+        assert dice.item() == pytest.approx(value.item(), rel=1e-6)
+    with_background = soft_dice_loss(prob[:, 0], target == 0, weights=weights)
+    assert value.item() != pytest.approx((sum(s.item() for s in single) + with_background.item()) / 4)
+
+
+def test_one_structure_dice_is_the_old_formula_bit_for_bit():
+    """K = 1: supervised Dice and the SAM term's Dice are exactly the pre-multi-class values."""
+    logits = _logits(seed=8)
+    label = _indices((2, 6, 6, 4), 2, seed=9)
+    p = torch.softmax(logits, dim=1)[:, 1]
+    y = (label == 1).float()
+    old = 1.0 - (2.0 * torch.sum(p * y) + 1e-5) / (torch.sum(p * p) + torch.sum(y * y) + 1e-5)
+    cfg = SupervisedConfig(ce_weight=0.0)
+    assert torch.equal(supervised_terms(logits, label, cfg)["dice"], old)
+    assert torch.equal(class_dice_loss(torch.softmax(logits, dim=1), label), old)
+    conf = torch.rand(2, 6, 6, 4, generator=torch.Generator().manual_seed(10))
+    w = sam_voxel_weights(conf, SamConsistencyConfig())
+    old_w = 1.0 - (2.0 * torch.sum(w * p * y) + 1e-5) / (torch.sum(w * p * p) + torch.sum(w * y * y) + 1e-5)
+    ce = sam_consistency(logits, label, conf, SamConsistencyConfig(loss=SamLoss.ce))
+    both = sam_consistency(logits, label, conf, SamConsistencyConfig(loss=SamLoss.ce_dice))
+    assert torch.equal(both, ce + old_w)
+
+
+def test_sam_dice_part_is_the_mean_over_the_structures():
+    logits = _logits((2, 3, 6, 6, 4), seed=11)
+    pseudo = _indices((2, 6, 6, 4), 3, seed=12)
+    conf = torch.rand(2, 6, 6, 4, generator=torch.Generator().manual_seed(13))
+    ce = sam_consistency(logits, pseudo, conf, SamConsistencyConfig(loss=SamLoss.ce))
+    both = sam_consistency(logits, pseudo, conf, SamConsistencyConfig(loss=SamLoss.ce_dice))
+    prob = torch.softmax(logits, 1)
+    w = sam_voxel_weights(conf, SamConsistencyConfig())
+    dice = [soft_dice_loss(prob[:, c], pseudo == c, weights=w).item() for c in (1, 2)]
+    assert both.item() == pytest.approx(ce.item() + sum(dice) / 2, rel=1e-6)
+    # every class predicted sharply and right: no Dice left, whatever the class
+    sharp = torch.nn.functional.one_hot(pseudo, 3).movedim(-1, 1).float() * 40 - 20
+    assert sam_consistency(sharp, pseudo, conf, SamConsistencyConfig(loss=SamLoss.ce_dice)).item() < 1e-6
+    # the MSE part's one-hot has all 3 channels
+    mse = sam_consistency(logits, pseudo, torch.ones(2, 6, 6, 4), SamConsistencyConfig(confidence_weighted=False))
+    onehot = torch.nn.functional.one_hot(pseudo, 3).movedim(-1, 1).float()
+    assert mse.item() == pytest.approx(0.5 * torch.mean((prob - onehot) ** 2).item(), rel=1e-6)
+
+
+def test_three_channel_student_gets_every_term_with_class_indices():
+    cfg = _config()
+    cfg.student = TINY.model_copy(update={"out_channels": 3})
+    batch = _batch()
+    rng = np.random.default_rng(4)
+    batch.label = rng.integers(0, 3, batch.label.shape).astype(np.int64)
+    batch.pseudo_label = rng.integers(0, 3, batch.pseudo_label.shape).astype(np.int64)
+    grad, info = _grad(cfg, batch)
+    assert {"ce", "dice", "mt", "sam"} <= set(info)
+    assert all(np.isfinite(v) and v > 0 for k, v in info.items() if k in ("ce", "dice", "mt", "sam"))
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
