@@ -2,11 +2,13 @@
 
 NIfTI-1 (``.nii.gz``), one pair per finished volume::
 
-    DIR/pseudo_label/<id>.nii.gz   uint8 {0,1}, intent "label"
+    DIR/pseudo_label/<id>.nii.gz   uint8 {0,1} (multi-class: class values), intent "label"
     DIR/confidence/<id>.nii.gz     uint8 v on disk with scl_slope = 1/255, scl_inter = 0, so a
                                    reader that applies the scaling (nibabel ``get_fdata``, ITK,
                                    3D Slicer, ITK-SNAP) sees the confidence v/255 in [0, 1]
     DIR/export.json                what was written and skipped, the round's fingerprint
+    DIR/classes.json               multi-class stores: label value -> structure name (the
+                                   pseudo-labels hold the store's class values)
 
 Geometry is the source's: the array keeps the stored axis order (the file's own order at ingest)
 and the header carries the stored 4x4 affine (voxel index -> world mm, RAS) as both qform and
@@ -17,6 +19,7 @@ exported file is therefore the voxel (i, j, k) of the source image, at the same 
 
 from __future__ import annotations
 
+import json
 import logging
 from enum import Enum
 from pathlib import Path
@@ -171,6 +174,11 @@ def export_round(root: zarr.Group, round_index: int, out_dir: Path, *,
         report.volumes.append(item)
         log.info("%s: %s", vid, "exported" if item.written else f"skipped, {item.reason}")
     (out / "export.json").write_text(report.model_dump_json(indent=2))
+    from semisam.store import read_class_map
+
+    classes = read_class_map(root)
+    if classes.multiclass:
+        (out / "classes.json").write_text(json.dumps(classes.to_attrs(), indent=2))
     log.info("round %d: %d of %d volumes exported to %s", round_index, report.written, len(ids),
              out)
     return report
