@@ -316,7 +316,8 @@ def acquire_round_lock(root: zarr.Group, store: str, round_index: int, timeout_s
                 keys.delete(old)
             log.debug("round %d: lock generation %d taken", round_index, gen)
             return RoundLock(keys, round_index, gen, mine, timeout_s, where=store)
-        if keys.read(gen) is not None and keys.read(gen).token == mine.token:
+        created = keys.read(gen)  # read once: another driver may delete it between two reads
+        if created is not None and created.token == mine.token:
             keys.delete(gen)  # created, but a newer generation appeared meanwhile: withdraw
         time.sleep(0.05)
     raise RoundError(f"round {round_index} of {store}: could not take the lock "

@@ -261,7 +261,9 @@ def test_train_interrupted_then_resumed(tmp_path, sig):
     cfg = tmp_path / "train.json"
     spec = {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0,
             "patch_size": [16, 16, 16]}
-    cfg.write_text(json.dumps({"student": spec, "iterations": 30, "checkpoint_every": 2,
+    # enough iterations that the signal (sent once the first checkpoint exists) always lands
+    # mid-training: 30 had finished in 0.5 s before the signal arrived on a fast machine
+    cfg.write_text(json.dumps({"student": spec, "iterations": 600, "checkpoint_every": 2,
                                "batch": {"labeled": 1, "unlabeled": 0}, "seed": 11}))
     out = tmp_path / "student.pt"
     state = out.with_name(out.name + ".state.pt")
