@@ -1,6 +1,7 @@
 """Hippocampus benchmark of the training stage (CPU): does SemiSAM's alternation help?
 
-Binary hippocampus (MSD Task04, label > 0), a fixed split: 50 held-out volumes (evaluation only),
+Binary hippocampus (MSD Task04, label > 0; ``--classes``: its two structures, anterior 1 and
+posterior 2, every figure then the mean over the two and per class), a fixed split: 50 held-out volumes (evaluation only),
 4 labeled volumes, the other 146 of the training split unlabeled. Settings:
 
     a          supervised, 4 labels
@@ -48,9 +49,11 @@ from semisam.pipeline.evaluate import evaluate_student
 from semisam.pipeline.ingest import ingest
 from semisam.pipeline.loop import Loop, pseudo_label_dice
 from semisam.schemas import (
+    ClassMap,
     FusionMode,
     LoopConfig,
     LrSchedule,
+    MaskerKind,
     OptimizerKind,
     RampSchedule,
     RoundConfig,
@@ -64,6 +67,7 @@ from semisam.training import train_student
 log = logging.getLogger("benchmarks.hippocampus")
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hippocampus"
+CLASSES = ClassMap(names={1: "anterior", 2: "posterior"})  # MSD Task04's label values
 SPEC = StudentSpec(channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1,
                    patch_size=(40, 56, 40))
 
@@ -76,9 +80,11 @@ def split_ids(ids: list[str], holdout: int, labeled: int, seed: int = 2024) -> d
             "unlabeled": sorted(train[labeled:])}
 
 
-def prepare_stores(data: Path, work: Path, split: dict[str, list[str]]) -> dict[str, Path]:
+def prepare_stores(data: Path, work: Path, split: dict[str, list[str]],
+                   classes: ClassMap | None = None) -> dict[str, Path]:
     """``train.zarr`` (4 labeled + unlabeled with references), ``full.zarr`` (all training
-    volumes labeled) and ``heldout.zarr`` (the evaluation volumes, labeled)."""
+    volumes labeled) and ``heldout.zarr`` (the evaluation volumes, labeled); binary
+    (``label > 0``) unless ``classes`` keeps the label values."""
     images, labels = data / "images", data / "labels"
     train_files = [images / f"{i}.nii.gz" for i in split["labeled"] + split["unlabeled"]]
     stores = {"train": work / "train.zarr", "full": work / "full.zarr", "heldout": work / "heldout.zarr"}
@@ -86,7 +92,8 @@ def prepare_stores(data: Path, work: Path, split: dict[str, list[str]]) -> dict[
              "full": (train_files, None),
              "heldout": ([images / f"{i}.nii.gz" for i in split["heldout"]], None)}
     for name, (files, labeled) in plans.items():
-        report = ingest(stores[name], files, labels_dir=labels, labeled=labeled, binarize=True)
+        report = ingest(stores[name], files, labels_dir=labels, labeled=labeled,
+                        binarize=classes is None, classes=classes)
         if not report.ok:
             raise SystemExit(f"ingest of {name} failed: {report.failed[0].reason}")
     return stores
@@ -127,7 +134,10 @@ def configs(iterations: int, seed: int) -> dict[str, TrainConfig]:
 
 
 def round_config(fusion: FusionMode = FusionMode.masker_on_prompted) -> RoundConfig:
+    """The weight-free random-walker masker (the round's default, LiteMedSAM, does not help on
+    hippocampus: docs/benchmarks.md), 2 Ray workers of 1 thread."""
     cfg = RoundConfig()
+    cfg.masker.kind = MaskerKind.random_walker
     cfg.runtime.workers, cfg.runtime.torch_threads = 2, 1
     cfg.fusion.mode = fusion
     return cfg
@@ -147,6 +157,8 @@ def evaluate(student: Path, heldout: Path, previous: dict | None = None) -> dict
         out[f"dice_std{suffix}"] = report.summary["dice"].std
         out[f"hd95_mm{suffix}"] = report.mean("hd95_mm")
         out["n"] = len(report.cases)
+        for value, metrics in (report.class_summary or {}).items():  # --classes: per structure
+            out[f"dice{suffix}_class{value}"] = metrics["dice"].mean
     return out
 
 
@@ -239,8 +251,11 @@ def table(results: dict) -> list[str]:
     by_setting: dict[str, list[dict]] = {}
     for key, value in results.items():
         by_setting.setdefault(key.split("/")[0], []).append(value)
-    lines = ["| setting | seeds | Dice | Dice (LCC) | 95HD mm | pseudo-label Dice | s / seed |",
-             "|---|---|---|---|---|---|---|"]
+    per_class = sorted({k.removeprefix("dice_class") for r in results.values() for k in r
+                        if k.startswith("dice_class")})
+    lines = ["| setting | seeds | Dice | Dice (LCC) | 95HD mm | pseudo-label Dice | s / seed |"
+             + "".join(f" Dice class {v} |" for v in per_class),
+             "|---|---|---|---|---|---|---|" + "---|" * len(per_class)]
     for name in sorted(by_setting):
         rows = by_setting[name]
 
@@ -251,7 +266,8 @@ def table(results: dict) -> list[str]:
             return f"{np.mean(vals):.{digits}f} +- {np.std(vals):.{digits}f}" if len(vals) > 1 else f"{vals[0]:.{digits}f}"
 
         lines.append(f"| {name} | {len(rows)} | {stat('dice')} | {stat('dice_lcc')} | "
-                     f"{stat('hd95_mm', 2)} | {stat('pseudo_label_dice')} | {stat('seconds', 0)} |")
+                     f"{stat('hd95_mm', 2)} | {stat('pseudo_label_dice')} | {stat('seconds', 0)} |"
+                     + "".join(f" {stat('dice_class' + v)} |" for v in per_class))
     return lines
 
 
@@ -264,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--labeled", type=int, default=4)
     parser.add_argument("--holdout", type=int, default=50)
+    parser.add_argument("--classes", action="store_true",
+                        help="both structures (1 anterior, 2 posterior) instead of label > 0")
     parser.add_argument("--settings", nargs="+", default=["a", "c-mpr", "d"],
                         choices=["a", "c", "c-semisam", "c-avg", "c-tta", "c-mpr", "d"],
                         help="b is student 0 of c's loop (c-avg, c-tta, c-mpr start from it too)")
@@ -276,10 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     ids = sorted(p.name.removesuffix(".nii.gz") for p in (args.data / "images").glob("*.nii.gz"))
     split = split_ids(ids, args.holdout, args.labeled)
-    stores = prepare_stores(args.data, args.workdir, split)
+    stores = prepare_stores(args.data, args.workdir, split, CLASSES if args.classes else None)
     results_path = args.workdir / "results.json"
     header = {"date": date.today().isoformat(), "command": " ".join(sys.argv), "split": split,
-              "iterations": args.iterations}
+              "iterations": args.iterations,
+              "classes": CLASSES.to_attrs() if args.classes else None}
     results = SavedResults(results_path, header)
     t0 = time.perf_counter()
     for seed in args.seeds:

@@ -12,7 +12,8 @@ largest connected component, Dice / Jaccard / 95HD / ASD in voxels.
     .venv/bin/python benchmarks/la.py --smoke                 # CPU, a few minutes
     .venv/bin/python benchmarks/la.py --iterations 2000       # GPU, under 10 minutes on an H100
 
-The masker is the weight-free random walker unless ``--sam-checkpoint`` names SAM weights.
+The masker is the round's default, LiteMedSAM with its bundled trained weights, unless
+``--sam-checkpoint`` names segment-anything weights.
 Reference: Mean Teacher + SemiSAM, 2 labels: Dice 69.46% (paper), 71.63% (its code re-run).
 """
 

@@ -24,7 +24,14 @@ import ray
 from pydantic import Field
 
 from semisam.schemas import ConfigError, LoopConfig, StrictModel, VolumeStatus, utcnow
-from semisam.store import list_metas, open_store, read_output, read_record, read_reference
+from semisam.store import (
+    list_metas,
+    open_store,
+    read_class_map,
+    read_output,
+    read_record,
+    read_reference,
+)
 from semisam.training import train_student
 from semisam.training.mean_teacher import StepCallback
 from semisam.training.metrics import dice
@@ -103,8 +110,10 @@ def save_loop_state(workdir: Path, state: LoopState) -> None:
 
 
 def pseudo_label_dice(store: str | Path, round_index: int) -> float | None:
-    """Mean Dice of round ``round_index``'s pseudo-labels against the references that exist."""
+    """Mean Dice of round ``round_index``'s pseudo-labels against the references that exist
+    (multi-class stores: per volume the mean over the classes of each class's Dice)."""
     root = open_store(store, read_only=True)
+    classes = read_class_map(root)
     scores = []
     for meta in list_metas(root):
         record = None if meta.labeled else read_record(root, round_index, meta.volume_id)
@@ -112,7 +121,11 @@ def pseudo_label_dice(store: str | Path, round_index: int) -> float | None:
             continue
         ref = read_reference(root, meta.volume_id)
         if ref is not None:
-            scores.append(dice(read_output(root, round_index, "pseudo_label", meta.volume_id), ref))
+            label = read_output(root, round_index, "pseudo_label", meta.volume_id)
+            if classes.multiclass:
+                scores.append(float(np.mean([dice(label == v, ref == v) for v in classes.values])))
+            else:
+                scores.append(dice(label, ref))
     return float(np.mean(scores)) if scores else None
 
 

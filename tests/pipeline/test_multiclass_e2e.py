@@ -13,6 +13,7 @@ import numpy as np
 from semisam.pipeline.driver import run_round
 from semisam.pipeline.evaluate import evaluate_round
 from semisam.pipeline.ingest import ingest
+from semisam.pipeline.loop import pseudo_label_dice
 from semisam.pipeline.phantoms import write_phantom_set
 from semisam.schemas import ClassMap, RoundConfig
 from semisam.store import open_store, read_output, read_reference
@@ -34,13 +35,19 @@ def test_three_structures_end_to_end(local_ray, tmp_path: Path) -> None:
     summary = run_round(store, 1, result.checkpoint, cfg, show_progress=False)
     assert summary.done == 2 and summary.failed == 0
     root = open_store(store, read_only=True)
+    class_dice = []
     for vid in ("phantom_003", "phantom_004"):
         pseudo, ref = read_output(root, 1, "pseudo_label", vid), read_reference(root, vid)
         assert ref is not None and set(np.unique(pseudo)) <= {0, 1, 2, 3}
+        class_dice.append(np.mean([2 * np.sum((pseudo == v) & (ref == v))
+                                   / (np.sum(pseudo == v) + np.sum(ref == v)) for v in (1, 2, 3)]))
         overlap = np.array([[np.logical_and(pseudo == a, ref == b).sum() for b in (1, 2, 3)]
                             for a in (1, 2, 3)])
         # each pseudo-label class overlaps its own reference class most: nothing swapped
         assert (overlap.argmax(axis=1) == [0, 1, 2]).all(), overlap
+    # the loop's pseudo-label Dice is per class (the mean over classes), not foreground vs
+    # foreground: a swapped class would count as right in the latter
+    assert abs(pseudo_label_dice(store, 1) - float(np.mean(class_dice))) < 1e-9
     report = evaluate_round(store, 1, device="cpu")
     per_class = report.pseudo_label.class_summary
     assert per_class is not None and sorted(per_class) == [1, 2, 3]
