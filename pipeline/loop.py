@@ -34,7 +34,7 @@ from semisam.store import (
 )
 from semisam.training import train_student
 from semisam.training.mean_teacher import StepCallback
-from semisam.training.metrics import dice
+from semisam.training.metrics import class_dice
 
 from .driver import run_round, start_ray
 from .evaluate import evaluate_student
@@ -122,10 +122,7 @@ def pseudo_label_dice(store: str | Path, round_index: int) -> float | None:
         ref = read_reference(root, meta.volume_id)
         if ref is not None:
             label = read_output(root, round_index, "pseudo_label", meta.volume_id)
-            if classes.multiclass:
-                scores.append(float(np.mean([dice(label == v, ref == v) for v in classes.values])))
-            else:
-                scores.append(dice(label, ref))
+            scores.append(class_dice(label, ref, classes.values if classes.multiclass else None))
     return float(np.mean(scores)) if scores else None
 
 

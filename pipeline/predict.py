@@ -7,7 +7,8 @@ Per input scan (any file ingest reads, or a folder of DICOM slices):
    (`semisam.workers.student.predict_probability`), optionally the mean over flips
    (``flip_axes``, test-time augmentation);
 3. threshold (``> threshold``), optionally keep the largest 26-connected 3D component;
-4. write ``OUT/<id>.nii.gz`` (uint8 {0,1}, intent ``label``) and, on request,
+4. write ``OUT/<id>.nii.gz`` (uint8 {0,1}, intent ``label``; multi-class students: class
+   values, below) and, on request,
    ``OUT/<id>_prob.nii.gz`` (float32 in [0, 1]) with the input's voxel grid and affine
    (voxel index -> world mm, RAS) as both qform and sform.
 
@@ -16,6 +17,31 @@ so a label file is there only when the scan is complete. Each label file's heade
 (``descrip``) names the prediction's fingerprint (student sha256 and the output-relevant
 options); a rerun skips scans whose label (and, with ``probabilities``, probability map) is
 there with the same fingerprint, and redoes the others.
+
+Multi-class students (their checkpoint's ``meta["classes"]``, `checkpoint_classes`: ``K``
+structures, ``K + 1`` softmax channels, channel ``c`` the class value ``values[c - 1]``):
+
+* ``K > 1``: the label is the argmax of the ``K + 1`` channels (averaged over the flips) mapped
+  to the class values (channel 0 -> 0), as `semisam evaluate` predicts; ``threshold`` does not
+  apply (anything but its default 0.5 is refused); ``largest_component`` keeps each class's
+  largest 26-connected component (the rest of that class becomes background);
+* ``K = 1`` (one structure under another value or name): as a one-structure student, the
+  label holding the class value instead of 1;
+* ``OUT/<id>.nii.gz`` holds the class values (uint8, 0 background) and ``OUT/classes.json``
+  names them (``{"1": "left", ...}``, as `semisam export` writes it), rewritten on every run;
+* ``OUT/<id>_prob.nii.gz`` (``probabilities``) is the per-voxel confidence of that label: for
+  ``K > 1`` the softmax probability of the winning channel (the argmax, background included),
+  in ``[1 / (K + 1), 1]``, before any largest-component step (the one-structure map is the
+  foreground probability, likewise before it). The winning probability was chosen over the
+  top-two margin because it stays a probability, like the one-structure map: 1 where the
+  student is sure, low where channels compete (boundaries between touching structures);
+* the report names the classes and counts each one's voxels (``class_voxels``);
+* ``flip_axes``: a flip along an axis that orders the structures (left/right ones) shows the
+  student each one where the other lies; averaging it in mixes them up unless the student
+  was trained with flips along that axis.
+
+A student with more than 2 channels but no class map, or whose class map does not fit its
+channels, is refused before any scan (one line).
 
 With ``address``, every scan is one Ray task (``num_cpus`` 1, ``num_gpus`` ``gpus_per_scan``)
 on the cluster at that address (``local``: a Ray started on this machine); the nodes must
@@ -33,15 +59,29 @@ from enum import Enum
 from pathlib import Path
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
-from semisam.schemas import ConfigError, SemisamError, StrictModel
+from semisam.schemas import (
+    CheckpointError,
+    ClassMap,
+    ConfigError,
+    SemisamError,
+    StrictModel,
+    StudentSpec,
+)
 
 log = logging.getLogger(__name__)
 
 LABEL_SUFFIX = ".nii.gz"
 PROB_SUFFIX = "_prob.nii.gz"
+CLASSES_FILE = "classes.json"
 _DESCRIP_PREFIX = "semisam predict "
+
+
+def _drop_unset(data: dict, keys: tuple[str, ...]) -> dict:
+    """``data`` without the ``keys`` whose value is None (a one-structure student's report
+    stays what it was before class maps)."""
+    return {k: v for k, v in data.items() if not (k in keys and v is None)}
 
 
 class PredictStatus(str, Enum):
@@ -71,15 +111,27 @@ class PredictItem(StrictModel):
     probability: str | None = None
     reason: str | None = None
     seconds: float = 0.0
-    foreground_voxels: int | None = None
+    foreground_voxels: int | None = Field(None, description="voxels of any structure (label > 0)")
+    class_voxels: dict[int, int] | None = Field(
+        None, description="multi-class students: class value -> voxels of that class")
     node: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict:
+        return _drop_unset(handler(self), ("class_voxels",))
 
 
 class PredictReport(StrictModel):
     out_dir: str
     student: str
     fingerprint: str
+    classes: dict[int, str] | None = Field(
+        None, description="multi-class students: class value -> structure name")
     items: list[PredictItem] = Field(default_factory=list)
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict:
+        return _drop_unset(handler(self), ("classes",))
 
     def count(self, status: PredictStatus | str) -> int:
         return sum(1 for it in self.items if it.status == PredictStatus(status))
@@ -226,18 +278,118 @@ def segment(prob: np.ndarray, options: PredictOptions) -> np.ndarray:
     return foreground_mask(prob, cfg).astype(np.uint8)
 
 
+def segment_classes(probs: np.ndarray, classes: ClassMap,
+                    options: PredictOptions) -> tuple[np.ndarray, np.ndarray]:
+    """Label and confidence of a multi-class student's softmax (see the module docstring).
+
+    Args:
+        probs: ``(K+1)xXxYxZ`` float softmax, channel 0 the background, channel ``c`` the class
+            value ``classes.values[c - 1]``.
+        classes: the student's class map (``K`` structures).
+        options: ``largest_component`` (per class) and, for ``K = 1``, ``threshold``.
+
+    Returns:
+        ``(label, confidence)``: ``XxYxZ`` uint8 class values (0 background) and ``XxYxZ``
+        float32 in [0, 1]: ``K = 1`` the structure's probability, else the probability of the
+        winning channel (before the largest-component step).
+
+    Raises:
+        ValueError: ``probs`` is not ``(K+1)xXxYxZ``.
+    """
+    probs = np.asarray(probs)
+    if probs.ndim != 4 or probs.shape[0] != classes.count + 1:
+        raise ValueError(f"expected a {classes.count + 1}xXxYxZ softmax for {classes.count} "
+                         f"class(es), got shape {probs.shape}")
+    values = np.asarray([0, *classes.values], np.uint8)
+    if classes.count == 1:
+        prob = np.clip(probs[1], 0, 1).astype(np.float32)
+        return segment(prob, options) * values[1], prob
+    winner = np.argmax(probs, axis=0)
+    label = values[winner]
+    confidence = np.take_along_axis(probs, winner[None], axis=0)[0]
+    if options.largest_component:
+        from semisam.training.metrics import largest_component
+
+        for value in classes.values:
+            mask = label == value
+            if mask.any():
+                label[mask & ~largest_component(mask)] = 0
+    return label, np.clip(confidence, 0, 1).astype(np.float32)
+
+
+def student_classes(spec: StudentSpec, meta: dict, path: Path | str) -> ClassMap | None:
+    """The class map a student predicts in: None for a one-structure student (2 channels, no
+    class map or ``{1: "foreground"}``), else the map its checkpoint records.
+
+    Raises:
+        CheckpointError: more than 2 channels without a class map, a map that does not fit the
+            channels (``K + 1``), or an invalid map (one line naming ``path``).
+    """
+    from semisam.training.checkpoint import checkpoint_classes
+
+    classes = checkpoint_classes(meta, path)
+    if classes is None or not classes.multiclass:
+        if spec.out_channels != 2:
+            raise CheckpointError(f"{path}: {spec.out_channels} output channels but no class map "
+                                  "in its meta: which label value each channel is is unknown "
+                                  "(train it with semisam train on a multi-class store)")
+        return None
+    if spec.out_channels != classes.count + 1:
+        names = ", ".join(f"{v}={n}" for v, n in classes.names.items())
+        raise CheckpointError(f"{path}: {spec.out_channels} output channels, but its class map "
+                              f"({names}) has {classes.count} structure(s): it needs "
+                              f"{classes.count + 1}")
+    return classes
+
+
+def check_options(classes: ClassMap | None, options: PredictOptions, student: Path) -> None:
+    """A multi-class student's label is the argmax: a ``threshold`` other than 0.5 is refused.
+
+    Raises:
+        ConfigError: one line.
+    """
+    default = PredictOptions.model_fields["threshold"].default
+    if classes is not None and classes.count > 1 and options.threshold != default:
+        raise ConfigError(f"--threshold {options.threshold:g}: student {student} has "
+                          f"{classes.count} classes, whose label is the argmax of its "
+                          f"{classes.count + 1} channels; the threshold is for one-structure "
+                          "students")
+
+
+def write_classes_file(out_dir: Path, classes: ClassMap) -> Path:
+    """``OUT/classes.json`` (``{"value": "name"}``, as export writes it), atomically; a
+    different map already there is replaced (logged)."""
+    path = Path(out_dir) / CLASSES_FILE
+    text = json.dumps(classes.to_attrs(), indent=2)
+    if path.is_file():
+        try:
+            old = path.read_text()
+        except OSError:
+            old = None
+        if old == text:
+            return path
+        log.warning("%s: replaced (it named other classes: %s)", path, (old or "?").strip()[:120])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{CLASSES_FILE}.partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
 _MODEL_CACHE: dict[tuple[str, str], tuple] = {}
 
 
 def _student(path: Path, device: str):
-    """Model and spec of a checkpoint, loaded once per process (and device)."""
+    """Model, spec and class map (`student_classes`) of a checkpoint, loaded once per process
+    (and device)."""
     from semisam.workers.student import load_student
 
     key = (str(Path(path).resolve()), device)
     if key not in _MODEL_CACHE:
-        model, spec, _ = load_student(path, device=device)
+        model, spec, meta = load_student(path, device=device)
+        classes = student_classes(spec, meta, path)
         _MODEL_CACHE.clear()
-        _MODEL_CACHE[key] = (model, spec)
+        _MODEL_CACHE[key] = (model, spec, classes)
     return _MODEL_CACHE[key]
 
 
@@ -249,7 +401,7 @@ def predict_scan(student: Path, source: Path, out_dir: Path, options: PredictOpt
     one-line reason; the other scans go on.
     """
     from semisam.schemas import StudentInferenceConfig
-    from semisam.workers.student import predict_probability
+    from semisam.workers.student import predict_probabilities, predict_probability
 
     start = time.perf_counter()
     source, out_dir = Path(source), Path(out_dir)
@@ -267,15 +419,22 @@ def predict_scan(student: Path, source: Path, out_dir: Path, options: PredictOpt
         return item
     try:
         volume = _read(source)
-        model, spec = _student(student, device)
+        model, spec, classes = _student(student, device)
         cfg = StudentInferenceConfig(flip_axes=options.flip_axes, overlap=options.overlap,
                                      sw_batch_size=options.sw_batch_size)
-        prob = predict_probability(model, volume.image, spec, cfg, device=device)
+        mask: np.ndarray | None = None
+        if classes is None:
+            prob = predict_probability(model, volume.image, spec, cfg, device=device)
+        else:  # the class-valued label and the winning channel's probability
+            mask, prob = segment_classes(
+                predict_probabilities(model, volume.image, spec, cfg, device=device),
+                classes, options)
     except SemisamError as exc:
         item.status, item.reason = PredictStatus.failed, str(exc)
         item.label = item.probability = None
         return item
-    mask = segment(prob, options)
+    if mask is None:
+        mask = segment(prob, options)
     affine = np.asarray(volume.affine, dtype=np.float64)
     out_dir.mkdir(parents=True, exist_ok=True)
     descrip = _DESCRIP_PREFIX + fp
@@ -283,7 +442,11 @@ def predict_scan(student: Path, source: Path, out_dir: Path, options: PredictOpt
         _save(_nifti(np.clip(prob, 0, 1).astype(np.float32), affine, descrip, label=False), prob_path)
     _save(_nifti(mask, affine, descrip, label=True), label_path)
     item.status = PredictStatus.written
-    item.foreground_voxels = int(mask.sum())
+    if classes is None:
+        item.foreground_voxels = int(mask.sum())
+    else:
+        item.foreground_voxels = int(np.count_nonzero(mask))
+        item.class_voxels = {v: int(np.count_nonzero(mask == v)) for v in classes.values}
     item.seconds = round(time.perf_counter() - start, 3)
     return item
 
@@ -311,8 +474,10 @@ def predict(student: Path, inputs: list[Path | str], out_dir: Path, *,
         on_item: called with each `PredictItem` as it finishes (progress bar).
 
     Raises:
-        ConfigError: no inputs, or a missing student checkpoint.
-        CheckpointError: the checkpoint is not a readable semisam student.
+        ConfigError: no inputs, a missing student checkpoint, or a ``threshold`` for a
+            multi-class student (`check_options`).
+        CheckpointError: the checkpoint is not a readable semisam student, or its channels do
+            not fit its class map (`student_classes`).
     """
     from .round_state import sha256_file
 
@@ -328,7 +493,8 @@ def predict(student: Path, inputs: list[Path | str], out_dir: Path, *,
     on_item = on_item or (lambda _item: None)
     if address is None:
         dev = _device(device, 1.0)
-        _student(student, dev)  # a bad checkpoint fails once, before any scan
+        _, _, classes = _student(student, dev)  # a bad checkpoint fails once, before any scan
+        _start_classes(report, classes, options, student, out_dir)
         for source in sources:
             item = predict_scan(student, source, out_dir, options, fp, dev, overwrite)
             _log_item(item)
@@ -337,10 +503,21 @@ def predict(student: Path, inputs: list[Path | str], out_dir: Path, *,
     else:
         from semisam.workers.student import load_student
 
-        load_student(student)  # check on the driver before any task starts
+        _, spec, meta = load_student(student)  # check on the driver before any task starts
+        _start_classes(report, student_classes(spec, meta, student), options, student, out_dir)
         report.items = _predict_ray(student, sources, out_dir, options, fp, address,
                                     gpus_per_scan, device, overwrite, on_item, ray_num_cpus)
     return report
+
+
+def _start_classes(report: PredictReport, classes: ClassMap | None, options: PredictOptions,
+                   student: Path, out_dir: Path) -> None:
+    """Before any scan: refuse options a multi-class student cannot take, name its classes in
+    the report and write ``OUT/classes.json``."""
+    check_options(classes, options, student)
+    if classes is not None:
+        report.classes = dict(classes.names)
+        write_classes_file(out_dir, classes)
 
 
 def _log_item(item: PredictItem) -> None:
@@ -411,4 +588,7 @@ __all__ = [
     "predict",
     "predict_scan",
     "segment",
+    "segment_classes",
+    "student_classes",
+    "write_classes_file",
 ]

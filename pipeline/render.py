@@ -118,13 +118,30 @@ def overview(ov, as_json: bool) -> None:
                   (r.fingerprint or "-")[:12]) for r in ov.rounds])
 
 
+def _class_voxels(item, names: dict[int, str]) -> str:
+    """``left 120, middle 98`` (a multi-class prediction's voxels per class), ``-`` if none."""
+    if not item.class_voxels:
+        return "-"
+    return ", ".join(f"{names.get(v, v)} {n}" for v, n in sorted(item.class_voxels.items()))
+
+
 def predict_report(report) -> None:
-    """`semisam predict`: one row per input scan."""
-    print_table(f"predict: {len(report.items)} scans -> {report.out_dir}",
-                ("volume", "status", "fg voxels", "s", "output", "detail"),
-                [(it.volume_id or "-", it.status.value, _fmt(it.foreground_voxels),
-                  _fmt(it.seconds, 2) if it.status.value == "written" else "-",
-                  it.label or "-", it.reason or "") for it in report.items], fold=True)
+    """`semisam predict`: one row per input scan (a multi-class student: also the voxels of
+    each class, by name)."""
+    title = f"predict: {len(report.items)} scans -> {report.out_dir}"
+    rows = [(it.volume_id or "-", it.status.value, _fmt(it.foreground_voxels),
+             _fmt(it.seconds, 2) if it.status.value == "written" else "-",
+             it.label or "-", it.reason or "") for it in report.items]
+    names = getattr(report, "classes", None)
+    if not names:
+        print_table(title, ("volume", "status", "fg voxels", "s", "output", "detail"), rows,
+                    fold=True)
+        return
+    classes = ", ".join(f"{v}={n}" for v, n in names.items())
+    print_table(f"{title} (classes {classes})",
+                ("volume", "status", "fg voxels", "voxels per class", "s", "output", "detail"),
+                [(*row[:3], _class_voxels(it, names), *row[3:])
+                 for row, it in zip(rows, report.items)], fold=True)
 
 
 @contextlib.contextmanager

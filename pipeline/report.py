@@ -16,6 +16,12 @@ and the montages base64 PNG. It holds:
 * Dice per round: each round's mean pseudo-label Dice against the ground truth where the store
   has it, and the held-out Dice of each student from a ``semisam loop`` table
   (``STORE.loop/loop.json``, or ``loop_state``) where there is one.
+
+Multi-class stores (`semisam.store.read_class_map`): a pseudo-label's Dice against the ground
+truth is the mean over the store's classes of each class's Dice (``label == v`` against
+``reference == v``, as `semisam evaluate` and `semisam loop` score them), so a structure drawn
+as another counts as wrong; the summary names the classes, and the montages and their legend
+colour each structure by its class.
 """
 
 from __future__ import annotations
@@ -32,8 +38,16 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from semisam.schemas import ConfigError, VolumeStatus
-from semisam.store import list_metas, list_rounds, read_output, read_record, read_round_meta
+from semisam.schemas import ClassMap, ConfigError, VolumeStatus
+from semisam.store import (
+    list_metas,
+    list_rounds,
+    read_class_map,
+    read_output,
+    read_record,
+    read_round_meta,
+)
+from semisam.training.metrics import class_dice
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +77,18 @@ def _reference(root: zarr.Group, volume_id: str) -> np.ndarray | None:
     return np.asarray(root[key][...], dtype=np.uint8) if key in root else None
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0, b > 0
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+def reference_dice(label: np.ndarray, ref: np.ndarray, classes: ClassMap | None = None) -> float:
+    """Dice of a pseudo-label against its ground truth, both ``XxYxZ`` uint8 class values:
+    foreground against foreground for a one-structure map (or None), else the mean over the
+    map's classes ``v`` of the Dice of ``label == v`` against ``ref == v`` (1 for a class
+    absent from both)."""
+    return class_dice(label, ref, classes.values if classes is not None and classes.multiclass
+                      else None)
 
 
 def volume_rows(root: zarr.Group, round_index: int) -> tuple[list[dict], list[str]]:
     """One dict per unlabeled volume of the round, and the timing stages seen (in order)."""
+    classes = read_class_map(root)
     rows, stages = [], []
     for meta in list_metas(root):
         if meta.labeled:
@@ -99,14 +117,15 @@ def volume_rows(root: zarr.Group, round_index: int) -> tuple[list[dict], list[st
                 if ref is not None:
                     label = read_output(root, round_index, "pseudo_label", vid)
                     if label is not None and label.shape == ref.shape:
-                        row["reference_dice"] = round(_dice(label, ref), 4)
+                        row["reference_dice"] = round(reference_dice(label, ref, classes), 4)
         rows.append(row)
     return rows, stages
 
 
 def round_reference_dice(root: zarr.Group) -> dict[int, float]:
     """Round -> mean pseudo-label Dice against ``reference`` over its finished volumes that
-    have one (rounds without any are left out)."""
+    have one (rounds without any are left out; multi-class stores: `reference_dice`)."""
+    classes = read_class_map(root)
     refs = {m.volume_id: _reference(root, m.volume_id) for m in list_metas(root) if not m.labeled}
     refs = {k: v for k, v in refs.items() if v is not None}
     out: dict[int, float] = {}
@@ -120,7 +139,7 @@ def round_reference_dice(root: zarr.Group) -> dict[int, float]:
                 continue
             label = read_output(root, r, "pseudo_label", vid)
             if label is not None and label.shape == ref.shape:
-                scores.append(_dice(label, ref))
+                scores.append(reference_dice(label, ref, classes))
         if scores:
             out[r] = round(float(np.mean(scores)), 4)
     return out
@@ -367,6 +386,7 @@ def build_report(store: str | Path, round_index: int | None = None, *, worst: in
     if student_dice:
         series["student (held-out)"] = student_dice
     montages = _montages(root, round_index, worst, student_panels) if worst else []
+    classes = read_class_map(root)
     cfg = meta.config
     masker = cfg.get("masker", {}).get("kind", "?")
     summary_rows = [
@@ -385,10 +405,13 @@ def build_report(store: str | Path, round_index: int | None = None, *, worst: in
     if dice:
         summary_rows.append(("student-vs-masker Dice", f"mean {np.mean(dice):.3f}, "
                                                        f"min {np.min(dice):.3f}"))
+    if classes.multiclass:
+        summary_rows.insert(2, ("classes", ", ".join(f"{v}={n}" for v, n in classes.names.items())))
     if with_reference:
         refs = [r["reference_dice"] for r in rows if r["reference_dice"] is not None]
-        summary_rows.append(("pseudo-label Dice vs reference", f"mean {np.mean(refs):.3f} over "
-                                                                f"{len(refs)} volumes"))
+        per_class = " (per class, mean over the classes)" if classes.multiclass else ""
+        summary_rows.append((f"pseudo-label Dice vs reference{per_class}",
+                             f"mean {np.mean(refs):.3f} over {len(refs)} volumes"))
     failures = [r for r in rows if r["status"] == "failed"]
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -420,8 +443,7 @@ def build_report(store: str | Path, round_index: int | None = None, *, worst: in
     if montages:
         plural = "s" if len(montages) != 1 else ""
         parts.append(f"<h2>The {len(montages)} volume{plural} most in need of review</h2>"
-                     '<p class="legend">Panels: image | student (p &gt; 0.5, blue) | pseudo-label '
-                     '(red) | confidence: 0 <span class="bar"></span> 1</p>')
+                     + _montage_legend(classes))
         for m in montages:
             caption = (f"#{m['rank']} {m['volume']}: review score {m['score']:.3f}, foreground "
                        f"confidence {m['fg_confidence']:.3f}, student-vs-masker Dice "
@@ -432,6 +454,27 @@ def build_report(store: str | Path, round_index: int | None = None, *, worst: in
     parts += [f'<p class="muted">written by semisam report in {time.perf_counter() - started:.1f} s'
               "</p>", f"<script>{_JS}</script>", "</body></html>"]
     return "\n".join(parts)
+
+
+_SWATCH = ("display:inline-block;width:12px;height:10px;margin:0 3px 0 6px;"
+           "vertical-align:middle;border:1px solid #333;")
+
+
+def _montage_legend(classes: ClassMap) -> str:
+    """The line above the montages: what each panel shows and, for a multi-class store, each
+    structure's name on a swatch of its overlay colour (`inspect.class_colours`)."""
+    if not classes.multiclass:
+        return ('<p class="legend">Panels: image | student (p &gt; 0.5, blue) | pseudo-label '
+                '(red) | confidence: 0 <span class="bar"></span> 1</p>')
+    from .inspect import class_colours
+
+    swatches = " ".join(
+        f'<span class="swatch" style="{_SWATCH}background:rgb{colour}"></span>'
+        f"{_esc(classes.name(v))}"
+        for v, colour in class_colours(classes).items())
+    return ('<p class="legend" id="class-legend">Panels: image | student (argmax) | '
+            f'pseudo-label, each structure in its colour: {swatches} | '
+            'confidence: 0 <span class="bar"></span> 1</p>')
 
 
 def _rounds_table(series: dict[str, dict[int, float]]) -> str:

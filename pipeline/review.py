@@ -13,6 +13,10 @@ review, the mean of two terms:
 Ties are broken by volume id. Failed volumes are not ranked (`inspect` lists them with their
 reasons); pending ones have nothing to review yet. Ranking reads both output arrays of every
 finished volume.
+
+Multi-class stores: the foreground is every structure (``label > 0``, whatever its class
+value), so the score is over all of them together, and ``foreground_voxels`` counts them all;
+the montages colour each structure by its class (`inspect.montage_image`).
 """
 
 from __future__ import annotations
@@ -54,7 +58,8 @@ def review_score(pseudo_label: np.ndarray, confidence: np.ndarray,
     """``(score, fg_confidence)`` of one volume (see the module docstring).
 
     Args:
-        pseudo_label: ``XxYxZ`` uint8 {0,1}.
+        pseudo_label: ``XxYxZ`` uint8, 0 background, any other value a structure (the store's
+            class values: {0,1} in a one-structure store).
         confidence: ``XxYxZ`` uint8, value/255 = confidence.
         dice: student-vs-masker Dice of the record, None when nothing was prompted.
     """
@@ -96,7 +101,8 @@ def rank_round(root: zarr.Group, round_index: int) -> list[ReviewItem]:
 def worst_volumes(root: zarr.Group, round_index: int, k: int,
                   png_dir: Path | None = None) -> list[ReviewItem]:
     """The ``k`` volumes most in need of review; with ``png_dir``, an overlay montage of each
-    (``<rank>_<id>.png``: image | student | pseudo-label | confidence).
+    (``<rank>_<id>.png``: image | student | pseudo-label | confidence; multi-class stores
+    coloured per class, with a legend naming them).
 
     Raises:
         ConfigError: ``k`` < 1.

@@ -34,6 +34,15 @@ def dice(pred: np.ndarray, ref: np.ndarray) -> float:
     return 2.0 * int(np.count_nonzero(pred & ref)) / total
 
 
+def class_dice(pred: np.ndarray, ref: np.ndarray, values: Sequence[int] | None = None) -> float:
+    """Dice of two ``XxYxZ`` label maps: foreground against foreground when ``values`` is
+    None, else the mean over the class values ``v`` of ``dice(pred == v, ref == v)`` (a class
+    drawn as another counts as wrong; 1 for a class absent from both)."""
+    if values is None:
+        return dice(pred, ref)
+    return float(np.mean([dice(pred == v, ref == v) for v in values]))
+
+
 def jaccard(pred: np.ndarray, ref: np.ndarray) -> float:
     """Jaccard index of two ``XxYxZ`` masks."""
     pred, ref = np.asarray(pred, bool), np.asarray(ref, bool)

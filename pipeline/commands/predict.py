@@ -36,8 +36,8 @@ def predict(
     largest_component: Annotated[bool, typer.Option(
         "--largest-component", help="keep only the largest 3D component")] = False,
     probabilities: Annotated[bool, typer.Option(
-        "--probabilities", help="also write <id>_prob.nii.gz (float32 foreground probability)")] = False,
-    threshold: Annotated[float, typer.Option(help="foreground probability cut")] = 0.5,
+        "--probabilities", help="also write <id>_prob.nii.gz (float32 foreground probability; several structures: the winning class's probability)")] = False,
+    threshold: Annotated[float, typer.Option(help="foreground probability cut (one structure; several structures take the argmax)")] = 0.5,
     address: Annotated[Optional[str], typer.Option(
         help="fan out over Ray, one task per scan: 'local', 'auto' or ray://...")] = None,
     gpus_per_scan: Annotated[float, typer.Option(help="with --address: GPUs per scan task")] = 0.0,
