@@ -99,11 +99,13 @@ def prepare_stores(data: Path, work: Path, split: dict[str, list[str]],
     return stores
 
 
-def base_config(iterations: int, seed: int) -> TrainConfig:
+def base_config(iterations: int, seed: int, augment: bool = True) -> TrainConfig:
     """The small-UNet setting of the benchmark; SemiSAM's ramps rescaled to ``iterations``
-    (ramp length 40 units of ``iterations // 40`` instead of 150 iterations of 6000)."""
+    (ramp length 40 units of ``iterations // 40`` instead of 150 iterations of 6000);
+    ``augment=False`` turns off the random rot90 and flips."""
     cfg = TrainConfig(student=SPEC, iterations=iterations, seed=seed,
                       checkpoint_every=max(100, iterations // 4), threads=2)
+    cfg.augment.rot90 = cfg.augment.flip = augment
     cfg.batch.labeled, cfg.batch.unlabeled = 2, 2
     cfg.optimizer.kind, cfg.optimizer.lr, cfg.optimizer.weight_decay = OptimizerKind.adam, 1e-3, 1e-5
     cfg.optimizer.schedule = LrSchedule.poly
@@ -112,7 +114,7 @@ def base_config(iterations: int, seed: int) -> TrainConfig:
     return cfg
 
 
-def configs(iterations: int, seed: int) -> dict[str, TrainConfig]:
+def configs(iterations: int, seed: int, augment: bool = True) -> dict[str, TrainConfig]:
     """Training config of every setting.
 
     ``b``/``c``: one loop (student 0 = Mean Teacher; students 1.. add the SAM term, here a
@@ -121,15 +123,15 @@ def configs(iterations: int, seed: int) -> dict[str, TrainConfig]:
     ``c-tta``: CE + soft Dice on the pseudo-labels, every voxel weighted 1, and each student
     starts from the previous one's weights (`run_fused_rounds`).
     """
-    sup = base_config(iterations, seed)
+    sup = base_config(iterations, seed, augment)
     sup.mean_teacher.enabled = sup.sam.enabled = False
     sup.batch.unlabeled = 0
-    loop = base_config(iterations, seed)
+    loop = base_config(iterations, seed, augment)
     loop.sam.loss, loop.sam.weight = SamLoss.ce, 1.0
     loop.sam.schedule, loop.sam.normalization = RampSchedule.constant, SamNormalization.confidence
     tta = loop.model_copy(deep=True)
     tta.sam.loss, tta.sam.confidence_weighted = SamLoss.ce_dice, False
-    return {"a": sup, "c": loop, "c-semisam": base_config(iterations, seed), "c-avg": loop,
+    return {"a": sup, "c": loop, "c-semisam": base_config(iterations, seed, augment), "c-avg": loop,
             "c-tta": tta, "c-mpr": tta, "d": sup}
 
 
@@ -171,7 +173,7 @@ def train_one(store: Path, out: Path, cfg: TrainConfig, round_index: int | None 
 
 def run_seed(seed: int, args: argparse.Namespace, stores: dict[str, Path], results: dict) -> None:
     """Every requested setting for one training seed; finished students are reused."""
-    cfgs = configs(args.iterations, seed)
+    cfgs = configs(args.iterations, seed, not args.no_augment)
     work = args.workdir / f"seed{seed}"
     for name in [s for s in args.settings if s in ("a", "d")]:
         ckpt = work / f"{name}.pt"
@@ -202,12 +204,12 @@ def run_seed(seed: int, args: argparse.Namespace, stores: dict[str, Path], resul
                             "seconds": seconds}
 
 
-def fused_round_config(setting: str) -> RoundConfig:
+def fused_round_config(setting: str, flips: bool = True) -> RoundConfig:
     """Round config of settings c-avg (fusion ``average``), c-tta (``average`` with the
     student's flip test-time augmentation along every axis) and c-mpr (c-tta with the masker
     run along all three slice axes, `PromptConfig.extra_axes`)."""
     cfg = round_config(FusionMode.average)
-    if setting in ("c-tta", "c-mpr"):
+    if setting in ("c-tta", "c-mpr") and flips:  # a student trained without flips: no flip TTA
         cfg.student.flip_axes = (0, 1, 2)
     if setting == "c-mpr":
         cfg.prompts.extra_axes = (0, 1)
@@ -223,7 +225,8 @@ def run_fused_rounds(setting: str, student0: Path, work: Path, stores: dict[str,
         shutil.copytree(stores["train"], store)
     previous = student0
     for r in range(1, rounds + 1):
-        run_round(store, r, previous, fused_round_config(setting), show_progress=False)
+        run_round(store, r, previous, fused_round_config(setting, cfg.augment.flip),
+                  show_progress=False)
         ckpt = work / f"{setting}{r}.pt"
         seconds = train_one(store, ckpt, cfg, r, init=previous if setting != "c-avg" else None)
         key = f"{setting}{r}/{seed}"
@@ -282,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--holdout", type=int, default=50)
     parser.add_argument("--classes", action="store_true",
                         help="both structures (1 anterior, 2 posterior) instead of label > 0")
+    parser.add_argument("--no-augment", action="store_true",
+                        help="no random rot90/flips in training (they swap anterior and posterior)")
     parser.add_argument("--settings", nargs="+", default=["a", "c-mpr", "d"],
                         choices=["a", "c", "c-semisam", "c-avg", "c-tta", "c-mpr", "d"],
                         help="b is student 0 of c's loop (c-avg, c-tta, c-mpr start from it too)")
@@ -297,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     stores = prepare_stores(args.data, args.workdir, split, CLASSES if args.classes else None)
     results_path = args.workdir / "results.json"
     header = {"date": date.today().isoformat(), "command": " ".join(sys.argv), "split": split,
-              "iterations": args.iterations,
+              "iterations": args.iterations, "augment": not args.no_augment,
               "classes": CLASSES.to_attrs() if args.classes else None}
     results = SavedResults(results_path, header)
     t0 = time.perf_counter()

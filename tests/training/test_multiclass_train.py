@@ -148,3 +148,24 @@ def test_binary_store_refuses_a_three_channel_student(phantom_store, tmp_path):
     """K = 1 needs 2 channels, as a round would refuse any other student."""
     with pytest.raises(ConfigError, match=r"student.out_channels 3: .* K=1 .*needs K\+1=2"):
         train_student(phantom_store, tmp_path / "s.pt", _config(out_channels=3))
+
+
+def test_augmentation_warning_for_several_structures() -> None:
+    """Random rot90/flips on a store of several structures are warned about (they swap
+    structures that differ by position); one structure, or augmentation off, is not."""
+    from semisam.schemas import binary_classes
+    from semisam.training.mean_teacher import augmentation_warning
+
+    two = ClassMap(names={1: "anterior", 2: "posterior"})
+    cfg = TrainConfig()
+    assert cfg.augment.rot90 and cfg.augment.flip  # SemiSAM's defaults
+    message = augmentation_warning(cfg, two)
+    assert message is not None and "augment.rot90/flip" in message and "2 structures" in message
+    assert augmentation_warning(cfg, binary_classes()) is None
+    only_flip = cfg.model_copy(deep=True)
+    only_flip.augment.rot90 = False
+    flip_message = augmentation_warning(only_flip, two)
+    assert flip_message is not None and "augment.flip " in flip_message and "rot90 on" not in flip_message
+    off = only_flip.model_copy(deep=True)
+    off.augment.flip = False
+    assert augmentation_warning(off, two) is None
