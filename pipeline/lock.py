@@ -280,6 +280,19 @@ def _refusal(store: str, round_index: int, info: LockInfo, timeout_s: float) -> 
     )
 
 
+def read_settled(keys: _LockKeys, gen: int, tries: int = 20, pause_s: float = 0.05) -> LockInfo | None:
+    """Generation ``gen``'s record, read again for up to ``tries * pause_s`` seconds while it
+    is unreadable: another driver may be between creating the file (``set_if_not_exists``) and
+    writing its bytes, and such a lock must not be taken for an unreadable (stale) one."""
+    for attempt in range(tries):
+        info = keys.read(gen)
+        if info is not None or gen not in keys.generations():
+            return info
+        if attempt + 1 < tries:
+            time.sleep(pause_s)
+    return None
+
+
 def acquire_round_lock(root: zarr.Group, store: str, round_index: int, timeout_s: float,
                        break_lock: bool = False, attempts: int = 5) -> RoundLock:
     """Take round ``round_index``'s lock (see the module docstring for the rules).
@@ -302,7 +315,7 @@ def acquire_round_lock(root: zarr.Group, store: str, round_index: int, timeout_s
     for _ in range(attempts):
         newest = max(keys.generations(), default=0)
         if newest:
-            info = keys.read(newest)
+            info = read_settled(keys, newest)
             reason = stale_reason(info, timeout_s)
             if reason is None and not break_lock:
                 raise _refusal(store, round_index, info, timeout_s)  # type: ignore[arg-type]

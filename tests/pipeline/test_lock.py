@@ -109,6 +109,23 @@ def test_holder_that_lost_the_lock_stops(root, phantom_store):
     second.release()
 
 
+def test_a_lock_being_written_is_not_taken_for_unreadable(root, phantom_store):
+    """Between another driver creating its generation's file and writing its bytes the record
+    reads as nothing: that is a lock being taken, not an unreadable (stale) one to take over."""
+    first = acquire_round_lock(root, str(phantom_store), 1, timeout_s=60)
+    path = Path(phantom_store) / _LockKeys(root, 1).key(first.gen)
+    written = path.read_bytes()
+    path.write_bytes(b"")  # created, not yet written
+    writer = threading.Timer(0.3, path.write_bytes, args=(written,))
+    writer.start()
+    try:
+        with pytest.raises(RoundError, match="locked by another run-round"):
+            acquire_round_lock(root, str(phantom_store), 1, timeout_s=60)
+    finally:
+        writer.join()
+        first.release()
+
+
 def test_racing_drivers_exactly_one_wins(root, phantom_store):
     barrier, results = threading.Barrier(6), []
 
