@@ -86,3 +86,15 @@ def phantom_store(phantom_store_template, tmp_path) -> Path:
     dst = tmp_path / "store.zarr"
     shutil.copytree(phantom_store_template, dst)
     return dst
+
+
+def untrained_student(path: Path, channels: int, classes: dict[int, str] | None) -> Path:
+    """A seeded, untrained `TEST_SPEC` student with ``channels`` outputs saved at ``path``,
+    recording the class map ``classes`` (value -> name) when given."""
+    from semisam.workers.student import build_student, save_student
+
+    torch.manual_seed(0)
+    spec = TEST_SPEC.model_copy(update={"out_channels": channels})
+    meta = {} if classes is None else {"classes": {str(k): v for k, v in classes.items()}}
+    save_student(path, build_student(spec), spec, meta)
+    return path

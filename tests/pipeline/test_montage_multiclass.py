@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from semisam.pipeline import inspect as insp
 from semisam.pipeline.ingest import ingest
@@ -47,20 +46,12 @@ from semisam.store import (
     write_record,
     write_round_meta,
 )
-from semisam.workers.student import build_student, load_student, predict_probabilities, save_student
-from tests.conftest import TEST_SPEC, build_phantom_store
+from semisam.workers.student import load_student, predict_probabilities
+from tests.conftest import build_phantom_store, untrained_student
 
 NAMES = {1: "left", 2: "middle", 3: "right"}
 CAPTION_H = 20  # the caption strip above the panels
 VOLUMES = ("phantom_001", "phantom_002")
-
-
-def _checkpoint(path: Path, channels: int, classes: dict[int, str] | None) -> Path:
-    torch.manual_seed(0)
-    spec = TEST_SPEC.model_copy(update={"out_channels": channels})
-    meta = {} if classes is None else {"classes": {str(k): v for k, v in classes.items()}}
-    save_student(path, build_student(spec), spec, meta)
-    return path
 
 
 def _round_meta(root, student: Path) -> None:
@@ -88,7 +79,7 @@ def mc_store(tmp_path) -> Path:
     assert ingest(store, [images], labels_dir=labels, labeled={"phantom_000"},
                   classes=ClassMap(names=NAMES)).ok
     root = open_store(store)
-    _round_meta(root, _checkpoint(tmp_path / "student.pt", 4, NAMES))
+    _round_meta(root, untrained_student(tmp_path / "student.pt", 4, NAMES))
     _write(root, "phantom_001", read_reference(root, "phantom_001"), conf_fg=230, dice=0.9)
     _write(root, "phantom_002", read_reference(root, "phantom_002"), conf_fg=120, dice=0.8)
     return store
@@ -204,7 +195,7 @@ def test_student_panel_is_its_argmax_in_the_class_colours(mc_store, captured):
         montage_image(root, 1, "phantom_001", student=probs[1])  # one float channel
 
 
-def test_student_panel_recomputed_from_the_rounds_checkpoint(mc_store, tmp_path, captured):
+def test_student_panel_recomputed_from_the_roundsuntrained_student(mc_store, tmp_path, captured):
     root = open_store(mc_store, read_only=True)
     label = read_output(root, 1, "pseudo_label", "phantom_002")
     i = _best_slice(label)
@@ -220,10 +211,10 @@ def test_student_panel_recomputed_from_the_rounds_checkpoint(mc_store, tmp_path,
 
 def test_students_that_do_not_fit_the_store_are_refused(mc_store, tmp_path):
     root = open_store(mc_store)
-    _round_meta(root, _checkpoint(tmp_path / "binary.pt", 2, None))
+    _round_meta(root, untrained_student(tmp_path / "binary.pt", 2, None))
     with pytest.raises(InputError, match="2 output channels, but the store has 3 class"):
         montage_image(root, 1, "phantom_001")
-    _round_meta(root, _checkpoint(tmp_path / "other.pt", 4, {1: "a", 2: "b", 3: "c"}))
+    _round_meta(root, untrained_student(tmp_path / "other.pt", 4, {1: "a", 2: "b", 3: "c"}))
     with pytest.raises(InputError, match=r"trained on classes \(1=a, 2=b, 3=c\), but the store"):
         montage_image(root, 1, "phantom_001")
     # a gone checkpoint: the panel is left out, as for one structure

@@ -17,7 +17,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from scipy import ndimage
 
 from semisam.pipeline.ingest import ingest
@@ -31,8 +30,8 @@ from semisam.pipeline.predict import (
 )
 from semisam.schemas import CheckpointError, ClassMap, ConfigError, StudentInferenceConfig
 from semisam.training import train_student
-from semisam.workers.student import build_student, load_student, predict_probabilities, save_student
-from tests.conftest import TEST_SPEC, supervised_config
+from semisam.workers.student import load_student, predict_probabilities
+from tests.conftest import supervised_config, untrained_student
 from tests.pipeline.cli_invoke import invoke
 
 NAMES = {2: "left", 5: "middle", 7: "right"}
@@ -153,20 +152,12 @@ def test_multiclass_over_local_ray_matches_in_process(mc, tmp_path, local_ray):
     assert (tmp_path / "ray" / "classes.json").is_file()
 
 
-def _checkpoint(path: Path, channels: int, classes: dict[int, str] | None) -> Path:
-    torch.manual_seed(0)
-    spec = TEST_SPEC.model_copy(update={"out_channels": channels})
-    meta = {} if classes is None else {"classes": {str(k): v for k, v in classes.items()}}
-    save_student(path, build_student(spec), spec, meta)
-    return path
-
-
 def test_students_and_options_that_do_not_fit_are_refused(mc, tmp_path):
     scans = [mc["scans"]]
-    bad = _checkpoint(tmp_path / "three.pt", 3, NAMES)  # 3 channels for 3 classes
+    bad = untrained_student(tmp_path / "three.pt", 3, NAMES)  # 3 channels for 3 classes
     with pytest.raises(CheckpointError, match="3 output channels, but its class map .* needs 4"):
         predict(bad, scans, tmp_path / "o1")
-    unnamed = _checkpoint(tmp_path / "unnamed.pt", 4, None)
+    unnamed = untrained_student(tmp_path / "unnamed.pt", 4, None)
     with pytest.raises(CheckpointError, match="4 output channels but no class map"):
         predict(unnamed, scans, tmp_path / "o2")
     with pytest.raises(ConfigError, match="--threshold 0.3: .* argmax"):
