@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from hippocampus import SavedResults
 
-from semisam.pipeline.evaluate import evaluate_student
+from semisam.pipeline.evaluate import evaluate_student_both
 from semisam.pipeline.ingest import ingest
 from semisam.pipeline.loop import Loop
 from semisam.schemas import (
@@ -136,11 +136,15 @@ def configs(schedule: str, seed: int, smoke: bool) -> dict[str, TrainConfig]:
     return {"a": sup, "b": semisam, "c": semisam, "c+": plus, "d": sup}
 
 
-def round_config(masker: MaskerKind, sam_checkpoint: Path | None) -> RoundConfig:
+def round_config(masker: MaskerKind, sam_checkpoint: Path | None,
+                 embedding_cache: Path | None = None) -> RoundConfig:
     """The round's defaults for ``masker`` (LiteMedSAM: three propagation chains, average
-    fusion, largest component); one worker with every core unless there are many."""
+    fusion, largest component); one worker with every core unless there are many.
+    ``embedding_cache``: LiteMedSAM's image embeddings kept there (the seeds and L share the
+    unlabeled slices, so only the first round pays for the encoder)."""
     cfg = RoundConfig()
     cfg.masker.kind = masker
+    cfg.masker.litemedsam.embedding_cache = embedding_cache
     if sam_checkpoint is not None:
         cfg.masker.kind, cfg.masker.sam.checkpoint = MaskerKind.sam, sam_checkpoint
     cores = os.cpu_count() or 2
@@ -156,8 +160,7 @@ def evaluate(student: Path, heldout: Path, previous: dict | None) -> dict:
     if previous and previous.get("checkpoint_mtime_ns") == stamp:
         return previous
     out: dict = {"checkpoint_mtime_ns": stamp}
-    for lcc in (False, True):
-        report = evaluate_student(heldout, student, largest_component=lcc)
+    for lcc, report in zip((False, True), evaluate_student_both(heldout, student)):
         suffix = "_lcc" if lcc else ""
         out.update({f"{m}{suffix}": report.mean(m) for m in METRICS})
         out["n"] = len(report.cases)
@@ -195,9 +198,9 @@ def run(labeled: int, seed: int, args: argparse.Namespace, stores: dict[str, Pat
     if not store.exists():
         shutil.copytree(stores["train"], store)
     rounds = 1 if {"c", "c+"} & wanted else 0
-    state = Loop(store, LoopConfig(train=cfgs["c"], round=round_config(args.masker,
-                                                                       args.sam_checkpoint)),
-                 work / "loop").run(rounds)
+    cache = None if args.no_embedding_cache else args.workdir / "embeddings"
+    state = Loop(store, LoopConfig(train=cfgs["c"], round=round_config(
+        args.masker, args.sam_checkpoint, cache)), work / "loop").run(rounds)
     student0 = Path(state.rows[0].student)
     if "b" in wanted:
         record("b", student0, state.rows[0].train_seconds)
@@ -263,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
                         choices=list(MaskerKind))
     parser.add_argument("--sam-checkpoint", type=Path, default=None,
                         help="segment-anything weights (masker sam) instead of LiteMedSAM")
+    parser.add_argument("--no-embedding-cache", action="store_true",
+                        help="encode every round's slices again (default: LiteMedSAM's image "
+                        "embeddings kept in WORKDIR/embeddings, ~4 MiB a slice, shared by seeds)")
     parser.add_argument("--smoke", action="store_true",
                         help="the whole path in minutes: 4 iterations of a small net, 1 unlabeled "
                              "and 2 held-out volumes")

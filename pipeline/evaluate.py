@@ -355,3 +355,24 @@ def evaluate_round(store: str | Path, round_index: int, student: Path | None = N
         a, b = pseudo.mean(metric), own.mean(metric)
         gain[metric] = None if a is None or b is None else a - b
     return RoundEvaluation(round=round_index, pseudo_label=pseudo, student=own, gain=gain)
+
+
+def evaluate_student_both(store: str | Path, checkpoint: Path, volumes: Iterable[str] | None = None,
+                          inference: StudentInferenceConfig | None = None, device: str = "auto"
+                          ) -> tuple[EvaluationReport, EvaluationReport]:
+    """`evaluate_student` without and with largest component, each volume predicted once
+    (the papers report both)."""
+    root = open_store(store, read_only=True)
+    ids = select_volumes(root, volumes)
+    classes = read_class_map(root)
+    predict = student_predictor(root, Path(checkpoint), inference or StudentInferenceConfig(), device,
+                                str(store), classes)
+    done: dict[str, np.ndarray] = {}
+
+    def once(volume_id: str) -> np.ndarray:
+        if volume_id not in done:
+            done[volume_id] = predict(volume_id)
+        return done[volume_id]
+
+    return tuple(_evaluate(root, str(store), str(checkpoint), ids, once, lcc, None, classes)
+                 for lcc in (False, True))

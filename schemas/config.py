@@ -211,6 +211,11 @@ class LiteMedSamConfig(StrictModel):
         False, description="of the decoder's three multimask outputs take the one with the "
         "best predicted IoU (False: the single-mask output LiteMedSAM was trained with)",
     )
+    embedding_cache: Path | None = Field(
+        None, description="a local directory keeping each slice's image embedding (4 MiB, keyed "
+        "by the slice's pixels and the weights): later rounds and reruns over the same volumes "
+        "skip the image encoder (~90% of a CPU round). None = no cache",
+    )
 
     def resolved_checkpoint(self) -> Path | None:
         """The checkpoint file this config loads: its own, else the bundled one (None if absent)."""
@@ -347,6 +352,7 @@ class RoundConfig(StrictModel):
         # the checkpoint path may move between machines; its sha256 is fingerprinted instead
         data["masker"]["sam"].pop("checkpoint", None)
         data["masker"]["litemedsam"].pop("checkpoint", None)
+        data["masker"]["litemedsam"].pop("embedding_cache", None)  # same outputs with or without
         data["masker"]["sam"].pop("compile_cache_dir", None)
         data["masker"]["sam"].pop("compile_mode", None)  # kernel choice; outputs within bf16
         return data

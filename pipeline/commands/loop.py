@@ -32,6 +32,9 @@ def loop(
     eval_store: Annotated[Optional[str], typer.Option(
         help="a separate store to evaluate each student on (all its volumes with ground truth)")] = None,
     address: Annotated[Optional[str], typer.Option(help="Ray address; default: a local Ray")] = None,
+    embedding_cache: Annotated[Optional[Path], typer.Option(
+        help="LiteMedSAM rounds: keep image embeddings in this directory (4 MiB a slice) so "
+             "rounds 2..K skip the image encoder")] = None,
     progress: Annotated[bool, typer.Option(help="progress bars")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="print the loop state as JSON")] = False,
 ) -> None:
@@ -40,6 +43,8 @@ def loop(
     from ..loop import run_loop, table_lines
 
     cfg = load_loop_config(config)
+    if embedding_cache is not None:
+        cfg.round.masker.litemedsam.embedding_cache = embedding_cache
     ids = read_volume_list(holdout) if holdout else None
     with train_bar(cfg.train.iterations, progress and not as_json) as bar:
         state = run_loop(store, rounds, cfg, workdir, ids, eval_store, address,

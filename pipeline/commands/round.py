@@ -77,6 +77,9 @@ def run_round_cmd(
     sam_type: Annotated[Optional[SamType], typer.Option(help="SAM encoder size; implies --masker sam")] = None,
     sam_family: Annotated[Optional[SamFamily], typer.Option(
         help="SAM preprocessing family; implies --masker sam")] = None,
+    embedding_cache: Annotated[Optional[Path], typer.Option(
+        help="LiteMedSAM: keep image embeddings in this directory (4 MiB a slice); a later "
+             "round over the same volumes skips the image encoder")] = None,
     address: Annotated[Optional[str], typer.Option(help="Ray address (auto, ray://...); default: a local Ray")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Ray worker actors")] = None,
     gpus_per_worker: Annotated[Optional[float], typer.Option(help="GPUs per worker (fractional allowed)")] = None,
@@ -93,6 +96,7 @@ def run_round_cmd(
     cfg = round_config(config, {
         "masker.kind": masker, "masker.sam.model_type": sam_type, "masker.sam.family": sam_family,
         "runtime.workers": workers, "runtime.gpus_per_worker": gpus_per_worker,
+        "masker.litemedsam.embedding_cache": str(embedding_cache) if embedding_cache else None,
     })
     if sam_checkpoint is not None:
         if cfg.masker.kind == MaskerKind.random_walker:

@@ -10,7 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 from semisam.pipeline.cli import app
-from semisam.pipeline.evaluate import evaluate_round, evaluate_student, read_volume_list
+from semisam.pipeline.evaluate import (
+    evaluate_round,
+    evaluate_student,
+    evaluate_student_both,
+    read_volume_list,
+)
 from semisam.pipeline.round_state import sha256_file
 from semisam.schemas import (
     CheckpointError,
@@ -60,6 +65,14 @@ def test_evaluate_student(phantom_store, trained_student):
     assert [c.volume_id for c in subset.cases] == ["ph03"] and subset.largest_component
     with pytest.raises(InputError, match="nope"):
         evaluate_student(phantom_store, trained_student, ["nope"])
+
+
+def test_evaluate_student_both_equals_two_evaluations(phantom_store, trained_student):
+    plain, largest = evaluate_student_both(phantom_store, trained_student, device="cpu")
+    for lcc, report in ((False, plain), (True, largest)):
+        alone = evaluate_student(phantom_store, trained_student, largest_component=lcc, device="cpu")
+        assert report.largest_component is lcc
+        assert [c.model_dump() for c in report.cases] == [c.model_dump() for c in alone.cases]
 
 
 def test_volume_list(tmp_path):

@@ -15,6 +15,7 @@ from ..base import Masker, MaskerSession, SlicePrompt, check_batch
 from ..sam.decoder import InputPrompt, decode_slices
 from ..sam.masker import _check_prompt
 from .checkpoint import load_litemedsam
+from .embedding_cache import EmbeddingCache, state_dict_key
 from .encoder import LiteEncoder
 from .preprocess import (
     box_to_input,
@@ -37,9 +38,13 @@ class _EmbeddedSession(MaskerSession):
         self.hw = (int(slices.shape[1]), int(slices.shape[2]))
         step = masker.config.batch_size
         with torch.inference_mode():
-            self.embeddings = torch.cat([masker.encode(slices[i:i + step])
-                                         for i in range(0, len(slices), step)]) \
-                if len(slices) else None
+            if not len(slices):
+                self.embeddings = None
+            elif masker.cache is not None:
+                self.embeddings = masker.cache.encode(slices, masker.encode, step, masker.device)
+            else:
+                self.embeddings = torch.cat([masker.encode(slices[i:i + step])
+                                             for i in range(0, len(slices), step)])
 
     def mask(self, positions: Sequence[int], prompts: Sequence[SlicePrompt]
              ) -> tuple[np.ndarray, np.ndarray]:
@@ -58,7 +63,8 @@ class LiteMedSamMasker(Masker):
     batch with one prompt set per slice (slice-aligned, nothing repeated).
 
     Args:
-        config: LiteMedSAM settings (checkpoint, batch size, dtype, channels_last, compile).
+        config: LiteMedSAM settings (checkpoint, batch size, dtype, channels_last, compile,
+            embedding cache).
         device: where the model runs.
         model: use this model as is (tests); None = `load_litemedsam` of ``config.checkpoint``
             (None there = the bundled trained weights).
@@ -76,7 +82,12 @@ class LiteMedSamMasker(Masker):
             model, path, self.sha256 = load_litemedsam(config.checkpoint, self.device)
             self.checkpoint = str(path)
         self.model = model.to(self.device).eval()
+        self.cache: EmbeddingCache | None = None
         self.encoder = LiteEncoder(self.model.image_encoder, config, self.device)
+        if config.embedding_cache is not None:
+            weights = self.sha256 or state_dict_key(self.model)
+            self.cache = EmbeddingCache(config.embedding_cache, weights, str(self.encoder.dtype)
+                                        .removeprefix("torch."))
 
     def encode(self, slices: np.ndarray) -> torch.Tensor:
         """``NxHxW`` uint8 slices -> ``Nx256x64x64`` float32 embeddings (on the device)."""
@@ -125,7 +136,10 @@ class LiteMedSamMasker(Masker):
         with torch.inference_mode():
             for start in range(0, slices.shape[0], step):
                 stop = start + step
-                probs, iou = self.decode(self.encode(slices[start:stop]), prompts[start:stop], hw)
+                batch = slices[start:stop]
+                embeddings = (self.encode(batch) if self.cache is None
+                              else self.cache.encode(batch, self.encode, step, self.device))
+                probs, iou = self.decode(embeddings, prompts[start:stop], hw)
                 out[start:stop] = probs.cpu().numpy()
                 scores[start:stop] = iou.float().cpu().numpy()
         return out, scores
