@@ -217,6 +217,12 @@ class LiteMedSamConfig(StrictModel):
         "skip the image encoder (~90% of a CPU round). None = no cache",
     )
 
+    @field_validator("embedding_cache")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        """Made absolute where the config is first read (the driver): workers may run elsewhere."""
+        return None if value is None else value.expanduser().absolute()
+
     def resolved_checkpoint(self) -> Path | None:
         """The checkpoint file this config loads: its own, else the bundled one (None if absent)."""
         return self.checkpoint if self.checkpoint is not None else bundled_litemedsam_checkpoint()
