@@ -62,7 +62,9 @@ from semisam.schemas import (
     StudentSpec,
     TrainConfig,
 )
+from semisam.store import list_metas, open_store, read_class_map, read_label
 from semisam.training import train_student
+from semisam.training.augmentation import augmentation_plan
 
 log = logging.getLogger("benchmarks.hippocampus")
 
@@ -99,13 +101,18 @@ def prepare_stores(data: Path, work: Path, split: dict[str, list[str]],
     return stores
 
 
-def base_config(iterations: int, seed: int, augment: bool = True) -> TrainConfig:
+AUGMENT = ("class-aware", "semisam", "none")
+
+
+def base_config(iterations: int, seed: int, augment: str = "class-aware") -> TrainConfig:
     """The small-UNet setting of the benchmark; SemiSAM's ramps rescaled to ``iterations``
     (ramp length 40 units of ``iterations // 40`` instead of 150 iterations of 6000);
-    ``augment=False`` turns off the random rot90 and flips."""
+    ``augment``: 'class-aware' (the default: SemiSAM's rot90/flips less those that swap the
+    structures, `training.augmentation`), 'semisam' (all of them), 'none'."""
     cfg = TrainConfig(student=SPEC, iterations=iterations, seed=seed,
                       checkpoint_every=max(100, iterations // 4), threads=2)
-    cfg.augment.rot90 = cfg.augment.flip = augment
+    cfg.augment.rot90 = cfg.augment.flip = augment != "none"
+    cfg.augment.class_aware = augment == "class-aware"
     cfg.batch.labeled, cfg.batch.unlabeled = 2, 2
     cfg.optimizer.kind, cfg.optimizer.lr, cfg.optimizer.weight_decay = OptimizerKind.adam, 1e-3, 1e-5
     cfg.optimizer.schedule = LrSchedule.poly
@@ -114,7 +121,7 @@ def base_config(iterations: int, seed: int, augment: bool = True) -> TrainConfig
     return cfg
 
 
-def configs(iterations: int, seed: int, augment: bool = True) -> dict[str, TrainConfig]:
+def configs(iterations: int, seed: int, augment: str = "class-aware") -> dict[str, TrainConfig]:
     """Training config of every setting.
 
     ``b``/``c``: one loop (student 0 = Mean Teacher; students 1.. add the SAM term, here a
@@ -173,7 +180,7 @@ def train_one(store: Path, out: Path, cfg: TrainConfig, round_index: int | None 
 
 def run_seed(seed: int, args: argparse.Namespace, stores: dict[str, Path], results: dict) -> None:
     """Every requested setting for one training seed; finished students are reused."""
-    cfgs = configs(args.iterations, seed, not args.no_augment)
+    cfgs = configs(args.iterations, seed, args.augment)
     work = args.workdir / f"seed{seed}"
     for name in [s for s in args.settings if s in ("a", "d")]:
         ckpt = work / f"{name}.pt"
@@ -204,13 +211,13 @@ def run_seed(seed: int, args: argparse.Namespace, stores: dict[str, Path], resul
                             "seconds": seconds}
 
 
-def fused_round_config(setting: str, flips: bool = True) -> RoundConfig:
+def fused_round_config(setting: str, flips: tuple[int, ...] = (0, 1, 2)) -> RoundConfig:
     """Round config of settings c-avg (fusion ``average``), c-tta (``average`` with the
-    student's flip test-time augmentation along every axis) and c-mpr (c-tta with the masker
+    student's flip test-time augmentation along ``flips``) and c-mpr (c-tta with the masker
     run along all three slice axes, `PromptConfig.extra_axes`)."""
     cfg = round_config(FusionMode.average)
-    if setting in ("c-tta", "c-mpr") and flips:  # a student trained without flips: no flip TTA
-        cfg.student.flip_axes = (0, 1, 2)
+    if setting in ("c-tta", "c-mpr"):
+        cfg.student.flip_axes = flips
     if setting == "c-mpr":
         cfg.prompts.extra_axes = (0, 1)
     return cfg
@@ -225,7 +232,7 @@ def run_fused_rounds(setting: str, student0: Path, work: Path, stores: dict[str,
         shutil.copytree(stores["train"], store)
     previous = student0
     for r in range(1, rounds + 1):
-        run_round(store, r, previous, fused_round_config(setting, cfg.augment.flip),
+        run_round(store, r, previous, fused_round_config(setting, tta_axes(store, cfg)),
                   show_progress=False)
         ckpt = work / f"{setting}{r}.pt"
         seconds = train_one(store, ckpt, cfg, r, init=previous if setting != "c-avg" else None)
@@ -234,6 +241,21 @@ def run_fused_rounds(setting: str, student0: Path, work: Path, stores: dict[str,
                         "pseudo_label_dice": pseudo_label_dice(store, r)}
         log.info("seed %d %s%d: %s", seed, setting, r, results[key])
         previous = ckpt
+
+
+def tta_axes(store: Path, cfg: TrainConfig) -> tuple[int, ...]:
+    """The round's flip test-time augmentation for a student trained with ``cfg``: no flips
+    for one trained without them, the flips class-aware training kept (a flip the student never
+    saw swaps the structures), else every axis."""
+    if not cfg.augment.flip:
+        return ()
+    root = open_store(store, read_only=True)
+    classes = read_class_map(root)
+    if not (cfg.augment.class_aware and classes.multiclass):
+        return (0, 1, 2)
+    labels = (read_label(root, m.volume_id) for m in list_metas(root) if m.labeled)
+    plan = augmentation_plan(cfg.augment, classes, labels)
+    return plan.flip_axes if plan.flip else ()
 
 
 class SavedResults(dict):
@@ -285,8 +307,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--holdout", type=int, default=50)
     parser.add_argument("--classes", action="store_true",
                         help="both structures (1 anterior, 2 posterior) instead of label > 0")
-    parser.add_argument("--no-augment", action="store_true",
-                        help="no random rot90/flips in training (they swap anterior and posterior)")
+    parser.add_argument("--augment", choices=AUGMENT, default="class-aware",
+                        help="training's random rot90/flips: SemiSAM's less those that swap "
+                        "anterior and posterior (class-aware), all of SemiSAM's, or none")
+    parser.add_argument("--no-augment", dest="augment", action="store_const", const="none",
+                        help="the same as --augment none")
     parser.add_argument("--settings", nargs="+", default=["a", "c-mpr", "d"],
                         choices=["a", "c", "c-semisam", "c-avg", "c-tta", "c-mpr", "d"],
                         help="b is student 0 of c's loop (c-avg, c-tta, c-mpr start from it too)")
@@ -302,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     stores = prepare_stores(args.data, args.workdir, split, CLASSES if args.classes else None)
     results_path = args.workdir / "results.json"
     header = {"date": date.today().isoformat(), "command": " ".join(sys.argv), "split": split,
-              "iterations": args.iterations, "augment": not args.no_augment,
+              "iterations": args.iterations, "augment": args.augment,
               "classes": CLASSES.to_attrs() if args.classes else None}
     results = SavedResults(results_path, header)
     t0 = time.perf_counter()

@@ -93,6 +93,18 @@ class AugmentConfig(StrictModel):
 
     rot90: bool = True
     flip: bool = True
+    class_aware: bool = Field(
+        True, description="on a store of several structures, drop the flips (and the rot90) "
+        "that would move one structure to where another lies: flips along an axis on which the "
+        "labeled volumes' structures are separated (class_separation), rot90 when axis 0 or 1 "
+        "is (training/augmentation.py). No effect on one-structure stores",
+    )
+    class_separation: float = Field(
+        1.0, gt=0, description="an axis separates two structures when their centroids lie "
+        "further apart along it than this many standard deviations of their voxel coordinates "
+        "(mean over the labeled volumes, sign kept; hippocampus: 1.7 and 1.4 on axes 1 and 2, "
+        "0.5 on axis 0)",
+    )
 
 
 class SupervisedConfig(StrictModel):

@@ -35,6 +35,7 @@ from semisam.schemas import (
 )
 from semisam.store import list_metas, read_class_map, read_record, read_round_meta
 
+from .augmentation import augmentation_plan
 from .patches import crop_start, read_region, read_size, rot_flip, rot_flip_choice
 
 log = logging.getLogger(__name__)
@@ -237,12 +238,15 @@ class PatchSampler:
         self.n_unlabeled = config.batch.unlabeled if use_unlabeled and data.unlabeled else 0
         self.with_round = data.round_index is not None
         self.index_table = class_index_table(data.classes)
+        self.augment = augmentation_plan(config.augment, data.classes,
+                                         (np.asarray(s.target[...]) for s in data.labeled))
 
     def _patch(self, source: VolumeSource, rng: np.random.Generator,
                foreground_prob: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One augmented patch: image ``XxYxZ`` float32 (z-scored), target ``XxYxZ`` int64 class
         indices (0 where the volume has none), confidence ``XxYxZ`` float32."""
-        k, flip_axis = rot_flip_choice(rng, self.config.augment.rot90, self.config.augment.flip)
+        plan = self.augment
+        k, flip_axis = rot_flip_choice(rng, plan.rot90, plan.flip, plan.flip_axes)
         size = read_size(self.size, k)
         centre = None
         if len(source.foreground) and rng.random() < foreground_prob:

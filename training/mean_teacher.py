@@ -111,7 +111,8 @@ def fit_out_channels(config: TrainConfig, classes: ClassMap, store: str | Path) 
 
 
 def augmentation_warning(config: TrainConfig, classes: ClassMap) -> str | None:
-    """A warning for random rot90/flips on a store of several structures, else None.
+    """A warning for random rot90/flips on a store of several structures with class-aware
+    augmentation turned off, else None.
 
     Flipping or rotating a patch moves each structure to where another one sits (left and
     right, anterior and posterior), so the network must tell the classes apart by shape alone.
@@ -119,12 +120,12 @@ def augmentation_warning(config: TrainConfig, classes: ClassMap) -> str | None:
     0.72 with SemiSAM's rot90 + flips, 0.82 without.
     """
     on = [name for name in ("rot90", "flip") if getattr(config.augment, name)]
-    if classes.count < 2 or not on:
+    if classes.count < 2 or not on or config.augment.class_aware:
         return None
-    return (f"augment.{'/'.join(on)} on a store of {classes.count} structures: random "
-            f"{' and '.join(on)} can swap structures that differ by position (hippocampus: "
-            f"Dice 0.72 with them, 0.82 without); set augment.rot90 and augment.flip to false "
-            f"unless the classes are symmetric")
+    return (f"augment.{'/'.join(on)} on a store of {classes.count} structures with "
+            f"augment.class_aware off: random {' and '.join(on)} can swap structures that differ "
+            f"by position (hippocampus: Dice 0.72 with them, 0.82 without); turn class_aware on, "
+            f"or rot90 and flip off, unless the classes are symmetric")
 
 
 def build_nets(config: TrainConfig, device: torch.device, init: Path | None = None) -> Nets:
@@ -319,7 +320,10 @@ def train_student(
         torch.set_num_threads(config.threads)
     data = open_training_data(root, config, round_index)
     use_unlabeled = config.mean_teacher.enabled or (config.sam.enabled and round_index is not None)
-    session = _Session(build_nets(config, device, init), PatchSampler(data, config, use_unlabeled),
+    sampler = PatchSampler(data, config, use_unlabeled)
+    if sampler.augment.reason:
+        log.info("%s", sampler.augment.reason)
+    session = _Session(build_nets(config, device, init), sampler,
                        config, data.fingerprint, round_index, device, state_path(out))
     start, elapsed = 0, 0.0
     if resume and session.state.is_file():

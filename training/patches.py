@@ -99,12 +99,19 @@ def read_region(array, start: Sequence[int], size: Sequence[int], fill: float = 
     return out
 
 
-def rot_flip_choice(rng: np.random.Generator, rot90: bool, flip: bool) -> tuple[int, int | None]:
+def rot_flip_choice(rng: np.random.Generator, rot90: bool, flip: bool,
+                    flip_axes: tuple[int, ...] = (0, 1)) -> tuple[int, int | None]:
     """SemiSAM's RandomRotFlip draw: ``k`` in {0..3} quarter turns in the (0, 1) plane, then a
-    flip of axis 0 or 1 (``None`` when disabled)."""
+    flip of axis 0 or 1 (``None`` when disabled). ``flip_axes`` narrower than (0, 1) (class-aware
+    augmentation, `training.augmentation`): no flip or a flip of one of them, equally likely
+    (a flip that always happens would mirror every patch, not augment)."""
     k = int(rng.integers(0, 4)) if rot90 else 0
-    axis = int(rng.integers(0, 2)) if flip else None
-    return k, axis
+    if not flip or not flip_axes:
+        return k, None
+    if tuple(flip_axes) == (0, 1):
+        return k, int(rng.integers(0, 2))
+    choices = [None, *flip_axes]
+    return k, choices[int(rng.integers(0, len(choices)))]
 
 
 def read_size(size: Sequence[int], k: int) -> Shape3:

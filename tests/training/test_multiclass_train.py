@@ -151,14 +151,17 @@ def test_binary_store_refuses_a_three_channel_student(phantom_store, tmp_path):
 
 
 def test_augmentation_warning_for_several_structures() -> None:
-    """Random rot90/flips on a store of several structures are warned about (they swap
-    structures that differ by position); one structure, or augmentation off, is not."""
+    """Random rot90/flips on a store of several structures with class-aware augmentation off
+    are warned about (they swap structures that differ by position); class-aware (the
+    default), one structure, or augmentation off, are not."""
     from semisam.schemas import binary_classes
     from semisam.training.mean_teacher import augmentation_warning
 
     two = ClassMap(names={1: "anterior", 2: "posterior"})
     cfg = TrainConfig()
-    assert cfg.augment.rot90 and cfg.augment.flip  # SemiSAM's defaults
+    assert cfg.augment.rot90 and cfg.augment.flip and cfg.augment.class_aware  # the defaults
+    assert augmentation_warning(cfg, two) is None
+    cfg.augment.class_aware = False
     message = augmentation_warning(cfg, two)
     assert message is not None and "augment.rot90/flip" in message and "2 structures" in message
     assert augmentation_warning(cfg, binary_classes()) is None
