@@ -128,3 +128,16 @@ def test_masker_option_on_a_default_config_gives_that_maskers_defaults():
     by_file = RoundConfig.model_validate({"masker": {"kind": "random_walker"}})
     assert by_option.fingerprint_payload() == by_file.fingerprint_payload()
     assert round_config(None, {}).fingerprint_payload() == RoundConfig().fingerprint_payload()
+
+
+def test_embedding_cache_option_is_absolute_and_outside_the_fingerprint(tmp_path, monkeypatch):
+    from semisam.pipeline.commands.round import round_config
+    from semisam.schemas import LoopConfig, RoundConfig
+
+    monkeypatch.chdir(tmp_path)
+    cfg = round_config(None, {"masker.litemedsam.embedding_cache": "cache"})
+    assert cfg.masker.litemedsam.embedding_cache == tmp_path / "cache"
+    assert cfg.fingerprint_payload() == RoundConfig().fingerprint_payload()
+    loop = LoopConfig()
+    loop.round.masker.litemedsam.embedding_cache = Path("elsewhere")  # as `semisam loop` sets it
+    assert loop.round.masker.litemedsam.embedding_cache == tmp_path / "elsewhere"
