@@ -18,10 +18,14 @@ voxels, with and without keeping the largest component, as the paper reports):
 
 Schedules (``--schedule``):
 
-    cpu    UNet 16-32-64-128 (strides 2, 1 residual unit), patch 80x80x56, 400 iterations,
-           batch 2 labeled (+ 2 unlabeled with Mean Teacher), Adam 1e-3 with poly decay, ramps
-           of 40 units of 10 iterations. Per seed and L about 100 minutes on 2 CPU cores, most of
-           it the LiteMedSAM round (~3.5 min per unlabeled volume).
+    cpu    UNet 16-32-64-128 (strides 2, 1 residual unit), patch 80x80x56, 600 iterations,
+           batch 2 labeled (+ 2 unlabeled with Mean Teacher), half the labeled patches centred
+           on foreground (``batch.foreground_prob`` 0.5: with SemiSAM's uniform crops 400
+           iterations left the 24-label ceiling below the 2-label student), Adam 1e-3 with poly
+           decay, ramps of 40 units of 15 iterations; LiteMedSAM encoder batches of 2 (the
+           fastest on an AMD EPYC, docs/benchmarks.md). Per seed and L about 100 minutes on 2
+           CPU cores the first time, most of it the LiteMedSAM round (~2.5 min per unlabeled
+           volume); with the embedding cache filled (every later seed and L) ~45 minutes.
     paper  SemiSAM's: V-Net, patch 112x112x80, 6000 iterations, batch 2 + 2, SGD 0.01 / 0.9 /
            1e-4, lr x0.1 every 2500 iterations, EMA 0.99, ramps of 40 units of 150 iterations;
            for a GPU.
@@ -113,10 +117,11 @@ def schedule_config(schedule: str, seed: int, smoke: bool) -> TrainConfig:
         return cfg
     cfg.student = StudentSpec(channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1,
                               patch_size=(80, 80, 56))
-    cfg.iterations, cfg.checkpoint_every, cfg.threads = 400, 100, os.cpu_count() or 2
+    cfg.iterations, cfg.checkpoint_every, cfg.threads = 600, 150, os.cpu_count() or 2
+    cfg.batch.foreground_prob = 0.5
     cfg.optimizer.kind, cfg.optimizer.lr, cfg.optimizer.weight_decay = OptimizerKind.adam, 1e-3, 1e-4
     cfg.optimizer.schedule = LrSchedule.poly
-    cfg.mean_teacher.ramp_unit = cfg.sam.ramp_unit = 10
+    cfg.mean_teacher.ramp_unit = cfg.sam.ramp_unit = 15
     if smoke:  # the same path on a network and patch a CPU trains for a few steps in seconds
         cfg.student = StudentSpec(channels=(8, 16, 32), strides=(2, 2), patch_size=(48, 48, 32))
         cfg.iterations, cfg.checkpoint_every = 4, 2
@@ -145,6 +150,8 @@ def round_config(masker: MaskerKind, sam_checkpoint: Path | None,
     cfg = RoundConfig()
     cfg.masker.kind = masker
     cfg.masker.litemedsam.embedding_cache = embedding_cache
+    if not torch.cuda.is_available():
+        cfg.masker.litemedsam.batch_size = 2
     if sam_checkpoint is not None:
         cfg.masker.kind, cfg.masker.sam.checkpoint = MaskerKind.sam, sam_checkpoint
     cores = os.cpu_count() or 2
