@@ -18,7 +18,7 @@ A one-structure store is scored, and reported, exactly as before class maps exis
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -220,27 +220,41 @@ def read_volume_list(value: str | Path) -> list[str]:
     return [v.strip() for v in str(value).split(",") if v.strip()]
 
 
+def _evaluate_variants(root: zarr.Group, store: str, source: str, ids: list[str],
+                       predict: Callable[[str], np.ndarray], keep_largest: Sequence[bool],
+                       on_volume: Callable[[str, str], None] | None,
+                       classes: ClassMap | None = None) -> list[EvaluationReport]:
+    """Score ``predict(id)`` against every volume's truth, once per ``keep_largest`` variant
+    (each volume predicted and read once); ``classes`` (a multi-class map): per class
+    (`score_classes`), else as one structure (`score`)."""
+    spacing = {m.volume_id: m.spacing for m in list_metas(root)}
+    multi = classes is not None and classes.multiclass
+    cases: list[list[CaseMetrics]] = [[] for _ in keep_largest]
+    for vid in ids:
+        pred, ref = predict(vid), read_reference(root, vid)
+        for found, lcc in zip(cases, keep_largest):
+            found.append(score_classes(vid, pred, ref, spacing[vid], lcc, classes) if multi
+                         else score(vid, pred, ref, spacing[vid], lcc))
+        if on_volume is not None:
+            on_volume(vid, f"Dice {cases[0][-1].dice:.3f}")
+    reports = []
+    for found, lcc in zip(cases, keep_largest):
+        report = EvaluationReport(store=store, source=source, largest_component=lcc,
+                                  cases=found, summary=summarize(found))
+        if multi:
+            report.classes = dict(classes.names)
+            report.class_summary = summarize_classes(found, classes)
+        reports.append(report)
+    return reports
+
+
 def _evaluate(root: zarr.Group, store: str, source: str, ids: list[str],
               predict: Callable[[str], np.ndarray], keep_largest: bool,
               on_volume: Callable[[str, str], None] | None,
               classes: ClassMap | None = None) -> EvaluationReport:
-    """Score ``predict(id)`` against every volume's truth; ``classes`` (a multi-class map):
-    per class (`score_classes`), else as one structure (`score`)."""
-    spacing = {m.volume_id: m.spacing for m in list_metas(root)}
-    multi = classes is not None and classes.multiclass
-    cases = []
-    for vid in ids:
-        pred, ref = predict(vid), read_reference(root, vid)
-        cases.append(score_classes(vid, pred, ref, spacing[vid], keep_largest, classes) if multi
-                     else score(vid, pred, ref, spacing[vid], keep_largest))
-        if on_volume is not None:
-            on_volume(vid, f"Dice {cases[-1].dice:.3f}")
-    report = EvaluationReport(store=store, source=source, largest_component=keep_largest,
-                              cases=cases, summary=summarize(cases))
-    if multi:
-        report.classes = dict(classes.names)
-        report.class_summary = summarize_classes(cases, classes)
-    return report
+    """`_evaluate_variants` with one variant."""
+    return _evaluate_variants(root, store, source, ids, predict, (keep_largest,), on_volume,
+                              classes)[0]
 
 
 def check_checkpoint_classes(meta: dict, classes: ClassMap, checkpoint: Path, store: str) -> None:
@@ -304,13 +318,31 @@ def evaluate_student(store: str | Path, checkpoint: Path, volumes: Iterable[str]
         volumes: ids to evaluate; None = every volume with a label or reference.
         largest_component: keep only the largest connected component of each prediction.
     """
+    return _evaluate_student(store, checkpoint, volumes, (largest_component,), inference, device,
+                             on_volume)[0]
+
+
+def evaluate_student_both(store: str | Path, checkpoint: Path, volumes: Iterable[str] | None = None,
+                          inference: StudentInferenceConfig | None = None, device: str = "auto"
+                          ) -> tuple[EvaluationReport, EvaluationReport]:
+    """`evaluate_student` without and with largest component, each volume predicted once
+    (the papers report both)."""
+    plain, largest = _evaluate_student(store, checkpoint, volumes, (False, True), inference,
+                                       device, None)
+    return plain, largest
+
+
+def _evaluate_student(store: str | Path, checkpoint: Path, volumes: Iterable[str] | None,
+                      keep_largest: Sequence[bool], inference: StudentInferenceConfig | None,
+                      device: str, on_volume: Callable[[str, str], None] | None
+                      ) -> list[EvaluationReport]:
     root = open_store(store, read_only=True)
     ids = select_volumes(root, volumes)
     classes = read_class_map(root)
     predict = student_predictor(root, Path(checkpoint), inference or StudentInferenceConfig(), device,
                                 str(store), classes)
-    return _evaluate(root, str(store), str(checkpoint), ids, predict, largest_component, on_volume,
-                     classes)
+    return _evaluate_variants(root, str(store), str(checkpoint), ids, predict, keep_largest,
+                              on_volume, classes)
 
 
 def evaluate_round(store: str | Path, round_index: int, student: Path | None = None,
@@ -356,23 +388,3 @@ def evaluate_round(store: str | Path, round_index: int, student: Path | None = N
         gain[metric] = None if a is None or b is None else a - b
     return RoundEvaluation(round=round_index, pseudo_label=pseudo, student=own, gain=gain)
 
-
-def evaluate_student_both(store: str | Path, checkpoint: Path, volumes: Iterable[str] | None = None,
-                          inference: StudentInferenceConfig | None = None, device: str = "auto"
-                          ) -> tuple[EvaluationReport, EvaluationReport]:
-    """`evaluate_student` without and with largest component, each volume predicted once
-    (the papers report both)."""
-    root = open_store(store, read_only=True)
-    ids = select_volumes(root, volumes)
-    classes = read_class_map(root)
-    predict = student_predictor(root, Path(checkpoint), inference or StudentInferenceConfig(), device,
-                                str(store), classes)
-    done: dict[str, np.ndarray] = {}
-
-    def once(volume_id: str) -> np.ndarray:
-        if volume_id not in done:
-            done[volume_id] = predict(volume_id)
-        return done[volume_id]
-
-    return tuple(_evaluate(root, str(store), str(checkpoint), ids, once, lcc, None, classes)
-                 for lcc in (False, True))

@@ -18,15 +18,12 @@ flipped or not with equal chance. One structure keeps SemiSAM's augmentation unc
 from __future__ import annotations
 
 import itertools
-import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
 from semisam.schemas import AugmentConfig, ClassMap
-
-log = logging.getLogger(__name__)
 
 __all__ = ["AugmentPlan", "augmentation_plan", "class_separation"]
 
@@ -93,7 +90,7 @@ def augmentation_plan(augment: AugmentConfig, classes: ClassMap,
     flips = tuple(a for a in ROT_FLIP_AXES if a not in apart) if augment.flip else ()
     rot90 = augment.rot90 and not any(a in apart for a in ROT_FLIP_AXES)
     shown = ", ".join(f"axis {a} {separation[a]:.2f}" for a in range(3))
-    dropped = [name for name, on in (("rot90", augment.rot90 and not rot90),) if on]
+    dropped = ["rot90"] if augment.rot90 and not rot90 else []
     dropped += [f"flips of axis {a}" for a in ROT_FLIP_AXES if augment.flip and a not in flips]
     reason = (f"class-aware augmentation: structures' centroid separation {shown} (limit "
               f"{augment.class_separation}); " + (f"dropped {', '.join(dropped)}; "
