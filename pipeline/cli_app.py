@@ -65,6 +65,28 @@ class _DropRayAuthNotice(logging.Filter):
         return not record.getMessage().startswith("Token authentication is enabled")
 
 
+class _DropOrphanedStoreErrors(logging.Filter):
+    """Drops asyncio's "Future exception was never retrieved" reports of an `OSError`.
+
+    zarr writes a node's keys concurrently; when the store's file system refuses one write
+    (read-only, full), the sibling writes fail the same way and their futures are collected
+    later with nobody awaiting them. The command has already reported that error in one line;
+    the orphaned copies would print a traceback after it. Kept with ``--debug``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith("Future exception was never retrieved"):
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, OSError)
+
+
+def quiet_orphaned_store_errors() -> None:
+    """Install `_DropOrphanedStoreErrors` on the asyncio logger (idempotent)."""
+    logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _DropOrphanedStoreErrors) for f in logger.filters):
+        logger.addFilter(_DropOrphanedStoreErrors())
+
+
 def quiet_ray_notices() -> None:
     """Install `_DropRayAuthNotice` on Ray's authentication logger (idempotent)."""
     logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
@@ -82,3 +104,5 @@ def _main(
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr,
                         force=True)
     quiet_ray_notices()
+    if not debug:
+        quiet_orphaned_store_errors()
