@@ -37,8 +37,9 @@ structures, ``K + 1`` softmax channels, channel ``c`` the class value ``values[c
   student is sure, low where channels compete (boundaries between touching structures);
 * the report names the classes and counts each one's voxels (``class_voxels``);
 * ``flip_axes``: a flip along an axis that orders the structures (left/right ones) shows the
-  student each one where the other lies; averaging it in mixes them up unless the student
-  was trained with flips along that axis.
+  student each one where the other lies; averaging it in mixes them up. ``semisam train``
+  records those axes in the checkpoint (``meta["ordered_axes"]``) and they are left out of
+  ``flip_axes`` with a warning (rounds do the same with ``student.flip_axes``).
 
 A student with more than 2 channels but no class map, or whose class map does not fit its
 channels, is refused before any scan (one line).
@@ -488,6 +489,7 @@ def predict(student: Path, inputs: list[Path | str], out_dir: Path, *,
     sources = collect_inputs(list(inputs))
     if not sources:
         raise ConfigError("no input scans (files of a format ingest reads, or DICOM folders)")
+    options = _safe_flips(student, options)
     fp = fingerprint(sha256_file(student), options)
     report = PredictReport(out_dir=str(out_dir), student=str(student), fingerprint=fp)
     on_item = on_item or (lambda _item: None)
@@ -508,6 +510,20 @@ def predict(student: Path, inputs: list[Path | str], out_dir: Path, *,
         report.items = _predict_ray(student, sources, out_dir, options, fp, address,
                                     gpus_per_scan, device, overwrite, on_item, ray_num_cpus)
     return report
+
+
+def _safe_flips(student: Path, options: PredictOptions) -> PredictOptions:
+    """``options`` without the test-time flips along axes the checkpoint records as ordering
+    its structures (`safe_flip_axes`; a warning names them)."""
+    from semisam.workers.student import load_student, safe_flip_axes
+
+    _, _, meta = load_student(student)
+    kept, dropped = safe_flip_axes(options.flip_axes, meta)
+    if not dropped:
+        return options
+    log.warning("--flip: leaving out axis %s: %s records its structures lie one after the "
+                "other along it (a flip swaps them)", ", ".join(map(str, dropped)), student)
+    return options.model_copy(update={"flip_axes": kept})
 
 
 def _start_classes(report: PredictReport, classes: ClassMap | None, options: PredictOptions,

@@ -36,6 +36,11 @@ class AugmentPlan:
 
     ``flip_axes == (0, 1)`` with ``rot90``: SemiSAM's draw, unchanged. ``separation``: the
     measured separation per axis (empty for one structure), ``reason``: a line for the log.
+    ``ordered_axes``: the axes (0-2) along which the structures lie one after the other (a flip
+    along one swaps them), measured for every store of several structures whether or not
+    ``class_aware`` is on; the student checkpoint records them
+    (`semisam.workers.student.ORDERED_AXES_META_KEY`) so that
+    test-time flips never use them.
     """
 
     rot90: bool
@@ -43,6 +48,7 @@ class AugmentPlan:
     flip_axes: tuple[int, ...] = ROT_FLIP_AXES
     separation: tuple[float, ...] = ()
     reason: str = ""
+    ordered_axes: tuple[int, ...] = ()
 
 
 def class_separation(labels: Iterable[np.ndarray], values: Iterable[int]) -> np.ndarray:
@@ -80,13 +86,16 @@ def augmentation_plan(augment: AugmentConfig, classes: ClassMap,
     Args:
         augment: the training config's augmentation switches.
         classes: the store's class map.
-        labels: the labeled volumes' labels (read only for several structures with
-            ``augment.class_aware`` and some augmentation on).
+        labels: the labeled volumes' labels (read only for several structures).
     """
-    if classes.count < 2 or not (augment.rot90 or augment.flip) or not augment.class_aware:
+    if classes.count < 2:
         return AugmentPlan(rot90=augment.rot90, flip=augment.flip)
     separation = class_separation(labels, classes.values)
     apart = [axis for axis in range(3) if separation[axis] > augment.class_separation]
+    if not (augment.rot90 or augment.flip) or not augment.class_aware:
+        return AugmentPlan(rot90=augment.rot90, flip=augment.flip,
+                           separation=tuple(float(s) for s in separation),
+                           ordered_axes=tuple(apart))
     flips = tuple(a for a in ROT_FLIP_AXES if a not in apart) if augment.flip else ()
     rot90 = augment.rot90 and not any(a in apart for a in ROT_FLIP_AXES)
     shown = ", ".join(f"axis {a} {separation[a]:.2f}" for a in range(3))
@@ -98,4 +107,5 @@ def augmentation_plan(augment: AugmentConfig, classes: ClassMap,
               + (f"kept flips of axis {', '.join(map(str, flips))}" if flips else "no flips kept")
               + (" and rot90" if rot90 else ""))
     return AugmentPlan(rot90=rot90, flip=bool(flips), flip_axes=flips or ROT_FLIP_AXES,
-                       separation=tuple(float(s) for s in separation), reason=reason)
+                       separation=tuple(float(s) for s in separation), reason=reason,
+                       ordered_axes=tuple(apart))

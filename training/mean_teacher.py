@@ -35,7 +35,7 @@ import torch
 
 from semisam.schemas import ClassMap, ConfigError, OptimizerKind, TrainConfig, binary_classes
 from semisam.store import open_store, read_class_map
-from semisam.workers.student import build_student, load_student, save_student
+from semisam.workers.student import ORDERED_AXES_META_KEY, build_student, load_student, save_student
 
 from . import schedules
 from .checkpoint import (
@@ -340,6 +340,8 @@ def train_student(
         "labeled": [s.meta.volume_id for s in data.labeled], "final_terms": result.last}
     if data.classes != binary_classes():
         meta[CLASSES_META_KEY] = data.classes.to_attrs()
+    if data.classes.count > 1:
+        meta[ORDERED_AXES_META_KEY] = list(sampler.augment.ordered_axes)
     save_student(out, exported.eval(), config.student, meta)
     result.checkpoint = out
     log.info("student written to %s (%d iterations, %.1f s)", out, config.iterations, result.seconds)

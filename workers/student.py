@@ -167,6 +167,28 @@ def load_student(path: Path, device: torch.device | str = "cpu") -> tuple[torch.
     return model.to(device).eval(), spec, dict(payload.get("meta", {}))
 
 
+ORDERED_AXES_META_KEY = "ordered_axes"
+"""Student checkpoint ``meta`` key: the axes (0-2) along which the training store's structures
+lie one after the other (`semisam.training.augmentation.AugmentPlan.ordered_axes`), a list of
+ints; written by ``semisam train`` for stores of several structures."""
+
+
+def safe_flip_axes(requested: tuple[int, ...], meta: dict) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Split requested test-time flip axes into those to use and those to drop.
+
+    A flip along an axis on which the structures lie one after the other (anterior before
+    posterior) shows the student each structure where the other belongs; averaging that view in
+    mixes the classes up. The checkpoint's ``meta["ordered_axes"]`` names those axes; a
+    checkpoint without it (one structure, or trained before it was recorded) drops nothing.
+
+    Returns:
+        ``(kept, dropped)``, each in the requested order.
+    """
+    ordered = {int(a) for a in meta.get(ORDERED_AXES_META_KEY, ()) or ()}
+    kept = tuple(a for a in requested if a not in ordered)
+    return kept, tuple(a for a in requested if a in ordered)
+
+
 def zscore(image: np.ndarray) -> np.ndarray:
     """Per-volume z-score of an ``XxYxZ`` image (constant volumes become zeros), float32.
 

@@ -47,6 +47,7 @@ from .student import (
     load_student,
     predict_probabilities,
     predict_probability,
+    safe_flip_axes,
 )
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,13 @@ class VolumeProcessor:
         if self.device.type == "cpu":
             torch.set_num_threads(config.runtime.torch_threads)
         torch.manual_seed(config.seed)
-        self.student, self.spec, _ = load_student(student_checkpoint, self.device)
+        self.student, self.spec, student_meta = load_student(student_checkpoint, self.device)
+        kept, dropped = safe_flip_axes(config.student.flip_axes, student_meta)
+        if dropped:
+            log.warning("student.flip_axes: leaving out the flips of axis %s: %s records its "
+                        "structures lie one after the other along it (a flip swaps them)",
+                        ", ".join(map(str, dropped)), student_checkpoint)
+        self.student_inference = config.student.model_copy(update={"flip_axes": kept})
         self.masker = masker or build_masker(config.masker, self.device)
         self.root = open_store(self.store, storage=config.runtime.storage)
         self.classes = read_class_map(self.root)
@@ -198,10 +205,11 @@ class VolumeProcessor:
         with self._device_lock:  # model stages take turns; CPU stages of other volumes overlap
             t = time.perf_counter()
             if self.classes.count == 1:
-                prob = predict_probability(self.student, image, self.spec, cfg.student, self.device)
+                prob = predict_probability(self.student, image, self.spec,
+                                           self.student_inference, self.device)
             else:
-                probs = predict_probabilities(self.student, image, self.spec, cfg.student,
-                                              self.device)
+                probs = predict_probabilities(self.student, image, self.spec,
+                                              self.student_inference, self.device)
             timings["student"] = time.perf_counter() - t
 
         if self.classes.count == 1:

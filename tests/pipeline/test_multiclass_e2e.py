@@ -23,7 +23,7 @@ from tests.conftest import supervised_config
 NAMES = {1: "left", 2: "middle", 3: "right"}
 
 
-def test_three_structures_end_to_end(local_ray, tmp_path: Path) -> None:
+def test_three_structures_end_to_end(local_ray, tmp_path: Path, caplog) -> None:
     images, labels = write_phantom_set(tmp_path / "src", count=5, shape=(48, 48, 32), classes=3)
     labeled = {"phantom_000", "phantom_001", "phantom_002"}
     store = tmp_path / "s.zarr"
@@ -65,3 +65,16 @@ def test_three_structures_end_to_end(local_ray, tmp_path: Path) -> None:
     data = np.asarray(nib.load(label_file).dataobj)
     np.testing.assert_array_equal(data, read_output(root, 1, "pseudo_label", "phantom_003"))
     assert json.loads((out / "classes.json").read_text()) == {str(k): v for k, v in NAMES.items()}
+
+    # the round's test-time flips leave out the axis the structures are ordered along (the
+    # checkpoint records it): averaging in a flip along it would swap left and right
+    from semisam.workers.student import load_student
+    from semisam.workers.volume import VolumeProcessor
+
+    ordered = load_student(result.checkpoint)[2]["ordered_axes"]
+    assert ordered == [0]  # the phantoms' structures lie side by side along axis 0
+    flips = RoundConfig(masker={"kind": "random_walker"}, student={"flip_axes": (0, 1, 2)})
+    with caplog.at_level("WARNING", logger="semisam.workers.volume"):
+        processor = VolumeProcessor(str(store), 2, flips, result.checkpoint)
+    assert processor.student_inference.flip_axes == (1, 2)
+    assert any("leaving out the flips of axis 0" in r.getMessage() for r in caplog.records)

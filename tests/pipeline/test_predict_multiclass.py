@@ -17,6 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 from semisam.pipeline.ingest import ingest
@@ -150,6 +151,31 @@ def test_multiclass_over_local_ray_matches_in_process(mc, tmp_path, local_ray):
     np.testing.assert_array_equal(np.asarray(nib.load(here.items[0].label).dataobj),
                                   np.asarray(nib.load(fanned.items[0].label).dataobj))
     assert (tmp_path / "ray" / "classes.json").is_file()
+
+
+def test_flips_along_the_axis_that_orders_the_structures_are_left_out(mc, tmp_path, caplog):
+    """The structures lie side by side along axis 0: training records ``ordered_axes`` [0],
+    and ``--flip 0,2`` predicts what ``--flip 2`` does (a flip of 0 would swap left and right),
+    with a warning naming the axis. A checkpoint without the record drops nothing."""
+    _, _, meta = load_student(mc["student"])
+    assert meta["ordered_axes"] == [0]
+    scan = [mc["scans"] / "phantom_003.nii.gz"]
+    with caplog.at_level("WARNING", logger="semisam.pipeline.predict"):
+        both = predict(mc["student"], scan, tmp_path / "both", options=PredictOptions(flip_axes=(0, 2)))
+    assert any("leaving out axis 0" in r.getMessage() for r in caplog.records)
+    only2 = predict(mc["student"], scan, tmp_path / "two", options=PredictOptions(flip_axes=(2,)))
+    assert both.fingerprint == only2.fingerprint
+    np.testing.assert_array_equal(np.asarray(nib.load(both.items[0].label).dataobj),
+                                  np.asarray(nib.load(only2.items[0].label).dataobj))
+    # without the record (a checkpoint from before it): axis 0 is flipped too, and it hurts
+    payload = torch.load(mc["student"], weights_only=True)
+    del payload["meta"]["ordered_axes"]
+    old = tmp_path / "old.pt"
+    torch.save(payload, old)
+    unsafe = predict(old, scan, tmp_path / "old", options=PredictOptions(flip_axes=(0, 2)))
+    assert unsafe.fingerprint != only2.fingerprint
+    image = nib.load(scan[0]).get_fdata().astype(np.float32)
+    assert not np.array_equal(_softmax(old, image, (0, 2)), _softmax(old, image, (2,)))
 
 
 def test_students_and_options_that_do_not_fit_are_refused(mc, tmp_path):

@@ -51,10 +51,21 @@ def test_one_structure_or_class_aware_off_keeps_semisams_augmentation():
         raise AssertionError("labels read for a plan that needs none")
         yield  # pragma: no cover
 
-    for classes, augment in ((binary_classes(), AugmentConfig()),
-                             (TWO, AugmentConfig(class_aware=False))):
-        plan = augmentation_plan(augment, classes, unread())
-        assert (plan.rot90, plan.flip, plan.flip_axes, plan.reason) == (True, True, (0, 1), "")
+    plan = augmentation_plan(AugmentConfig(), binary_classes(), unread())
+    assert (plan.rot90, plan.flip, plan.flip_axes, plan.reason) == (True, True, (0, 1), "")
+    assert plan.ordered_axes == ()
+    # class_aware off: SemiSAM's draw, but the ordering axes are still measured (the
+    # checkpoint records them for test-time flips)
+    plan = augmentation_plan(AugmentConfig(class_aware=False), TWO, [_blocks(1)])
+    assert (plan.rot90, plan.flip, plan.flip_axes, plan.reason) == (True, True, (0, 1), "")
+    assert plan.ordered_axes == (1,)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_plan_names_the_axis_that_orders_the_structures(axis):
+    assert augmentation_plan(AugmentConfig(), TWO, [_blocks(axis)]).ordered_axes == (axis,)
+    off = AugmentConfig(rot90=False, flip=False)
+    assert augmentation_plan(off, TWO, [_blocks(axis)]).ordered_axes == (axis,)
 
 
 def test_full_plan_draws_exactly_semisams_sequence():

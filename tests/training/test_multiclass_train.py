@@ -114,6 +114,7 @@ def test_two_class_store_trains_a_three_channel_student(tmp_path):
     assert model(torch.zeros(1, 1, *spec.patch_size)).shape[1] == 3
     classes = read_class_map(open_store(store, read_only=True))
     assert meta["classes"] == {"1": "a", "2": "b"}
+    assert meta["ordered_axes"] == [0]  # split at the median along axis 0 (split_halves)
     assert checkpoint_classes(meta, tmp_path / "s.pt") == classes
     check_student_classes(spec, classes, tmp_path / "s.pt")  # what a round checks: passes
     assert TrainConfig.model_validate(meta["config"]).student.out_channels == 3
