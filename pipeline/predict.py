@@ -381,8 +381,8 @@ _MODEL_CACHE: dict[tuple[str, str], tuple] = {}
 
 
 def _student(path: Path, device: str):
-    """Model, spec and class map (`student_classes`) of a checkpoint, loaded once per process
-    (and device)."""
+    """Model, spec, class map (`student_classes`) and meta of a checkpoint, loaded once per
+    process (and device)."""
     from semisam.workers.student import load_student
 
     key = (str(Path(path).resolve()), device)
@@ -390,7 +390,7 @@ def _student(path: Path, device: str):
         model, spec, meta = load_student(path, device=device)
         classes = student_classes(spec, meta, path)
         _MODEL_CACHE.clear()
-        _MODEL_CACHE[key] = (model, spec, classes)
+        _MODEL_CACHE[key] = (model, spec, classes, meta)
     return _MODEL_CACHE[key]
 
 
@@ -420,7 +420,7 @@ def predict_scan(student: Path, source: Path, out_dir: Path, options: PredictOpt
         return item
     try:
         volume = _read(source)
-        model, spec, classes = _student(student, device)
+        model, spec, classes, _ = _student(student, device)
         cfg = StudentInferenceConfig(flip_axes=options.flip_axes, overlap=options.overlap,
                                      sw_batch_size=options.sw_batch_size)
         mask: np.ndarray | None = None
@@ -489,35 +489,36 @@ def predict(student: Path, inputs: list[Path | str], out_dir: Path, *,
     sources = collect_inputs(list(inputs))
     if not sources:
         raise ConfigError("no input scans (files of a format ingest reads, or DICOM folders)")
-    options = _safe_flips(student, options)
+    if address is None:
+        dev = _device(device, 1.0)
+        _, _, classes, meta = _student(student, dev)  # a bad checkpoint fails once, before any scan
+    else:
+        from semisam.workers.student import load_student
+
+        _, spec, meta = load_student(student)  # check on the driver before any task starts
+        classes = student_classes(spec, meta, student)
+    options = _safe_flips(student, options, meta)
     fp = fingerprint(sha256_file(student), options)
     report = PredictReport(out_dir=str(out_dir), student=str(student), fingerprint=fp)
     on_item = on_item or (lambda _item: None)
+    _start_classes(report, classes, options, student, out_dir)
     if address is None:
-        dev = _device(device, 1.0)
-        _, _, classes = _student(student, dev)  # a bad checkpoint fails once, before any scan
-        _start_classes(report, classes, options, student, out_dir)
         for source in sources:
             item = predict_scan(student, source, out_dir, options, fp, dev, overwrite)
             _log_item(item)
             report.items.append(item)
             on_item(item)
     else:
-        from semisam.workers.student import load_student
-
-        _, spec, meta = load_student(student)  # check on the driver before any task starts
-        _start_classes(report, student_classes(spec, meta, student), options, student, out_dir)
         report.items = _predict_ray(student, sources, out_dir, options, fp, address,
                                     gpus_per_scan, device, overwrite, on_item, ray_num_cpus)
     return report
 
 
-def _safe_flips(student: Path, options: PredictOptions) -> PredictOptions:
-    """``options`` without the test-time flips along axes the checkpoint records as ordering
-    its structures (`safe_flip_axes`; a warning names them)."""
-    from semisam.workers.student import load_student, safe_flip_axes
+def _safe_flips(student: Path, options: PredictOptions, meta: dict) -> PredictOptions:
+    """``options`` without the test-time flips along axes the checkpoint ``student`` (its
+    ``meta``) records as ordering its structures (`safe_flip_axes`; a warning names them)."""
+    from semisam.workers.student import safe_flip_axes
 
-    _, _, meta = load_student(student)
     kept, dropped = safe_flip_axes(options.flip_axes, meta)
     if not dropped:
         return options
