@@ -16,6 +16,10 @@ voxels, with and without keeping the largest component, as the paper reports):
          docs/benchmarks.md)
     d    supervised on all 24 training volumes (the ceiling; one per seed, shared by both L)
 
+With ``--rounds R`` (R > 1) c+ goes on: c+2, c+3.. each from a LiteMedSAM round prompted by the
+previous c+ student (in a copy of the loop's store, ``plus.zarr``), warm-started from it. Variants
+of c+ (``--settings c+nomt c+a c+conf``, `VARIANTS`) compare recipe changes on one seed.
+
 Schedules (``--schedule``):
 
     cpu    every volume resampled to half size on each axis first (``--scale`` 0.5: about
@@ -37,6 +41,7 @@ Every finished student, round and evaluation is reused when the command is rerun
     .venv/bin/python benchmarks/la.py --smoke                        # a few minutes: the path
     .venv/bin/python benchmarks/la.py --labeled 2 --seeds 0 1 2      # CPU schedule, 2 labels
     .venv/bin/python benchmarks/la.py --labeled 4 --seeds 0          # CPU schedule, 4 labels
+    .venv/bin/python benchmarks/la.py --labeled 2 --seeds 0 --rounds 2   # + c+2
     .venv/bin/python benchmarks/la.py --schedule paper --labeled 2 --settings c   # GPU
 
 Reference: Mean Teacher + SemiSAM, 2 labels: Dice 69.46% (paper), 71.63% (its code re-run).
@@ -50,6 +55,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -58,9 +64,10 @@ import numpy as np
 import torch
 from hippocampus import SavedResults
 
+from semisam.pipeline.driver import run_round
 from semisam.pipeline.evaluate import evaluate_student_both
 from semisam.pipeline.ingest import ingest
-from semisam.pipeline.loop import Loop
+from semisam.pipeline.loop import Loop, pseudo_label_dice
 from semisam.schemas import (
     LoopConfig,
     LrSchedule,
@@ -79,6 +86,11 @@ log = logging.getLogger("benchmarks.la")
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "la"
 SETTINGS = ("a", "b", "c", "c+", "d")
+# variants of c+ compared on one seed before one becomes c+ (--settings c+nomt ...), one round each:
+#   c+nomt  no Mean Teacher term (b scored below a: the consistency term costs on 2 labels)
+#   c+a     warm start from a (the stronger 2-label student) instead of b
+#   c+conf  the SAM term weighted by the round's per-voxel confidence
+VARIANTS = ("c+nomt", "c+a", "c+conf")
 METRICS = ("dice", "jaccard", "hd95_voxels", "asd_voxels")
 CPU_PATCH, CPU_ITERATIONS = (64, 64, 40), 1500  # the cpu schedule, on volumes at half size
 PAPER = {"c": {"dice": 0.6946}}  # Mean Teacher + SemiSAM, 2 labels (the paper's table)
@@ -168,7 +180,11 @@ def configs(schedule: str, seed: int, smoke: bool) -> dict[str, TrainConfig]:
     plus = semisam.model_copy(deep=True)
     plus.sam.loss, plus.sam.weight, plus.sam.confidence_weighted = SamLoss.ce_dice, 1.0, False
     plus.sam.schedule, plus.sam.normalization = RampSchedule.constant, SamNormalization.voxels
-    return {"a": sup, "b": semisam, "c": semisam, "c+": plus, "d": sup}
+    nomt, conf = plus.model_copy(deep=True), plus.model_copy(deep=True)
+    nomt.mean_teacher.enabled = False
+    conf.sam.confidence_weighted = True
+    return {"a": sup, "b": semisam, "c": semisam, "c+": plus, "d": sup,
+            "c+nomt": nomt, "c+a": plus, "c+conf": conf}
 
 
 def round_config(masker: MaskerKind, sam_checkpoint: Path | None,
@@ -188,6 +204,13 @@ def round_config(masker: MaskerKind, sam_checkpoint: Path | None,
     cfg.runtime.workers = 1 if cores <= 4 or torch.cuda.is_available() else min(8, cores // 4)
     cfg.runtime.torch_threads = max(1, cores // cfg.runtime.workers)
     return cfg
+
+
+def args_round_config(args: argparse.Namespace) -> RoundConfig:
+    """`round_config` from the command line: masker, SAM checkpoint, embedding cache in
+    ``WORKDIR/embeddings`` unless ``--no-embedding-cache``."""
+    cache = None if args.no_embedding_cache else args.workdir / "embeddings"
+    return round_config(args.masker, args.sam_checkpoint, cache)
 
 
 def evaluate(student: Path, heldout: Path, previous: dict | None) -> dict:
@@ -228,16 +251,15 @@ def run(labeled: int, seed: int, args: argparse.Namespace, stores: dict[str, Pat
     if "d" in args.settings:
         ckpt = args.workdir / "d" / f"seed{seed}.pt"
         record("d", ckpt, train(stores["full"], ckpt, cfgs["d"]))
-    wanted = {"b", "c", "c+"} & set(args.settings)
+    wanted = {"b", "c", "c+", *VARIANTS} & set(args.settings)
     if not wanted:
         return
     store = work / "loop.zarr"  # the loop writes rounds: one copy of the store per seed
     if not store.exists():
         shutil.copytree(stores["train"], store)
-    rounds = 1 if {"c", "c+"} & wanted else 0
-    cache = None if args.no_embedding_cache else args.workdir / "embeddings"
-    state = Loop(store, LoopConfig(train=cfgs["c"], round=round_config(
-        args.masker, args.sam_checkpoint, cache)), work / "loop").run(rounds)
+    rounds = 1 if wanted - {"b"} else 0
+    state = Loop(store, LoopConfig(train=cfgs["c"], round=args_round_config(args)),
+                 work / "loop").run(rounds)
     student0 = Path(state.rows[0].student)
     if "b" in wanted:
         record("b", student0, state.rows[0].train_seconds)
@@ -247,9 +269,40 @@ def run(labeled: int, seed: int, args: argparse.Namespace, stores: dict[str, Pat
             record("c", Path(row.student), row.train_seconds, pseudo_label_dice=row.pseudo_label_dice,
                    round_seconds=row.round_seconds)
         if "c+" in wanted:
-            ckpt = work / "c+.pt"
-            record("c+", ckpt, train(store, ckpt, cfgs["c+"], 1, init=student0),
+            plus_rounds(work, store, student0, row.pseudo_label_dice, cfgs["c+"], args, record)
+        for variant in [v for v in VARIANTS if v in wanted]:
+            ckpt = work / f"{variant}.pt"
+            init = work / "a.pt" if variant == "c+a" else student0
+            if not init.exists():
+                raise SystemExit(f"{variant}: needs {init} (train setting a first)")
+            record(variant, ckpt, train(store, ckpt, cfgs[variant], 1, init=init),
                    pseudo_label_dice=row.pseudo_label_dice)
+
+
+def plus_rounds(work: Path, loop_store: Path, student0: Path, round1_dice: float | None,
+                cfg: TrainConfig, args: argparse.Namespace, record: Callable[..., None]) -> None:
+    """Setting c+ for ``args.rounds`` rounds: c+ (round 1, the loop's pseudo-labels, shared
+    with c), then c+2, c+3..: a LiteMedSAM round prompted by the previous c+ student in
+    ``WORKDIR/L*/seed*/plus.zarr`` (a copy of the loop's store after round 1) and a student
+    warm-started from the previous one on those pseudo-labels. ``round1_dice``: the loop's
+    pseudo-label Dice of round 1 (already in its state)."""
+    previous = work / "c+.pt"
+    record("c+", previous, train(loop_store, previous, cfg, 1, init=student0),
+           pseudo_label_dice=round1_dice)
+    if args.rounds < 2:
+        return
+    store = work / "plus.zarr"
+    if not store.exists():
+        shutil.copytree(loop_store, store)
+    for r in range(2, args.rounds + 1):
+        summary = run_round(store, r, previous, args_round_config(args), show_progress=False)
+        # the volumes' own recorded seconds: the same when a rerun finds the round done
+        volume_seconds = sum(v.seconds or 0.0 for v in summary.volumes)
+        ckpt = work / f"c+{r}.pt"
+        record(f"c+{r}", ckpt, train(store, ckpt, cfg, r, init=previous),
+               pseudo_label_dice=pseudo_label_dice(store, r),
+               round_volume_seconds=round(volume_seconds, 1))
+        previous = ckpt
 
 
 def table(results: dict) -> list[str]:
@@ -280,8 +333,11 @@ def table(results: dict) -> list[str]:
     lines = ["| setting | labels | seeds | Dice | Dice (LCC) | Jaccard (LCC) | 95HD vox (LCC) | "
              "ASD vox (LCC) | pseudo-label Dice | gap closed | gap closed (LCC) | s / seed |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    order = {s: i for i, s in enumerate(SETTINGS)}
-    for (setting, labels), rows in sorted(groups.items(), key=lambda kv: (kv[0][1], order[kv[0][0]])):
+    def order(setting: str) -> tuple[int, str]:  # c+2, c+3.. after c+
+        base = "c+" if setting.startswith("c+") else setting
+        return SETTINGS.index(base), setting
+
+    for (setting, labels), rows in sorted(groups.items(), key=lambda kv: (kv[0][1], order(kv[0][0]))):
         lines.append(f"| {setting} | {labels} | {len(rows)} | {stat(rows, 'dice')} | "
                      f"{stat(rows, 'dice_lcc')} | {stat(rows, 'jaccard_lcc')} | "
                      f"{stat(rows, 'hd95_voxels_lcc', 2)} | {stat(rows, 'asd_voxels_lcc', 2)} | "
@@ -301,10 +357,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--schedule", choices=["cpu", "paper"], default="cpu")
     parser.add_argument("--labeled", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS),
+                        choices=SETTINGS + VARIANTS)
     parser.add_argument("--scale", type=float, default=None,
                         help="resample every volume by this factor per axis first (default: 0.5 "
                         "for the cpu schedule, 1 for paper); metrics are in the resampled voxels")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="rounds of setting c+ (c+2, c+3..: each prompted by the previous c+)")
     parser.add_argument("--holdout", type=int, default=8)
     parser.add_argument("--unlabeled", type=int, default=None, help="cap on unlabeled volumes")
     parser.add_argument("--masker", type=MaskerKind, default=MaskerKind.litemedsam,
