@@ -18,7 +18,10 @@ voxels, with and without keeping the largest component, as the paper reports):
 
 With ``--rounds R`` (R > 1) c+ goes on: c+2, c+3.. each from a LiteMedSAM round prompted by the
 previous c+ student (in a copy of the loop's store, ``plus.zarr``), warm-started from it. Variants
-of c+ (``--settings c+nomt c+a c+conf``, `VARIANTS`) compare recipe changes on one seed.
+of c+ (``--settings c+nomt c+a c+conf c+mpr``, `VARIANTS`) compare recipe changes on one seed;
+c+mpr has its own round 1 (in ``mpr.zarr``): b prompts along all three slice axes, LiteMedSAM
+masks each and their probabilities are averaged where they overlap (``prompts.extra_axes``), b's
+probability itself averaged over flips of axes 0 and 1 (``student.flip_axes``).
 
 Schedules (``--schedule``):
 
@@ -90,7 +93,8 @@ SETTINGS = ("a", "b", "c", "c+", "d")
 #   c+nomt  no Mean Teacher term (b scored below a: the consistency term costs on 2 labels)
 #   c+a     warm start from a (the stronger 2-label student) instead of b
 #   c+conf  the SAM term weighted by the round's per-voxel confidence
-VARIANTS = ("c+nomt", "c+a", "c+conf")
+VARIANTS = ("c+nomt", "c+a", "c+conf", "c+mpr")
+MPR_AXES = (0, 1)  # c+mpr: slice axes added to the round's own (2), and the prompter's flips
 METRICS = ("dice", "jaccard", "hd95_voxels", "asd_voxels")
 CPU_PATCH, CPU_ITERATIONS = (64, 64, 40), 1500  # the cpu schedule, on volumes at half size
 PAPER = {"c": {"dice": 0.6946}}  # Mean Teacher + SemiSAM, 2 labels (the paper's table)
@@ -270,7 +274,9 @@ def run(labeled: int, seed: int, args: argparse.Namespace, stores: dict[str, Pat
                    round_seconds=row.round_seconds)
         if "c+" in wanted:
             plus_rounds(work, store, student0, row.pseudo_label_dice, cfgs["c+"], args, record)
-        for variant in [v for v in VARIANTS if v in wanted]:
+        if "c+mpr" in wanted:
+            mpr_round(work, stores["train"], student0, cfgs["c+"], args, record)
+        for variant in [v for v in VARIANTS if v in wanted and v != "c+mpr"]:
             ckpt = work / f"{variant}.pt"
             init = work / "a.pt" if variant == "c+a" else student0
             if not init.exists():
@@ -303,6 +309,25 @@ def plus_rounds(work: Path, loop_store: Path, student0: Path, round1_dice: float
                pseudo_label_dice=pseudo_label_dice(store, r),
                round_volume_seconds=round(volume_seconds, 1))
         previous = ckpt
+
+
+def mpr_round(work: Path, train_store: Path, student0: Path, cfg: TrainConfig,
+              args: argparse.Namespace, record: Callable[..., None]) -> None:
+    """Variant c+mpr: a multi-planar round 1 prompted by ``student0`` (b) in its own copy of
+    the training store (``WORKDIR/L*/seed*/mpr.zarr``): prompts and LiteMedSAM masks along
+    slice axes 2, 0 and 1 (averaged where they overlap), the student's probability averaged over
+    flips of axes 0 and 1; then c+'s training on it, warm-started from b."""
+    store = work / "mpr.zarr"
+    if not store.exists():
+        shutil.copytree(train_store, store)
+    round_cfg = args_round_config(args)
+    round_cfg.prompts.extra_axes = MPR_AXES
+    round_cfg.student.flip_axes = MPR_AXES
+    summary = run_round(store, 1, student0, round_cfg, show_progress=False)
+    volume_seconds = sum(v.seconds or 0.0 for v in summary.volumes)
+    ckpt = work / "c+mpr.pt"
+    record("c+mpr", ckpt, train(store, ckpt, cfg, 1, init=student0),
+           pseudo_label_dice=pseudo_label_dice(store, 1), round_volume_seconds=round(volume_seconds, 1))
 
 
 def table(results: dict) -> list[str]:

@@ -45,21 +45,30 @@ def test_extra_axes_validated(axes):
         PromptConfig(slice_axis=2, extra_axes=axes)
 
 
+def _round_volume(store, round_index, config, student):
+    """One unlabeled volume of ``store`` through a planned round: its id, record and label."""
+    root = open_store(store)
+    plan_round(root, round_index, config, student)
+    threads = torch.get_num_threads()
+    try:
+        processor = VolumeProcessor(str(store), round_index, config, student)
+        vid = next(m.volume_id for m in list_metas(root) if not m.labeled)
+        record = processor.process(vid)
+    finally:
+        torch.set_num_threads(threads)
+    return vid, record, read_output(open_store(store, read_only=True), round_index, "pseudo_label", vid)
+
+
+def _dice(store, vid, label) -> float:
+    truth = np.asarray(open_store(store, read_only=True)[f"volumes/{vid}/reference"][...]) > 0
+    return 2 * ((label > 0) & truth).sum() / ((label > 0).sum() + truth.sum())
+
+
 def test_multiplanar_round_on_a_phantom(phantom_store, trained_student):
     def run(extra_axes):
         config = RoundConfig(masker={"kind": "random_walker"})
         config.prompts.extra_axes = extra_axes
-        round_index = 1 if not extra_axes else 2
-        root = open_store(phantom_store)
-        plan_round(root, round_index, config, trained_student)
-        threads = torch.get_num_threads()
-        try:
-            processor = VolumeProcessor(str(phantom_store), round_index, config, trained_student)
-            vid = next(m.volume_id for m in list_metas(root) if not m.labeled)
-            record = processor.process(vid)
-        finally:
-            torch.set_num_threads(threads)
-        return vid, record, read_output(open_store(phantom_store, read_only=True), round_index, "pseudo_label", vid)
+        return _round_volume(phantom_store, 1 if not extra_axes else 2, config, trained_student)
 
     vid, single, label1 = run(())
     _, multi, label3 = run((0, 1))
@@ -67,9 +76,21 @@ def test_multiplanar_round_on_a_phantom(phantom_store, trained_student):
     shape = label1.shape
     assert single.stats.slices_total == shape[2] and multi.stats.slices_total == sum(shape)
     assert multi.stats.slices_prompted > single.stats.slices_prompted
-    truth = np.asarray(open_store(phantom_store, read_only=True)[f"volumes/{vid}/reference"][...]) > 0
+    assert _dice(phantom_store, vid, label3) > 0.6
 
-    def dice(a):
-        return 2 * ((a > 0) & truth).sum() / ((a > 0).sum() + truth.sum())
 
-    assert dice(label3) > 0.6
+def test_multiplanar_litemedsam_round_with_propagation_and_flips(phantom_store, trained_student,
+                                                               litemedsam_model):
+    """LiteMedSAM's default recipe (box propagation from the agreement slices, average fusion)
+    along all three axes, the prompting student averaged over flips: every axis is prompted
+    and the label still finds the phantom."""
+    config = RoundConfig()
+    config.prompts.extra_axes = (0, 1)
+    config.student.flip_axes = (0, 1)
+    assert config.masker.kind.value == "litemedsam" and config.prompts.propagate
+    vid, record, label = _round_volume(phantom_store, 1, config, trained_student)
+    assert record.status == VolumeStatus.done, record.error
+    assert record.stats.slices_total == sum(label.shape)
+    single_axis_slices = int((np.asarray(label) > 0).any(axis=(0, 1)).sum())
+    assert record.stats.slices_prompted > single_axis_slices
+    assert _dice(phantom_store, vid, label) > 0.6
