@@ -33,9 +33,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from semisam.schemas import ClassMap, ConfigError, OptimizerKind, TrainConfig, binary_classes
+from semisam.schemas import (
+    CheckpointError,
+    ClassMap,
+    ConfigError,
+    OptimizerKind,
+    TrainConfig,
+    binary_classes,
+)
 from semisam.store import open_store, read_class_map
-from semisam.workers.student import ORDERED_AXES_META_KEY, build_student, load_student, save_student
+from semisam.workers.student import (
+    ORDERED_AXES_META_KEY,
+    build_student,
+    load_student,
+    read_checkpoint,
+    save_student,
+)
 
 from . import schedules
 from .checkpoint import (
@@ -280,6 +293,22 @@ class _Session:
                            started_at=start, seconds=elapsed + time.perf_counter() - t0, last=info)
 
 
+def _exported_already(out: Path, meta: dict, config: TrainConfig) -> bool:
+    """Whether ``out`` is the student a finished run exported: its spec and meta (but the last
+    step's loss terms, which a resume that trains nothing does not have) equal ``meta``. A
+    resumed finished run then leaves the file, its loss terms and its mtime as they are."""
+    if not out.is_file():
+        return False
+    try:
+        payload = read_checkpoint(out)
+    except CheckpointError:
+        return False
+    written = dict(payload.get("meta") or {})
+    written.pop("final_terms", None)
+    expected = {k: v for k, v in meta.items() if k != "final_terms"}
+    return written == expected and payload.get("spec") == config.student.model_dump(mode="json")
+
+
 def train_student(
     store: str | Path,
     out: Path,
@@ -342,7 +371,11 @@ def train_student(
         meta[CLASSES_META_KEY] = data.classes.to_attrs()
     if data.classes.count > 1:
         meta[ORDERED_AXES_META_KEY] = list(sampler.augment.ordered_axes)
-    save_student(out, exported.eval(), config.student, meta)
     result.checkpoint = out
+    if start >= config.iterations and _exported_already(out, meta, config):
+        log.info("%s: already exported by this finished run (same config, store and round); "
+                 "left as it is", out)
+        return result
+    save_student(out, exported.eval(), config.student, meta)
     log.info("student written to %s (%d iterations, %.1f s)", out, config.iterations, result.seconds)
     return result

@@ -83,6 +83,22 @@ def test_resume_reproduces_uninterrupted_run(phantom_store, tmp_path):
     assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
 
 
+def test_resuming_a_finished_run_leaves_its_student_as_it_is(phantom_store, tmp_path):
+    out = tmp_path / "s.pt"
+    cfg = _config(iterations=3)
+    train_student(phantom_store, out, cfg)
+    terms, stamp = read_checkpoint(out)["meta"]["final_terms"], out.stat().st_mtime_ns
+    assert terms  # the last step's losses
+    again = train_student(phantom_store, out, cfg, resume=True)
+    assert again.started_at == 3 and again.checkpoint == out
+    assert out.stat().st_mtime_ns == stamp and read_checkpoint(out)["meta"]["final_terms"] == terms
+    # a student that is not this run's export (another run's file in its place) is written again
+    train_student(phantom_store, tmp_path / "other.pt", _config(iterations=2))
+    (tmp_path / "other.pt").replace(out)
+    train_student(phantom_store, out, cfg, resume=True)
+    assert read_checkpoint(out)["meta"]["iteration"] == 3
+
+
 def test_checkpoints_carry_config_iteration_fingerprint(phantom_store, tmp_path):
     cfg = _config(iterations=3)
     train_student(phantom_store, tmp_path / "s.pt", cfg)
