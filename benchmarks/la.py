@@ -333,9 +333,11 @@ def mpr_round(work: Path, train_store: Path, student0: Path, cfg: TrainConfig,
 def table(results: dict) -> list[str]:
     """Mean +- std over seeds per (setting, labels), and the share of the a-d gap closed."""
     groups: dict[tuple[str, str], list[dict]] = {}
+    seeds: dict[tuple[str, str], dict[str, dict]] = {}  # (setting, labels) -> seed -> figures
     for key, value in results.items():
-        setting, labels, _ = key.split("/")
+        setting, labels, seed = key.split("/")
         groups.setdefault((setting, labels), []).append(value)
+        seeds.setdefault((setting, labels), {})[seed] = value
 
     def stat(rows: list[dict], key: str, digits: int = 3) -> str:
         vals = [r[key] for r in rows if r.get(key) is not None]
@@ -344,16 +346,20 @@ def table(results: dict) -> list[str]:
         return (f"{np.mean(vals):.{digits}f} +- {np.std(vals):.{digits}f}" if len(vals) > 1
                 else f"{vals[0]:.{digits}f}")
 
-    def mean(setting: str, labels: str, key: str = "dice") -> float | None:
-        vals = [r[key] for r in groups.get((setting, labels), []) if r.get(key) is not None]
-        return float(np.mean(vals)) if vals else None
-
     def gap(setting: str, labels: str, key: str) -> str:
-        """Share of the a-d gap in ``key`` that ``setting`` closes."""
-        a, d, here = mean("a", labels, key), mean("d", "all", key), mean(setting, labels, key)
-        if a is None or d is None or here is None or setting in ("a", "d") or d == a:
+        """Share of the a-d gap in ``key`` that ``setting`` closes, a and d averaged over the
+        seeds ``setting`` has (a one-seed variant is compared with that seed's a and d)."""
+        if setting in ("a", "d"):
             return "-"
-        return f"{(here - a) / (d - a):.0%}"
+        here, a_rows, d_rows = (seeds.get((setting, labels), {}), seeds.get(("a", labels), {}),
+                                seeds.get(("d", "all"), {}))
+        common = [s for s in here if s in a_rows and s in d_rows
+                  and all(r[s].get(key) is not None for r in (here, a_rows, d_rows))]
+        if not common:
+            return "-"
+        a, d, value = (float(np.mean([rows[s][key] for s in common]))
+                       for rows in (a_rows, d_rows, here))
+        return f"{(value - a) / (d - a):.0%}" if d != a else "-"
 
     lines = ["| setting | labels | seeds | Dice | Dice (LCC) | Jaccard (LCC) | 95HD vox (LCC) | "
              "ASD vox (LCC) | pseudo-label Dice | gap closed | gap closed (LCC) | s / seed |",
