@@ -93,6 +93,7 @@ SETTINGS = ("a", "b", "c", "c+", "d")
 #   c+nomt  no Mean Teacher term (b scored below a: the consistency term costs on 2 labels)
 #   c+a     warm start from a (the stronger 2-label student) instead of b
 #   c+conf  the SAM term weighted by the round's per-voxel confidence
+#   c+mpr   c+ on its own multi-planar round 1 (`mpr_round`)
 VARIANTS = ("c+nomt", "c+a", "c+conf", "c+mpr")
 MPR_AXES = (0, 1)  # c+mpr: slice axes added to the round's own (2), and the prompter's flips
 METRICS = ("dice", "jaccard", "hd95_voxels", "asd_voxels")
@@ -285,6 +286,13 @@ def run(labeled: int, seed: int, args: argparse.Namespace, stores: dict[str, Pat
                    pseudo_label_dice=row.pseudo_label_dice)
 
 
+def round_volume_seconds(store: Path, round_index: int, student: Path, cfg: RoundConfig) -> float:
+    """Run (or find done) round ``round_index`` on ``store``; the sum of its volumes' own
+    recorded seconds (the same when a rerun finds the round done)."""
+    summary = run_round(store, round_index, student, cfg, show_progress=False)
+    return sum(v.seconds or 0.0 for v in summary.volumes)
+
+
 def plus_rounds(work: Path, loop_store: Path, student0: Path, round1_dice: float | None,
                 cfg: TrainConfig, args: argparse.Namespace, record: Callable[..., None]) -> None:
     """Setting c+ for ``args.rounds`` rounds: c+ (round 1, the loop's pseudo-labels, shared
@@ -301,9 +309,7 @@ def plus_rounds(work: Path, loop_store: Path, student0: Path, round1_dice: float
     if not store.exists():
         shutil.copytree(loop_store, store)
     for r in range(2, args.rounds + 1):
-        summary = run_round(store, r, previous, args_round_config(args), show_progress=False)
-        # the volumes' own recorded seconds: the same when a rerun finds the round done
-        volume_seconds = sum(v.seconds or 0.0 for v in summary.volumes)
+        volume_seconds = round_volume_seconds(store, r, previous, args_round_config(args))
         ckpt = work / f"c+{r}.pt"
         record(f"c+{r}", ckpt, train(store, ckpt, cfg, r, init=previous),
                pseudo_label_dice=pseudo_label_dice(store, r),
@@ -323,8 +329,7 @@ def mpr_round(work: Path, train_store: Path, student0: Path, cfg: TrainConfig,
     round_cfg = args_round_config(args)
     round_cfg.prompts.extra_axes = MPR_AXES
     round_cfg.student.flip_axes = MPR_AXES
-    summary = run_round(store, 1, student0, round_cfg, show_progress=False)
-    volume_seconds = sum(v.seconds or 0.0 for v in summary.volumes)
+    volume_seconds = round_volume_seconds(store, 1, student0, round_cfg)
     ckpt = work / "c+mpr.pt"
     record("c+mpr", ckpt, train(store, ckpt, cfg, 1, init=student0),
            pseudo_label_dice=pseudo_label_dice(store, 1), round_volume_seconds=round(volume_seconds, 1))
