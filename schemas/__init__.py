@@ -87,3 +87,14 @@ __all__ = [
     "RampSchedule", "SamConsistencyConfig", "SamLoss", "SamNormalization", "SupervisedConfig",
     "TrainConfig", "load_loop_config", "load_train_config",
 ]
+from .adaptation import (  # noqa: E402  (kept apart: masker adaptation)
+    AdaptationMeta,
+    AdaptBoxConfig,
+    AdaptConfig,
+    AdaptTarget,
+    PseudoLabelSelection,
+    load_adapt_config,
+)
+
+__all__ += ["AdaptationMeta", "AdaptBoxConfig", "AdaptConfig", "AdaptTarget",
+            "PseudoLabelSelection", "load_adapt_config"]

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
 
 from semisam.schemas import LiteMedSamConfig
 
+from ..adaptable import Adaptable, read_adaptation_meta
 from ..base import Masker, MaskerSession, SlicePrompt, check_batch
 from ..sam.decoder import InputPrompt, decode_slices
 from ..sam.masker import _check_prompt
@@ -18,10 +21,12 @@ from .checkpoint import load_litemedsam
 from .embedding_cache import EmbeddingCache, state_dict_key
 from .encoder import LiteEncoder
 from .preprocess import (
+    IMG_SIZE,
     box_to_input,
     logits_to_probabilities,
     mask_to_input,
     preprocess_slices,
+    resized_shape,
     scale,
 )
 
@@ -56,7 +61,7 @@ class _EmbeddedSession(MaskerSession):
         return probs.cpu().numpy(), iou.float().cpu().numpy()
 
 
-class LiteMedSamMasker(Masker):
+class LiteMedSamMasker(Masker, Adaptable):
     """Prompted slices -> LiteMedSAM foreground probabilities (and its predicted IoUs).
 
     The encoder runs ``config.batch_size`` slices at a time; the mask decoder runs once per
@@ -78,14 +83,19 @@ class LiteMedSamMasker(Masker):
         self.device = torch.device(device)
         self.checkpoint: str | None = None
         self.sha256: str | None = None
+        self.adaptation: dict | None = None
         if model is None:
             model, path, self.sha256 = load_litemedsam(config.checkpoint, self.device)
             self.checkpoint = str(path)
+            if config.checkpoint is not None:
+                self.adaptation = read_adaptation_meta(path)
         self.model = model.to(self.device).eval()
         self.cache: EmbeddingCache | None = None
         self.encoder = LiteEncoder(self.model.image_encoder, config, self.device)
         if config.embedding_cache is not None:
-            weights = self.sha256 or state_dict_key(self.model)
+            # keyed by the image encoder's weights alone: a checkpoint adapted on its decoder
+            # side (`semisam adapt`) shares the base checkpoint's embeddings
+            weights = state_dict_key(self.model.image_encoder)
             self.cache = EmbeddingCache(config.embedding_cache, weights, str(self.encoder.dtype)
                                         .removeprefix("torch."))
 
@@ -153,9 +163,54 @@ class LiteMedSamMasker(Masker):
         probabilities (`mask_slices_scored` without the scores)."""
         return self.mask_slices_scored(slices, prompts)[0]
 
+    def decode_lowres(self, embeddings: torch.Tensor, prompts: Sequence[SlicePrompt],
+                      hws: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`Adaptable.decode_lowres`: ``Nx256x64x64`` embeddings + N slice-frame prompts ->
+        (``Nx1x256x256`` logits in the 256 input frame, ``N`` predicted IoUs), with gradients."""
+        inputs = [self.input_prompts([p], tuple(hw))[0] for p, hw in zip(prompts, hws)]
+        return decode_slices(self.model, embeddings, inputs, self.config.multimask_output)
+
+    def target_frame(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`Adaptable.target_frame`: an ``HxW`` bool mask -> its ``256x256`` soft target (area
+        resize of the longest side to 256, as the slice itself is resized) and validity."""
+        h, w = mask.shape
+        newh, neww = resized_shape(h, w)
+        small = cv2.resize(np.ascontiguousarray(mask, np.float32), (neww, newh),
+                           interpolation=cv2.INTER_AREA)
+        target = np.zeros((IMG_SIZE, IMG_SIZE), np.float32)
+        valid = np.zeros((IMG_SIZE, IMG_SIZE), bool)
+        target[:newh, :neww] = np.clip(small, 0.0, 1.0)
+        valid[:newh, :neww] = True
+        return target, valid
+
+    def trainable_parameters(self, target: str) -> list[nn.Parameter]:
+        """'decoder': prompt encoder + mask decoder; 'head': the decoder's output upscaling,
+        hypernetwork MLPs and IoU head."""
+        decoder = self.model.mask_decoder
+        if target == "head":
+            parts = [decoder.output_upscaling, decoder.output_hypernetworks_mlps,
+                     decoder.iou_prediction_head]
+        elif target == "decoder":
+            parts = [self.model.prompt_encoder, decoder]
+        else:
+            raise ValueError(f"target must be 'decoder' or 'head', got {target!r}")
+        return [p for part in parts for p in part.parameters()]
+
+    def base_checkpoint(self) -> tuple[Path, str]:
+        """The file the weights came from and its sha256 (ValueError for a model given)."""
+        if self.checkpoint is None or self.sha256 is None:
+            raise ValueError("this LiteMedSAM was given as a model, not loaded from a checkpoint")
+        return Path(self.checkpoint), self.sha256
+
     def describe(self) -> dict:
-        """Checkpoint (path, sha256), dtype and batching, for logs and records."""
-        return {"name": self.name, "checkpoint": self.checkpoint, "checkpoint_sha256": self.sha256,
-                "weights": "given" if self.checkpoint is None else (
-                    "bundled" if self.config.checkpoint is None else "checkpoint"),
-                **self.config.model_dump(mode="json", exclude={"checkpoint"})}
+        """Checkpoint (path, sha256, adaptation summary), dtype and batching, for records."""
+        out = {"name": self.name, "checkpoint": self.checkpoint, "checkpoint_sha256": self.sha256,
+               "weights": "given" if self.checkpoint is None else (
+                   "bundled" if self.config.checkpoint is None else
+                   "adapted" if self.adaptation is not None else "checkpoint"),
+               **self.config.model_dump(mode="json", exclude={"checkpoint"})}
+        if self.adaptation is not None:
+            out["adaptation"] = {k: self.adaptation.get(k) for k in (
+                "base_sha256", "store", "store_fingerprint", "labeled", "pseudo_labeled",
+                "held_out_dice_base", "held_out_dice", "created_at")}
+        return out

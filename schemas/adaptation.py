@@ -1,0 +1,128 @@
+"""Masker adaptation: fine-tuning a SAM-family masker on the store's labeled volumes.
+
+A frozen generic masker is no better than a 2-label student on a task it was not trained for
+(docs/benchmarks.md, LA). `semisam adapt` tunes its prompt encoder and mask decoder on the
+labeled volumes' slices, prompted with boxes like the ones a round really gives (the reference
+box jittered, grown, shrunk, taken from a neighbouring slice, or placed on a slice past the
+structure where the right answer is empty), on cached image embeddings. The result is a
+checkpoint of the same kind as the base one, which a round loads with ``--sam-checkpoint``.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+from pydantic import Field, field_validator
+
+from .base import StrictModel
+from .loading import load_json_model
+
+
+class AdaptTarget(str, Enum):
+    """Which parameters the adaptation trains (the image encoder stays frozen in all)."""
+
+    decoder = "decoder"  # prompt encoder + mask decoder (~4 M parameters for LiteMedSAM)
+    head = "head"  # the decoder's output upscaling, hypernetwork MLPs and IoU head only
+
+
+class AdaptBoxConfig(StrictModel):
+    """How training boxes are drawn from a labeled slice's reference (pixels of the slice)."""
+
+    margin_max: float = Field(10.0, ge=0, description="box grown by U(0, margin_max) px per side "
+                              "(the round's box_margin and propagate_margin are 5)")
+    relative_jitter: float = Field(0.1, ge=0, le=1, description="each side moved by N(0, s) "
+                                   "times the box's width or height")
+    scale_prob: float = Field(0.3, ge=0, le=1, description="share of boxes grown or shrunk by "
+                              "-15%..+25% of their size per side instead of a pixel margin")
+    neighbour_prob: float = Field(0.25, ge=0, le=1, description="share of boxes taken from a "
+                                  "neighbouring slice's reference (what propagation gives)")
+    neighbour_reach: int = Field(4, ge=1, description="a neighbouring slice is at most this far")
+    beyond_prob: float = Field(0.15, ge=0, le=1, description="share of examples on a slice just "
+                               "past the structure's extent along the slice axis, prompted with "
+                               "the nearest structure slice's box; the target is empty (the "
+                               "student's boxes run past the structure)")
+    beyond_reach: int = Field(6, ge=1, description="such slices are at most this far outside")
+
+
+class PseudoLabelSelection(StrictModel):
+    """Round r-1's most confident pseudo-labels as extra adaptation examples (SFR+-style)."""
+
+    round: int = Field(..., ge=1, description="the round whose pseudo-labels are used")
+    top_fraction: float = Field(0.5, gt=0, le=1, description="share of the round's done volumes "
+                                "kept, by mean confidence over their pseudo-label, best first")
+    weight: float = Field(0.5, gt=0, le=1, description="share of each batch drawn from them")
+
+
+class AdaptConfig(StrictModel):
+    """`semisam adapt`: what is tuned, on which slices, for how long."""
+
+    seed: int = 0
+    iterations: int = Field(600, ge=1, description="optimizer steps (upper bound: early "
+                            "stopping keeps the best held-out state)")
+    batch_size: int = Field(8, ge=1, le=256, description="slices per step")
+    lr: float = Field(1e-5, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(0.01, ge=0)
+    target: AdaptTarget = AdaptTarget.decoder
+    axes: tuple[int, ...] | None = Field(None, description="slice axes of the examples; None = "
+                                         "the round config's slice_axis and extra_axes")
+    min_slice_pixels: int = Field(4, ge=1, description="a slice with fewer reference pixels "
+                                  "counts as outside the structure")
+    holdout_fraction: float = Field(0.2, ge=0, lt=1, description="share of the labeled "
+                                    "structure slices kept out of training for early stopping "
+                                    "(contiguous blocks along the slice axis, seeded)")
+    eval_every: int = Field(50, ge=1, description="held-out Dice every this many steps")
+    patience: int = Field(4, ge=1, description="stop after this many evaluations without a "
+                          "better held-out Dice")
+    checkpoint_every: int = Field(100, ge=1, description="resume state written every this many "
+                                  "steps (OUT.state.pt)")
+    iou_loss_weight: float = Field(1.0, ge=0, description="weight of the MSE between the "
+                                   "decoder's predicted IoU and the real one (keeps the round's "
+                                   "masker_score meaningful)")
+    box: AdaptBoxConfig = Field(default_factory=AdaptBoxConfig)
+    pseudo_labels: PseudoLabelSelection | None = None
+    encoder_batch_size: int = Field(4, ge=1, le=512, description="slices per encoder batch")
+    embedding_cache: Path | None = Field(None, description="directory of the masker's image "
+                                         "embeddings (shared with rounds: the encoder is frozen)")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch's own")
+
+    @field_validator("axes")
+    @classmethod
+    def _axes(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is None:
+            return value
+        if not value or any(a not in (0, 1, 2) for a in value) or len(set(value)) != len(value):
+            raise ValueError(f"axes must be distinct values of 0, 1, 2, got {list(value)}")
+        return value
+
+    @field_validator("embedding_cache")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return None if value is None else Path(value).expanduser().absolute()
+
+
+class AdaptationMeta(StrictModel):
+    """What an adapted checkpoint says about itself (stored in the file beside the weights)."""
+
+    kind: str = Field(..., description="masker kind, e.g. litemedsam")
+    base_checkpoint: str = Field(..., description="file name of the base weights")
+    base_sha256: str
+    store: str = Field(..., description="the store it was adapted on")
+    store_fingerprint: str | None = None
+    labeled: list[str] = Field(default_factory=list, description="labeled volume ids used")
+    pseudo_labeled: list[str] = Field(default_factory=list, description="pseudo-labeled "
+                                      "volume ids used (round in config.pseudo_labels)")
+    examples: int = 0
+    held_out: int = 0
+    iterations: int = Field(0, description="steps taken")
+    best_iteration: int = Field(0, description="step of the kept state (0 = the base weights)")
+    held_out_dice_base: float | None = None
+    held_out_dice: float | None = None
+    seconds: float = 0.0
+    config: AdaptConfig
+    created_at: str
+
+
+def load_adapt_config(path: Path | None) -> AdaptConfig:
+    """`AdaptConfig` from a JSON file (``--config``), or the defaults."""
+    return load_json_model(path, AdaptConfig)
