@@ -51,6 +51,8 @@ class ExportFormat(str, Enum):
     """File formats of `export_round`."""
 
     nifti = "nifti"
+    ome_zarr = "ome-zarr"
+    dicom_seg = "dicom-seg"
 
 
 class ExportedVolume(StrictModel):
@@ -59,6 +61,7 @@ class ExportedVolume(StrictModel):
     reason: str | None = Field(None, description="why a volume was skipped")
     files: dict[str, str] = Field(default_factory=dict, description="kind -> path written")
     orientation: str | None = Field(None, description="axis codes of the affine, e.g. RAS")
+    geometry: str | None = Field(None, description="OME-Zarr: world or voxel-frame")
 
 
 class ExportReport(StrictModel):
@@ -140,21 +143,23 @@ def _export_volume(root: zarr.Group, round_index: int, volume_id: str, out: Path
     return item
 
 
-def export_round(root: zarr.Group, round_index: int, out_dir: Path, *,
+def export_round(root: zarr.Group, round_index: int, out_dir: Path | str, *,
                  fmt: ExportFormat = ExportFormat.nifti, volumes: list[str] | None = None,
-                 store: str = "") -> ExportReport:
+                 store: str = "", options: dict | None = None) -> ExportReport:
     """Write the finished volumes of round ``round_index`` to ``out_dir`` (see module docstring).
 
     Args:
         volumes: ids to export (default: every unlabeled volume); unfinished ones are skipped
             and reported, not errors.
         store: the store's location, recorded in the report.
+        options: settings of the other formats (`export_other.export_round_as`); ``out_dir``
+            may be an fsspec URL for ``ome-zarr``.
 
     Raises:
         StoreError: the round is not in the store.
         InputError: a requested id is not an unlabeled volume of the store.
     """
-    from semisam.store import list_metas, read_round_meta
+    from semisam.store import is_url, list_metas, read_round_meta
 
     meta = read_round_meta(root, round_index)
     if meta is None:
@@ -165,6 +170,15 @@ def export_round(root: zarr.Group, round_index: int, out_dir: Path, *,
     if unknown:
         where = store or "the store"
         raise InputError(f"volume '{unknown[0]}': not an unlabeled volume of {where}")
+    fmt = ExportFormat(fmt)
+    if fmt is not ExportFormat.nifti:
+        from .export_other import export_round_as
+
+        return export_round_as(root, round_index, str(out_dir), ids=ids, fmt=fmt,
+                               fingerprint=meta.fingerprint, store=store, options=options)
+    if is_url(str(out_dir)):
+        raise InputError(f"--to {out_dir}: NIfTI export writes local files; use a local "
+                         "folder, or --format ome-zarr for an object store")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = ExportReport(store=store, round=round_index, fingerprint=meta.fingerprint,

@@ -17,19 +17,44 @@ from ..export import ExportFormat
 def export(
     store: Annotated[str, typer.Argument(help="store directory or URL")],
     round_index: Annotated[int, typer.Option("--round", help="round to export")],
-    to: Annotated[Path, typer.Option("--to", help="output directory")],
-    fmt: Annotated[ExportFormat, typer.Option("--format", help="file format")] = ExportFormat.nifti,
+    to: Annotated[str, typer.Option(
+        "--to", help="output directory (ome-zarr: also an fsspec URL, e.g. s3://bucket/out)")],
+    fmt: Annotated[ExportFormat, typer.Option(
+        "--format", help="nifti (ITK-SNAP, Slicer), ome-zarr (NGFF 0.5 for napari, "
+        "Neuroglancer), dicom-seg (volumes ingested from DICOM)")] = ExportFormat.nifti,
     volume: Annotated[
         list[str] | None, typer.Option(help="only these volume ids (repeatable)")] = None,
+    oblique: Annotated[str, typer.Option(
+        help="ome-zarr, affines NGFF 0.5 cannot express (rotated, flipped): 'scale-only' "
+             "writes the voxel frame with the true spacing, 'refuse' stops")] = "scale-only",
+    levels: Annotated[int | None, typer.Option(
+        help="ome-zarr: pyramid levels (default: halve to about 32 voxels)")] = None,
+    record_paths: Annotated[bool, typer.Option(
+        "--record-paths", help="ome-zarr: record the source's absolute path (off: file name "
+                               "and sha256 only)")] = False,
+    dicom_source: Annotated[Path | None, typer.Option(
+        help="dicom-seg: folder holding the source series (or their parent folder) when "
+             "they moved since ingest")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
-    """Pseudo-labels and confidence maps of a round as NIfTI files with the source geometry."""
+    """Pseudo-labels and confidence maps of a round as NIfTI files with the source geometry,
+    as OME-Zarr images with labels, or as DICOM-SEG objects referencing the source series."""
+    from pydantic import ValidationError
+
+    from semisam.schemas import ConfigError, first_validation_error
     from semisam.store import open_store
 
     from ..export import export_round
+    from ..export_other import export_options
 
+    try:
+        options = export_options(fmt, oblique=oblique, levels=levels, record_paths=record_paths,
+                                 dicom_source=dicom_source)
+    except ValidationError as exc:
+        raise ConfigError(f"option: {first_validation_error(exc)}") from None
     root = open_store(store, read_only=True)
-    report = export_round(root, round_index, to, fmt=fmt, volumes=volume or None, store=store)
+    report = export_round(root, round_index, to, fmt=fmt, volumes=volume or None, store=store,
+                          options=options)
     if as_json:
         typer.echo(json.dumps(report.model_dump(mode="json"), indent=2))
     else:

@@ -1,0 +1,139 @@
+"""`semisam export --format ome-zarr`: NGFF 0.5 images, labels and confidence that
+ome-zarr-models, ngff-zarr and ome-zarr-py read, equal to the store.
+
+One store like the demo's (NIfTI phantoms, axis-aligned, 1 x 1 x 1.5 mm, shifted origin) plus
+one oblique phantom (rotated, flipped, anisotropic), one round on a local Ray, exported.
+"""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import zarr
+
+from semisam.pipeline.driver import run_round
+from semisam.pipeline.export import export_round
+from semisam.pipeline.ingest import ingest
+from semisam.pipeline.ngff import downsample, ngff_geometry, pyramid_factors
+from semisam.pipeline.phantoms import make_phantom, write_phantom_set
+from semisam.schemas import InputError, RoundConfig
+from semisam.store import open_store, read_output
+from tests.pipeline.cli_invoke import invoke
+from tests.pipeline.ome_readers import check_volume
+from tests.pipeline.test_export import oblique_affine
+
+DEMO_IDS = ("phantom_000", "phantom_001", "phantom_002")
+
+
+@pytest.fixture(scope="module")
+def ome_round(local_ray, trained_student, tmp_path_factory):
+    """The store (3 demo phantoms + 1 oblique one, all unlabeled), round 1, exported."""
+    tmp = tmp_path_factory.mktemp("ome")
+    images, labels = write_phantom_set(tmp / "phantoms", count=len(DEMO_IDS))
+    image, label = make_phantom((48, 48, 32), seed=41)
+    nib.save(nib.Nifti1Image(image, oblique_affine()), images / "oblique.nii.gz")
+    nib.save(nib.Nifti1Image(label, oblique_affine()), labels / "oblique.nii.gz")
+    store = tmp / "s.zarr"
+    assert ingest(store, [images], labels_dir=labels, labeled=set()).ok
+    summary = run_round(store, 1, trained_student, RoundConfig(masker={"kind": "random_walker"}),
+                        show_progress=False)
+    assert summary.done == len(DEMO_IDS) + 1
+    out = tmp / "ome"
+    result = invoke("export", str(store), "--round", "1", "--to", str(out), "--format",
+                    "ome-zarr", "--json")
+    return store, out, json.loads(result.stdout)
+
+
+def test_every_demo_volume_reads_back_in_three_readers(ome_round):
+    store, out, report = ome_round
+    assert report["format"] == "ome-zarr" and len(report["volumes"]) == len(DEMO_IDS) + 1
+    root = open_store(store, read_only=True)
+    for vid in DEMO_IDS:
+        attrs = check_volume(root, out, 1, vid, world=True)
+        assert attrs["geometry"] == "world" and attrs["round"] == 1
+        assert attrs["source_file"] == f"{vid}.nii.gz" and attrs["source_path"] is None
+        assert attrs["labels"]["round1"] == {"0": "background", "1": "foreground"}
+    saved = json.loads((out / "export.json").read_text())
+    assert sorted(v["volume_id"] for v in saved["volumes"]) == ["oblique", *DEMO_IDS]
+
+
+def test_oblique_volume_is_written_in_its_voxel_frame(ome_round):
+    store, out, report = ome_round
+    root = open_store(store, read_only=True)
+    attrs = check_volume(root, out, 1, "oblique", world=False)
+    assert attrs["geometry"] == "voxel-frame"
+    np.testing.assert_allclose(attrs["affine"], oblique_affine(), atol=1e-5)
+    np.testing.assert_allclose(attrs["spacing"], (0.8, 1.1, 2.5), atol=1e-5)
+    item = next(v for v in report["volumes"] if v["volume_id"] == "oblique")
+    assert item["geometry"] == "voxel-frame"
+
+
+def test_oblique_refused_in_one_line_when_asked(ome_round, tmp_path):
+    store, _, _ = ome_round
+    result = invoke("export", str(store), "--round", "1", "--to", str(tmp_path / "x"),
+                    "--format", "ome-zarr", "--oblique", "refuse", code=2)
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "volume 'oblique'" in lines[0] and "NGFF" in lines[0], lines
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "x").exists()  # refused before anything was written
+    # axis-aligned volumes pass under refuse
+    root = open_store(store, read_only=True)
+    report = export_round(root, 1, tmp_path / "y", fmt="ome-zarr", volumes=["phantom_000"],
+                          options={"oblique": "refuse"})
+    assert report.written == 1
+
+
+def test_pyramid_levels_are_downsampled_copies(ome_round):
+    store, out, _ = ome_round
+    root = open_store(store, read_only=True)
+    group = zarr.open_group(str(out / "phantom_001.ome.zarr"), mode="r")
+    label = read_output(root, 1, "pseudo_label", "phantom_001").transpose(2, 1, 0)
+    image = np.asarray(root["volumes/phantom_001/image"][...]).transpose(2, 1, 0)
+    datasets = dict(group.attrs)["ome"]["multiscales"][0]["datasets"]
+    assert [d["path"] for d in datasets] == ["0", "1"]
+    # 64 x 64 x 40 at 1 x 1 x 1.5 mm (zyx: 40, 64, 64): 1.5 mm < twice 1 mm, all axes halve
+    assert group["1"].shape == (20, 32, 32)
+    blocks = image.reshape(20, 2, 32, 2, 32, 2).astype(np.float64).mean(axis=(1, 3, 5))
+    np.testing.assert_allclose(group["1"][...], blocks, rtol=1e-5, atol=1e-6)
+    lab = group["labels/round1"]
+    np.testing.assert_array_equal(lab["1"][...], label[::2, ::2, ::2])
+    t1 = datasets[1]["coordinateTransformations"]
+    assert t1[0]["scale"] == [3.0, 2.0, 2.0]
+    # the block mean's centre is half a source voxel in: origin (zyx 5, 20, -10) + (0.75, 0.5, 0.5)
+    np.testing.assert_allclose(t1[1]["translation"], [5.75, 20.5, -9.5])
+
+
+def test_record_paths_only_when_asked(ome_round, tmp_path):
+    store, _, _ = ome_round
+    invoke("export", str(store), "--round", "1", "--to", str(tmp_path), "--format", "ome-zarr",
+           "--volume", "phantom_000", "--record-paths")
+    attrs = dict(zarr.open_group(str(tmp_path / "phantom_000.ome.zarr"), mode="r").attrs)
+    assert attrs["semisam"]["source_path"].endswith("/phantoms/images/phantom_000.nii.gz")
+    assert attrs["semisam"]["source_path"].startswith("/")
+
+
+def test_nifti_export_refuses_an_object_store_destination(ome_round):
+    store, _, _ = ome_round
+    root = open_store(store, read_only=True)
+    with pytest.raises(InputError, match="NIfTI export writes local files"):
+        export_round(root, 1, "s3://bucket/out", volumes=["phantom_000"])
+
+
+def test_geometry_and_pyramid_rules():
+    affine = np.diag([0.5, 0.6, 3.0, 1.0])
+    affine[:3, 3] = [1.0, 2.0, 3.0]
+    assert ngff_geometry(affine) == ([3.0, 0.6, 0.5], [3.0, 2.0, 1.0], "world")
+    flipped = np.diag([-0.5, 0.6, 3.0, 1.0])
+    assert ngff_geometry(flipped)[2] == "voxel-frame"
+    with pytest.raises(InputError, match="flips an axis"):
+        ngff_geometry(flipped, oblique="refuse", where="volume 'v'")
+    # anisotropic: the fine axes halve until they reach the coarse one
+    assert pyramid_factors((20, 256, 256), [3.0, 0.5, 0.5], None) == [
+        (1, 1, 1), (1, 2, 2), (1, 4, 4), (2, 8, 8)]
+    assert pyramid_factors((40, 64, 64), [1.0, 1.0, 1.0], 3) == [(1, 1, 1), (2, 2, 2), (4, 4, 4)]
+    odd = np.arange(3 * 3 * 3, dtype=np.int16).reshape(3, 3, 3)
+    assert downsample(odd, (2, 2, 2), average=True).shape == (2, 2, 2)
+    assert downsample(odd, (2, 2, 2), average=False).tolist() == odd[::2, ::2, ::2].tolist()
