@@ -126,7 +126,7 @@ def _write_image(location: str, data: Any, attrs: OmeVolumeAttrs, *, scale: list
     return group
 
 
-def _skip_reason(root: zarr.Group, round_index: int, volume_id: str) -> str | None:
+def skip_reason(root: zarr.Group, round_index: int, volume_id: str) -> str | None:
     from semisam.store import read_record
 
     record = read_record(root, round_index, volume_id)
@@ -148,7 +148,7 @@ def export_volume_ome(root: zarr.Group, round_index: int, volume_id: str, out: s
 
     from .export import ExportedVolume, volume_affine
 
-    reason = _skip_reason(root, round_index, volume_id)
+    reason = skip_reason(root, round_index, volume_id)
     label = None if reason else read_output(root, round_index, "pseudo_label", volume_id)
     conf = None if reason else read_output(root, round_index, "confidence", volume_id)
     if reason is None and (label is None or conf is None):

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from semisam.schemas import CONFIDENCE_SCALE
+from semisam.schemas import CONFIDENCE_SCALE, InputError
 
 from .ngff import OBLIQUE_REFUSE, ngff_geometry
 
@@ -59,6 +59,8 @@ def export_round_as(root: zarr.Group, round_index: int, out: str, *, ids: list[s
             invalid option.
         ConfigError: ``dicom-seg`` without highdicom installed.
     """
+    from semisam.store import is_url
+
     from .export import ExportFormat, ExportReport
     from .export_ome import OmeExportOptions, export_volume_ome, write_text
 
@@ -72,11 +74,14 @@ def export_round_as(root: zarr.Group, round_index: int, out: str, *, ids: list[s
             return export_volume_ome(root, round_index, vid, out, fingerprint=fingerprint,
                                      options=ome)
     else:
-        from .dicom_seg import DicomSegOptions, export_volume_seg
+        from .dicom_seg import DicomSegOptions, check_dicom_volumes, export_volume_seg
 
         seg = DicomSegOptions.model_validate(options or {})
+        if is_url(out):
+            raise InputError(f"--to {out}: DICOM-SEG export writes local files")
         encoding = "not exported (DICOM-SEG holds the pseudo-label only)"
         seg.check_available()
+        check_dicom_volumes(root, ids)
 
         def write(vid: str):
             return export_volume_seg(root, round_index, vid, out, options=seg)

@@ -45,6 +45,9 @@ def predict(
     overwrite: Annotated[bool, typer.Option(help="redo scans whose outputs are finished")] = False,
     progress: Annotated[bool, typer.Option(help="progress bar")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    dicom_seg: Annotated[bool, typer.Option(
+        "--dicom-seg", help="also write <id>.seg.dcm (DICOM-SEG referencing the source series; "
+                            "DICOM inputs only; needs highdicom)")] = False,
 ) -> None:
     """Segment scans with a trained student: NIfTI outputs on each input's grid and affine
     (rerunning skips finished scans)."""
@@ -59,11 +62,21 @@ def predict(
         StudentInferenceConfig(flip_axes=options.flip_axes)  # same axis rules as the round
     except ValidationError as exc:
         raise ConfigError(f"option: {first_validation_error(exc)}") from None
-    total = len(collect_inputs(list(inputs)))
+    collected = collect_inputs(list(inputs))
+    total = len(collected)
+    if dicom_seg:  # refused before any work: highdicom missing, or an input not from DICOM
+        from ..dicom_seg import check_dicom_inputs, require_highdicom
+
+        require_highdicom()
+        check_dicom_inputs(collected)
     with render.count_bar("predict", total, enabled=progress and not as_json) as bar:
         report = run_predict(student, inputs, out, options=options, address=address,
                              gpus_per_scan=gpus_per_scan, device=device, overwrite=overwrite,
                              on_item=lambda it: bar(it.volume_id or it.source, it.status.value))
+    if dicom_seg:
+        from ..dicom_seg import predict_dicom_segs
+
+        predict_dicom_segs(report)
     if as_json:
         typer.echo(json.dumps(report.model_dump(mode="json"), indent=2))
     else:
