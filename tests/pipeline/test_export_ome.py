@@ -24,6 +24,7 @@ from semisam.store import open_store, read_output
 from tests.pipeline.cli_invoke import invoke
 from tests.pipeline.ome_readers import check_volume
 from tests.pipeline.test_export import oblique_affine
+from tests.pipeline.test_s3 import BUCKET, s3_endpoint  # noqa: F401  (the moto S3 fixture)
 
 DEMO_IDS = ("phantom_000", "phantom_001", "phantom_002")
 
@@ -137,3 +138,35 @@ def test_geometry_and_pyramid_rules():
     odd = np.arange(3 * 3 * 3, dtype=np.int16).reshape(3, 3, 3)
     assert downsample(odd, (2, 2, 2), average=True).shape == (2, 2, 2)
     assert downsample(odd, (2, 2, 2), average=False).tolist() == odd[::2, ::2, ::2].tolist()
+
+
+def test_s3_store_to_s3_output(ome_round, s3_endpoint):  # noqa: F811
+    """The round's store copied to S3 (moto), exported from ``s3://`` to ``s3://``, read back
+    through fsspec: valid NGFF, the same arrays."""
+    import fsspec
+    from ome_zarr_models.v05.image import Image
+    from ome_zarr_models.v05.image_label import ImageLabel
+
+    from semisam.store import fsspec_options
+
+    store, _, _ = ome_round
+    url, out = f"s3://{BUCKET}/ome-src.zarr", f"s3://{BUCKET}/ome-out"
+    fs, _ = fsspec.url_to_fs(url, **fsspec_options(url))
+    fs.put(str(store), f"{BUCKET}/ome-src.zarr", recursive=True)
+    invoke("export", url, "--round", "1", "--to", out, "--format", "ome-zarr", "--volume",
+           "phantom_002")
+    local = open_store(store, read_only=True)
+    group = zarr.open_group(f"{out}/phantom_002.ome.zarr", mode="r",
+                            storage_options=fsspec_options(out))
+    Image.from_zarr(group)
+    ImageLabel.from_zarr(group["labels/round1"])
+    image = np.asarray(local["volumes/phantom_002/image"][...])
+    np.testing.assert_array_equal(group["0"][...], image.transpose(2, 1, 0))
+    np.testing.assert_array_equal(group["labels/round1/0"][...],
+                                  read_output(local, 1, "pseudo_label", "phantom_002").T)
+    conf = zarr.open_group(f"{out}/confidence/phantom_002.ome.zarr", mode="r",
+                           storage_options=fsspec_options(out))
+    np.testing.assert_array_equal(conf["0"][...],
+                                  read_output(local, 1, "confidence", "phantom_002").T)
+    report = json.loads(fs.cat_file(f"{BUCKET}/ome-out/export.json"))
+    assert [v["volume_id"] for v in report["volumes"] if v["written"]] == ["phantom_002"]
