@@ -17,7 +17,9 @@ only, so both load with ``torch.load(weights_only=True)``::
 from __future__ import annotations
 
 import logging
+import os
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +109,26 @@ def save_state(path: Path, *, model: torch.nn.Module, ema: torch.nn.Module,
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
+
+
+HOLD_ENV = "SEMISAM_HOLD_AFTER_CHECKPOINT"
+"""Environment variable naming a file: while that file exists, a training run waits after each
+resume checkpoint it writes (a pause point that a test or an operator controls)."""
+
+
+def hold_after_checkpoint(state: Path) -> None:
+    """Wait, after ``state`` was written, while the file named by ``$SEMISAM_HOLD_AFTER_CHECKPOINT``
+    exists (polled every 20 ms); returns at once when the variable is unset.
+
+    A signal (Ctrl-C, SIGTERM) interrupts the wait like it interrupts training, so a test can stop
+    a run at a known checkpoint whatever the machine's speed; deleting the file lets it go on.
+    """
+    hold = os.environ.get(HOLD_ENV, "").strip()
+    if not hold or not Path(hold).exists():
+        return
+    log.info("%s written; holding while %s exists", state, hold)
+    while Path(hold).exists():
+        time.sleep(0.02)
 
 
 def load_state(path: Path) -> dict:

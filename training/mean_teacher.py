@@ -55,6 +55,7 @@ from .checkpoint import (
     CLASSES_META_KEY,
     capture_rng,
     check_resumable,
+    hold_after_checkpoint,
     load_state,
     restore_rng,
     save_state,
@@ -287,6 +288,7 @@ class _Session:
                 self.checkpoint(done, elapsed + time.perf_counter() - t0)
                 log.info("iteration %d/%d: %s", done, config.iterations,
                          ", ".join(f"{k} {v:.4g}" for k, v in info.items()))
+                hold_after_checkpoint(self.state)
         if start >= config.iterations:
             log.info("%s: already at iteration %d; nothing to train", self.state, start)
         return TrainResult(checkpoint=Path(), state=self.state, iterations=config.iterations,

@@ -23,6 +23,7 @@ import zarr
 
 from semisam.schemas import VolumeStatus
 from semisam.store import open_store, read_record
+from semisam.training.checkpoint import HOLD_ENV
 from tests.conftest import build_phantom_store
 
 from .test_corpus import SEMISAM, semisam
@@ -256,27 +257,34 @@ def test_student_checkpoint_of_another_architecture(phantom_store, trained_stude
 def test_train_interrupted_then_resumed(tmp_path, sig):
     """Ctrl-C or a scheduler's SIGTERM during `semisam train`: one line that says how to resume
     (--resume), exit 128 + the signal, the resume state of the last checkpoint kept and no
-    student written; `--resume` finishes from that state."""
+    student written; `--resume` finishes from that state.
+
+    The run is held after its first resume checkpoint (``$SEMISAM_HOLD_AFTER_CHECKPOINT`` names a
+    file that exists for the whole first run), so the signal always lands mid-training whatever
+    the machine's speed or load: timing alone once let all 600 iterations finish first."""
     store = build_phantom_store(tmp_path / "train.zarr", count=3, labeled=3, seed=7)
     cfg = tmp_path / "train.json"
     spec = {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0,
             "patch_size": [16, 16, 16]}
-    # enough iterations that the signal (sent once the first checkpoint exists) always lands
-    # mid-training: 30 had finished in 0.5 s before the signal arrived on a fast machine
-    cfg.write_text(json.dumps({"student": spec, "iterations": 600, "checkpoint_every": 2,
+    cfg.write_text(json.dumps({"student": spec, "iterations": 8, "checkpoint_every": 2,
                                "batch": {"labeled": 1, "unlabeled": 0}, "seed": 11}))
     out = tmp_path / "student.pt"
     state = out.with_name(out.name + ".state.pt")
+    hold = tmp_path / "hold"
+    hold.touch()
     cmd = [SEMISAM, "train", str(store), "--out", str(out), "--config", str(cfg),
            "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, HOLD_ENV: str(hold)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 300
         while not state.exists() and time.monotonic() < deadline:
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.05)
+        assert proc.poll() is None, "the held run ended before the signal"
         proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -285,7 +293,10 @@ def test_train_interrupted_then_resumed(tmp_path, sig):
     assert len(lines) == 1 and lines[0].startswith(f"interrupted ({sig.name})"), err
     assert "--resume" in lines[0] and "run-round" not in lines[0], err
     assert state.exists() and not out.exists()
+    assert torch.load(state, weights_only=True)["iteration"] == 2
+    hold.unlink()
     resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300,
-                             check=False)
+                             check=False, env=env)
     assert resumed.returncode == 0 and out.exists(), resumed.stderr
-    assert "resum" in resumed.stderr.lower(), resumed.stderr
+    assert "resuming" in resumed.stderr.lower() and "iteration 2 of 8" in resumed.stderr, \
+        resumed.stderr
