@@ -170,3 +170,27 @@ def test_s3_store_to_s3_output(ome_round, s3_endpoint):  # noqa: F811
                                   read_output(local, 1, "confidence", "phantom_002").T)
     report = json.loads(fs.cat_file(f"{BUCKET}/ome-out/export.json"))
     assert [v["volume_id"] for v in report["volumes"] if v["written"]] == ["phantom_002"]
+
+
+def test_napari_ome_zarr_opens_image_and_labels(ome_round):
+    """napari's OME-Zarr reader (headless: layers, no window) where napari installs."""
+    reader_mod = pytest.importorskip("napari_ome_zarr")
+    layers_mod = pytest.importorskip("napari.layers")
+    store, out, _ = ome_round
+    root = open_store(store, read_only=True)
+    path = str(out / "phantom_001.ome.zarr")
+    layers = [layers_mod.Layer.create(*d) for d in reader_mod.napari_get_reader(path)(path)]
+    kinds = {type(layer).__name__: layer for layer in layers}
+    assert set(kinds) == {"Image", "Labels"}
+    image, labels = kinds["Image"], kinds["Labels"]
+    assert image.multiscale and len(image.data) == 2
+    np.testing.assert_array_equal(np.asarray(image.data[0]),
+                                  np.asarray(root["volumes/phantom_001/image"][...]).T)
+    np.testing.assert_array_equal(np.asarray(labels.data[0]),
+                                  read_output(root, 1, "pseudo_label", "phantom_001").T)
+    np.testing.assert_allclose(image.scale, [1.5, 1.0, 1.0])
+    np.testing.assert_allclose(labels.scale, [1.5, 1.0, 1.0])
+    assert list(labels.properties["name"]) == ["background", "foreground"]
+    # napari-ome-zarr 0.10 reads only the first (scale) transform of a dataset: the
+    # translation is not applied, image and labels stay aligned with each other
+    np.testing.assert_allclose(image.data_to_world([0, 0, 0]), labels.data_to_world([0, 0, 0]))
