@@ -194,3 +194,16 @@ def test_napari_ome_zarr_opens_image_and_labels(ome_round):
     # napari-ome-zarr 0.10 reads only the first (scale) transform of a dataset: the
     # translation is not applied, image and labels stay aligned with each other
     np.testing.assert_allclose(image.data_to_world([0, 0, 0]), labels.data_to_world([0, 0, 0]))
+
+
+def test_image_label_metadata_of_several_classes():
+    from ome_zarr_models.v05.image_label_types import Label
+
+    from semisam.pipeline.export_ome import image_label_attrs
+
+    attrs = image_label_attrs({0: "background", 1: "anterior", 2: "posterior"})
+    label = Label.model_validate(attrs)
+    assert [(p.label_value, p.name) for p in label.properties] == [
+        (0, "background"), (1, "anterior"), (2, "posterior")]
+    rgba = {c.label_value: c.rgba for c in label.colors}
+    assert rgba[0][3] == 0 and rgba[1] != rgba[2] and rgba[1][3] == rgba[2][3] == 255
