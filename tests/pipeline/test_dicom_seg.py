@@ -26,13 +26,13 @@ from tests.pipeline.test_dicom import _oblique_ras_affine, write_series  # noqa:
 SHAPE = (48, 44, 20)
 
 
-def _source_uids_by_k(folder: Path, affine: np.ndarray) -> list[str]:
+def _source_uids_by_k(folder: Path, affine: np.ndarray, prefix: str = "") -> list[str]:
     """SOP Instance UIDs of the files `write_series` wrote, ordered by the slice index k they
     were written for (found from ImagePositionPatient, independently of the exporter)."""
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
     step, origin = lps[:3, 2], lps[:3, 3]
     by_k = {}
-    for f in folder.iterdir():
+    for f in folder.glob(f"{prefix}*"):
         ds = pydicom.dcmread(f, stop_before_pixels=True)
         k = round(float((np.asarray(ds.ImagePositionPatient, float) - origin) @ step / (step @ step)))
         by_k[k] = str(ds.SOPInstanceUID)
@@ -47,18 +47,20 @@ def _read_back(path: Path, uids: list[str]) -> tuple[object, np.ndarray]:
     return seg, np.asarray(frames).transpose(2, 1, 0)
 
 
-def write_clinical_series(folder: Path, volume: np.ndarray, affine: np.ndarray) -> None:
+def write_clinical_series(folder: Path, volume: np.ndarray, affine: np.ndarray,
+                          **kwargs) -> list[Path]:
     """`write_series` plus what a scanner's series also carries and a SEG copies: a frame of
     reference, patient and study attributes."""
-    write_series(folder, volume, affine)
+    files = write_series(folder, volume, affine, **kwargs)
     frame_of_reference = pydicom.uid.generate_uid()
-    for f in folder.iterdir():
+    for f in files:
         ds = pydicom.dcmread(f)
         ds.FrameOfReferenceUID = frame_of_reference
         ds.PatientName, ds.PatientID, ds.PatientSex = "Phantom^One", "PH001", "O"
         ds.PatientBirthDate, ds.StudyDate, ds.StudyTime = "", "20261205", "120000"
         ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "", ""
         ds.save_as(f)
+    return files
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +176,25 @@ def test_predict_writes_dicom_seg_of_dicom_inputs(dicom_round, trained_student, 
     result = invoke("predict", str(sources / "plain.nii.gz"), "--student", str(trained_student),
                     "--out", str(tmp_path / "p2"), "--dicom-seg", "--no-progress", code=2)
     assert "not a DICOM series" in result.output and len(result.output.splitlines()) == 1
+
+
+def test_predict_dicom_seg_of_each_series_of_a_folder(trained_student, tmp_path):
+    """A folder with two series: predict makes one input per series, one SEG each, each on
+    its own series."""
+    study = tmp_path / "study"
+    affines = {3: _oblique_ras_affine((0.8, 0.9, 2.0)), 5: np.diag([1.0, 1.0, 2.0, 1.0])}
+    for number, affine in affines.items():
+        image, _ = make_phantom(SHAPE, seed=70 + number)
+        write_clinical_series(study, np.rint(image * 100).astype(np.float32), affine,
+                              number=number, names=lambda k, n=number: f"s{n}_{k:03d}.dcm")
+    out = tmp_path / "pred"
+    invoke("predict", str(study), "--student", str(trained_student), "--out", str(out),
+           "--dicom-seg", "--no-progress")
+    for number, affine in affines.items():
+        vid = f"study_s{number}"
+        label = np.asarray(nib.load(out / f"{vid}.nii.gz").dataobj)
+        uids = _source_uids_by_k(study, affine, prefix=f"s{number}_")
+        seg, back = _read_back(out / f"{vid}.seg.dcm", uids)
+        np.testing.assert_array_equal(back, label)
+        first = pydicom.dcmread(next(study.glob(f"s{number}_*")), stop_before_pixels=True)
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == first.SeriesInstanceUID
