@@ -23,7 +23,7 @@ import numpy as np
 import ray
 from pydantic import Field
 
-from semisam.schemas import ConfigError, LoopConfig, StrictModel, VolumeStatus, utcnow
+from semisam.schemas import ConfigError, InputError, LoopConfig, StrictModel, VolumeStatus, utcnow
 from semisam.store import (
     list_metas,
     open_store,
@@ -33,6 +33,7 @@ from semisam.store import (
     read_reference,
 )
 from semisam.training import train_student
+from semisam.training.dataset import check_volume_ids
 from semisam.training.mean_teacher import StepCallback
 from semisam.training.metrics import class_dice
 
@@ -200,12 +201,30 @@ class Loop:
         self.state.rows = [x for x in self.state.rows if x.round != r] + [row]
         log.info("student %d: Dice %s, pseudo-label Dice %s", r, row.dice, row.pseudo_label_dice)
 
+    def check_lists(self) -> None:
+        """Before student 0 trains: every ``--holdout`` id is a volume of the store with ground
+        truth, and every ``train.exclude`` id is a volume of the store (`InputError`, one line
+        naming the list and the id)."""
+        from .evaluate import select_volumes
+
+        root = open_store(self.store, read_only=True)
+        lists = {"--holdout": self.holdout, "train.exclude": self.config.train.exclude}
+        for name, ids in lists.items():
+            try:
+                if name == "--holdout" and ids:
+                    select_volumes(root, ids)
+                else:
+                    check_volume_ids(list(ids), list_metas(root))
+            except InputError as exc:
+                raise InputError(f"{name}: {exc}") from None
+
     def run(self, rounds: int) -> LoopState:
         """Students 0..``rounds`` with rounds 1..``rounds`` in between; returns the final state."""
         if rounds < 0:
             raise ConfigError(f"--rounds must be >= 0, got {rounds}")
         if not (self.holdout or self.eval_store):
             log.warning("no --holdout or --eval-store: students are not evaluated")
+        self.check_lists()
         try:
             for r in range(rounds + 1):
                 if r > 0:

@@ -457,6 +457,9 @@ def _device(requested: str | None, gpus: float) -> str:
     import torch
 
     if requested and requested != "auto":
+        from semisam.workers.volume import check_device
+
+        check_device(requested)  # one line before any scan, not a driver traceback per scan
         return requested
     return "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
 
@@ -486,6 +489,9 @@ def predict(student: Path, inputs: list[Path | str], out_dir: Path, *,
     student, out_dir = Path(student), Path(out_dir)
     if not student.is_file():
         raise ConfigError(f"{student}: student checkpoint file not found")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir}: exists and is not a directory (predict writes a "
+                          "folder of outputs there)")
     sources = collect_inputs(list(inputs))
     if not sources:
         raise ConfigError("no input scans (files of a format ingest reads, or DICOM folders)")

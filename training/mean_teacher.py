@@ -91,9 +91,12 @@ class Nets:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; an explicit device must exist here."""
+    from semisam.workers.volume import check_device
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+    return check_device(name)
 
 
 DEFAULT_OUT_CHANNELS = 2  # StudentSpec.out_channels' default: one structure + background
@@ -340,6 +343,9 @@ def train_student(
             (`fit_out_channels`).
     """
     out = Path(out)
+    for path in (out, state_path(out)):  # before the work, not when the student is written
+        if path.exists() and not path.is_file():
+            raise ConfigError(f"--out {out}: {path} exists and is not a file")
     root = open_store(store, read_only=True)
     classes = read_class_map(root)
     config = fit_out_channels(config or TrainConfig(), classes, store)

@@ -52,6 +52,8 @@ def export(
                                  dicom_source=dicom_source)
     except ValidationError as exc:
         raise ConfigError(f"option: {first_validation_error(exc)}") from None
+    if "://" not in to and Path(to).exists() and not Path(to).is_dir():
+        raise ConfigError(f"--to {to}: exists and is not a directory (export writes a folder)")
     root = open_store(store, read_only=True)
     report = export_round(root, round_index, to, fmt=fmt, volumes=volume or None, store=store,
                           options=options)

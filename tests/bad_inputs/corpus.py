@@ -421,3 +421,9 @@ def break_store_volumes(store: Path) -> dict[str, tuple[str, ...]]:
                        overwrite=True)
     return {"ph02": ("NaN/Inf",), "ph03": ("NaN/Inf",), "ph04": ("3D", "(48, 48)"),
             "ph05": ("non-empty 3D", "(0, 48, 32)")}
+
+
+def write_text_checkpoint(path: Path) -> Path:
+    """A text file renamed ``student.pt`` (the unpickler fails with IndexError/KeyError)."""
+    path.write_text("semisam student\nweights: see the shared drive\n")
+    return path

@@ -253,6 +253,10 @@ def test_student_checkpoint_of_another_architecture(phantom_store, trained_stude
     assert "rounds/1" not in zarr.open_group(phantom_store, mode="r", use_consolidated=False)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_train_interrupted_then_resumed(tmp_path, sig):
     """Ctrl-C or a scheduler's SIGTERM during `semisam train`: one line that says how to resume
@@ -275,8 +279,10 @@ def test_train_interrupted_then_resumed(tmp_path, sig):
     cmd = [SEMISAM, "train", str(store), "--out", str(out), "--config", str(cfg),
            "--no-progress"]
     env = {**os.environ, HOLD_ENV: str(hold)}
+    # SIGINT back to its default in the child: a test run started as a background job (`make
+    # test &`, nohup) passes SIGINT as ignored, and Python then installs no Ctrl-C handler
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
+                            env=env, preexec_fn=_default_sigint)
     try:
         deadline = time.monotonic() + 300
         while not state.exists() and time.monotonic() < deadline:

@@ -1,0 +1,106 @@
+"""Third corpus (issue 26, items 8-14 and 17): tracebacks that became one line, outputs checked
+before the work, lists checked before training. Real CLI subprocesses on phantom stores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from .corpus import save_nifti, volume, write_text_checkpoint
+from .test_corpus import assert_one_line_error, semisam
+
+FAST = ("--masker", "random_walker", "--no-progress")
+TINY = {"student": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0,
+                    "patch_size": [16, 16, 16]},
+        "iterations": 2, "checkpoint_every": 2, "batch": {"labeled": 1, "unlabeled": 0}}
+
+
+def _scan(tmp_path: Path) -> Path:
+    scans = tmp_path / "scans"
+    scans.mkdir(exist_ok=True)
+    save_nifti(scans / "a.nii.gz", volume(1))
+    return scans
+
+
+# -- 8: a text file named student.pt ------------------------------------------------------------
+@pytest.mark.parametrize("command", ["predict", "run-round", "evaluate"])
+def test_text_file_as_student_checkpoint(phantom_store, tmp_path, command):
+    student = write_text_checkpoint(tmp_path / "student.pt")
+    if command == "predict":
+        proc = semisam("predict", str(_scan(tmp_path)), "--student", str(student), "--out",
+                       str(tmp_path / "out"), "--no-progress")
+    elif command == "run-round":
+        proc = semisam("run-round", str(phantom_store), "--round", "1", "--student",
+                       str(student), *FAST)
+    else:
+        proc = semisam("evaluate", str(phantom_store), "--student", str(student))
+    assert_one_line_error(proc, str(student), "not a readable PyTorch checkpoint")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*.nii.gz"))
+
+
+# -- 9: --device cuda on a machine without a GPU ------------------------------------------------
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_predict_on_cuda_without_a_gpu(trained_student, tmp_path):
+    out = tmp_path / "out"
+    proc = semisam("predict", str(_scan(tmp_path)), "--student", str(trained_student), "--out",
+                   str(out), "--device", "cuda", "--no-progress")
+    assert_one_line_error(proc, "device 'cuda'", "no usable CUDA GPU")
+    assert not any(out.glob("*.nii.gz")) if out.exists() else True
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_train_on_cuda_without_a_gpu(phantom_store, tmp_path):
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps({**TINY, "device": "cuda"}))
+    out = tmp_path / "student.pt"
+    proc = semisam("train", str(phantom_store), "--out", str(out), "--config", str(cfg),
+                   "--no-progress")
+    assert_one_line_error(proc, "device 'cuda'", "no usable CUDA GPU")
+    assert not out.exists()
+
+
+# -- 10: outputs that exist and are the wrong kind, refused before the work ---------------------
+def test_predict_out_is_a_file(trained_student, tmp_path):
+    out = tmp_path / "out.nii.gz"
+    out.write_bytes(b"not a folder")
+    proc = semisam("predict", str(_scan(tmp_path)), "--student", str(trained_student), "--out",
+                   str(out), "--no-progress")
+    line = assert_one_line_error(proc, f"--out {out}", "not a directory")
+    assert "Traceback" not in proc.stderr and line
+    assert out.read_bytes() == b"not a folder"
+
+
+def test_train_out_is_a_directory(phantom_store, tmp_path):
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps({**TINY, "iterations": 100000}))  # refused before any of them
+    out = tmp_path / "student.pt"
+    out.mkdir()
+    proc = semisam("train", str(phantom_store), "--out", str(out), "--config", str(cfg),
+                   "--no-progress", timeout=120)
+    assert_one_line_error(proc, f"--out {out}", "not a file")
+    assert not (tmp_path / "student.pt.state.pt").exists()
+
+
+def test_export_to_is_a_file(phantom_store, tmp_path):
+    to = tmp_path / "exported"
+    to.write_text("keep me")
+    proc = semisam("export", str(phantom_store), "--round", "1", "--to", str(to))
+    assert_one_line_error(proc, f"--to {to}", "not a directory")
+    assert to.read_text() == "keep me"
+
+
+# -- 14: loop --holdout naming an id that is not in the store -----------------------------------
+def test_loop_holdout_checked_before_training(phantom_store, tmp_path):
+    """`ph0O` (letter O) for `ph00`: refused before student 0 trains (100000 iterations would
+    outlast the test's timeout if the check came after training)."""
+    cfg = tmp_path / "loop.json"
+    cfg.write_text(json.dumps({"train": {**TINY, "iterations": 100000}}))
+    workdir = tmp_path / "loop"
+    proc = semisam("loop", str(phantom_store), "--rounds", "1", "--config", str(cfg),
+                   "--workdir", str(workdir), "--holdout", "ph00,ph0O", "--no-progress",
+                   timeout=120)
+    assert_one_line_error(proc, "--holdout", "'ph0O'", "not in the store")
+    assert not list(workdir.glob("student_*")), "student 0 trained before the check"
