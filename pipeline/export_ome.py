@@ -9,11 +9,13 @@ Per finished volume, under ``DIR`` (a local folder or an fsspec URL such as ``s3
                                        every-second voxels, "image-label" metadata: one colour
                                        and one name per value (0 = background, transparent),
                                        source image "../../"
-    DIR/confidence/<id>.ome.zarr/      the round's confidence as its own image: uint8 as stored,
-                                       value/255 in [0, 1] (``semisam.confidence_encoding``)
+    DIR/confidence/round<r>/<id>.ome.zarr/  the round's confidence as its own image: uint8 as
+                                       stored, value/255 in [0, 1] (``confidence_encoding``)
     DIR/export.json                    what was written and skipped
 
-The ``semisam`` attributes (`OmeVolumeAttrs`) sit beside the ``ome`` key: the volume id, the
+Exporting another round into the same ``DIR`` adds its ``labels/round<r>`` beside the earlier
+rounds' when the image there is the same (volume, source sha256, affine, pyramid levels);
+otherwise the image group is rewritten. The ``semisam`` attributes (`OmeVolumeAttrs`) sit beside the ``ome`` key: the volume id, the
 round and its fingerprint, the stored 4x4 affine (voxel (i, j, k) -> RAS mm) and the geometry
 mode, the source's file name, format and sha256 (its path only with ``record_paths``: hospital
 paths identify people and sites).
@@ -64,8 +66,8 @@ class OmeVolumeAttrs(StrictModel):
 
     volume_id: str
     kind: Literal["image", "confidence"]
-    round: int
-    fingerprint: str
+    round: int = Field(description="the round exported last")
+    fingerprint: str = Field(description="that round's fingerprint")
     stored_axes: str = Field("xyz", description="the store's axis order; NGFF arrays are zyx")
     affine: list[list[float]] = Field(description="4x4 stored voxel (i, j, k) -> RAS mm")
     geometry: Literal["world", "voxel-frame"] = Field(
@@ -100,14 +102,33 @@ def image_label_attrs(names: dict[int, str]) -> dict[str, Any]:
             "source": {"image": "../../"}}
 
 
-def open_output(location: str) -> zarr.Group:
-    """A new (overwritten) Zarr v3 group at a local path or fsspec URL."""
+def open_output(location: str, mode: str = "w") -> zarr.Group:
+    """The Zarr v3 group at a local path or fsspec URL: new (``"w"``, overwriting) or
+    existing (``"r+"``)."""
     import zarr
 
     from semisam.store import fsspec_options, is_url
 
     options = {"storage_options": fsspec_options(location)} if is_url(location) else {}
-    return zarr.open_group(store=location, mode="w", zarr_format=3, **options)
+    return zarr.open_group(store=location, mode=mode, zarr_format=3, **options)
+
+
+def _existing_image(location: str, attrs: OmeVolumeAttrs, levels: int) -> zarr.Group | None:
+    """The image group at ``location`` when it holds this very image (same volume, source
+    sha256, affine and pyramid levels), open for adding a round's labels; else None."""
+    import zarr
+
+    try:
+        group = open_output(location, mode="r+")
+    except (FileNotFoundError, KeyError, ValueError, zarr.errors.GroupNotFoundError):
+        return None
+    old = dict(group.attrs).get("semisam")
+    multiscales = dict(group.attrs).get("ome", {}).get("multiscales", [{}])
+    if not isinstance(old, dict) or len(multiscales[0].get("datasets", [])) != levels:
+        return None
+    keys = ("volume_id", "kind", "source_sha256", "affine")
+    new = attrs.model_dump(mode="json")
+    return group if all(old.get(k) == new[k] for k in keys) else None
 
 
 def join(base: str, *parts: str) -> str:
@@ -116,9 +137,18 @@ def join(base: str, *parts: str) -> str:
 
 
 def _write_image(location: str, data: Any, attrs: OmeVolumeAttrs, *, scale: list[float],
-                 translation: list[float], average: bool, levels: int | None) -> zarr.Group:
-    group = open_output(location)
+                 translation: list[float], average: bool, levels: int | None,
+                 keep_labels: bool = False) -> zarr.Group:
+    """The image's group with its pyramid; with ``keep_labels``, an existing group of the
+    same image is kept (its labels of other rounds too) and only its attributes updated."""
     factors = pyramid_factors(data.shape, scale, levels)
+    group = _existing_image(location, attrs, len(factors)) if keep_labels else None
+    if group is not None:
+        old = OmeVolumeAttrs.model_validate(dict(group.attrs)["semisam"])
+        merged = attrs.model_copy(update={"labels": {**old.labels, **attrs.labels}})
+        group.attrs["semisam"] = merged.model_dump(mode="json")
+        return group
+    group = open_output(location)
     ms = write_multiscale(group, data, name=attrs.volume_id, scale=scale,
                           translation=translation, factors=factors, average=average)
     group.attrs.update({"ome": {"version": NGFF_VERSION, "multiscales": [ms]},
@@ -171,13 +201,13 @@ def export_volume_ome(root: zarr.Group, round_index: int, volume_id: str, out: s
     image = np.asarray(root[f"{volume_path(volume_id)}/image"][...])
     where = join(out, f"{volume_id}.ome.zarr")
     group = _write_image(where, to_ngff(image), attrs, scale=scale, translation=translation,
-                         average=True, levels=options.levels)
+                         average=True, levels=options.levels, keep_labels=True)
     _write_labels(group, to_ngff(label), f"round{round_index}", names, scale=scale,
                   translation=translation, levels=options.levels)
     conf_attrs = attrs.model_copy(update={
         "kind": "confidence", "labels": {},
         "confidence_encoding": f"uint8 value/{CONFIDENCE_SCALE} in [0, 1]"})
-    conf_where = join(out, "confidence", f"{volume_id}.ome.zarr")
+    conf_where = join(out, "confidence", f"round{round_index}", f"{volume_id}.ome.zarr")
     _write_image(conf_where, to_ngff(conf), conf_attrs, scale=scale, translation=translation,
                  average=False, levels=options.levels)
     return ExportedVolume(volume_id=volume_id, written=True, geometry=geometry,
@@ -188,10 +218,13 @@ def export_volume_ome(root: zarr.Group, round_index: int, volume_id: str, out: s
 
 def _write_labels(image: zarr.Group, label: Any, name: str, names: dict[int, str], *,
                   scale: list[float], translation: list[float], levels: int | None) -> None:
-    """``labels/<name>`` of an image group: the label pyramid and its NGFF metadata."""
-    labels = image.create_group("labels")
-    labels.attrs["ome"] = {"version": NGFF_VERSION, "labels": [name]}
-    group = labels.create_group(name)
+    """``labels/<name>`` of an image group (replacing one of that name, keeping the others):
+    the label pyramid and its NGFF metadata."""
+    labels = image.require_group("labels")
+    listed = dict(labels.attrs).get("ome", {}).get("labels", [])
+    labels.attrs["ome"] = {"version": NGFF_VERSION,
+                           "labels": [*(n for n in listed if n != name), name]}
+    group = labels.create_group(name, overwrite=True)
     factors = pyramid_factors(label.shape, scale, levels)
     ms = write_multiscale(group, label, name=name, scale=scale, translation=translation,
                           factors=factors, average=False)

@@ -73,7 +73,7 @@ def check_volume(root: zarr.Group, out: Path, round_index: int, vid: str, *,
     import ngff_zarr
     from ome_zarr_models.v05.image import Image
 
-    conf_path = out / "confidence" / f"{vid}.ome.zarr"
+    conf_path = out / "confidence" / f"round{round_index}" / f"{vid}.ome.zarr"
     Image.from_zarr(zarr.open_group(str(conf_path), mode="r"))
     conf_ms = ngff_zarr.from_ngff_zarr(str(conf_path), validate=True)
     np.testing.assert_array_equal(np.asarray(conf_ms.images[0].data), conf.transpose(2, 1, 0))

@@ -164,7 +164,7 @@ def test_s3_store_to_s3_output(ome_round, s3_endpoint):  # noqa: F811
     np.testing.assert_array_equal(group["0"][...], image.transpose(2, 1, 0))
     np.testing.assert_array_equal(group["labels/round1/0"][...],
                                   read_output(local, 1, "pseudo_label", "phantom_002").T)
-    conf = zarr.open_group(f"{out}/confidence/phantom_002.ome.zarr", mode="r",
+    conf = zarr.open_group(f"{out}/confidence/round1/phantom_002.ome.zarr", mode="r",
                            storage_options=fsspec_options(out))
     np.testing.assert_array_equal(conf["0"][...],
                                   read_output(local, 1, "confidence", "phantom_002").T)
@@ -207,3 +207,39 @@ def test_image_label_metadata_of_several_classes():
         (0, "background"), (1, "anterior"), (2, "posterior")]
     rgba = {c.label_value: c.rgba for c in label.colors}
     assert rgba[0][3] == 0 and rgba[1] != rgba[2] and rgba[1][3] == rgba[2][3] == 255
+
+
+def test_second_round_adds_its_labels_beside_the_first(ome_round, trained_student, tmp_path):
+    """Round 2 exported into the directory of round 1: the image is kept, labels/round1 and
+    labels/round2 both there (each equal to its round), one confidence image per round."""
+    import shutil
+
+    from ome_zarr_models.v05.image import Image
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(ome_round[0], store)
+    summary = run_round(store, 2, trained_student,
+                        RoundConfig(masker={"kind": "random_walker"}, prompts={"box_margin": 9}),
+                        show_progress=False)
+    assert summary.done == len(DEMO_IDS) + 1
+    out = tmp_path / "ome"
+    root = open_store(store, read_only=True)
+    export_round(root, 1, out, fmt="ome-zarr", volumes=["phantom_000"])
+    image_array = zarr.open_array(str(out / "phantom_000.ome.zarr" / "0"), mode="r")
+    first_chunk = (out / "phantom_000.ome.zarr" / "0" / "zarr.json").stat().st_mtime_ns
+    export_round(root, 2, out, fmt="ome-zarr", volumes=["phantom_000"])
+    group = zarr.open_group(str(out / "phantom_000.ome.zarr"), mode="r")
+    assert (out / "phantom_000.ome.zarr" / "0" / "zarr.json").stat().st_mtime_ns == first_chunk
+    assert image_array.shape == group["0"].shape
+    model = Image.from_zarr(group)
+    assert model.labels.attributes.ome.labels == ["round1", "round2"]
+    for r in (1, 2):
+        np.testing.assert_array_equal(group[f"labels/round{r}/0"][...],
+                                      read_output(root, r, "pseudo_label", "phantom_000").T)
+        conf = zarr.open_group(str(out / "confidence" / f"round{r}" / "phantom_000.ome.zarr"),
+                               mode="r")
+        np.testing.assert_array_equal(conf["0"][...],
+                                      read_output(root, r, "confidence", "phantom_000").T)
+    assert not np.array_equal(group["labels/round1/0"][...], group["labels/round2/0"][...])
+    attrs = dict(group.attrs)["semisam"]
+    assert attrs["round"] == 2 and set(attrs["labels"]) == {"round1", "round2"}
