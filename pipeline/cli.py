@@ -8,6 +8,7 @@ from __future__ import annotations
 from .cli_app import app
 from .commands import (  # noqa: F401  (registers commands)
     adapt,
+    correct,
     demo,
     evaluate,
     export,
@@ -17,6 +18,7 @@ from .commands import (  # noqa: F401  (registers commands)
     predict,
     report,
     round,
+    suggest,
     train,
 )
 

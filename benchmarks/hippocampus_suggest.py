@@ -1,0 +1,176 @@
+"""Hippocampus benchmark of `semisam suggest`: label the top-k suggested volumes or k random ones?
+
+Binary hippocampus (MSD Task04, ``label > 0``), the split of `benchmarks/hippocampus.py` (50
+held-out volumes, 4 labeled); to keep it CPU-cheap the unlabeled pool is the first ``--pool``
+unlabeled ids of that split. Per seed:
+
+1. student 0: supervised on the 4 labels (``--iterations``);
+2. round 1 over the pool: weight-free random-walker masker prompted by student 0 (the
+   benchmark's `round_config`);
+3. ``top``: the ``k`` volumes `semisam suggest` ranks first get their reference label;
+   ``random``: ``k`` volumes drawn from the pool with the seed;
+4. one more supervised `train` on 4 + k labels from student 0's weights (``--more``
+   iterations) for each pick; every student is scored on the 50 held-out volumes.
+
+Results go to ``WORKDIR/results.json``; the table is printed; finished steps are reused.
+
+    nice .venv/bin/python benchmarks/hippocampus_suggest.py --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from semisam.pipeline.driver import run_round
+from semisam.pipeline.evaluate import evaluate_student_both
+from semisam.pipeline.ingest import ingest
+from semisam.pipeline.suggest import rank_unlabeled
+from semisam.store import open_store, read_meta, read_reference, write_volume
+from semisam.training import train_student
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hippocampus import DATA, base_config, round_config, split_ids  # noqa: E402
+
+log = logging.getLogger("benchmarks.hippocampus_suggest")
+
+
+def prepare(data: Path, work: Path, split: dict[str, list[str]], pool: list[str]) -> dict[str, Path]:
+    """``train.zarr`` (4 labeled + the pool, unlabeled with references) and ``heldout.zarr``."""
+    images, labels = data / "images", data / "labels"
+    stores = {"train": work / "train.zarr", "heldout": work / "heldout.zarr"}
+    plans = {"train": ([images / f"{i}.nii.gz" for i in split["labeled"] + pool], set(split["labeled"])),
+             "heldout": ([images / f"{i}.nii.gz" for i in split["heldout"]], None)}
+    for name, (files, labeled) in plans.items():
+        report = ingest(stores[name], files, labels_dir=labels, labeled=labeled, binarize=True)
+        if not report.ok:
+            raise SystemExit(f"ingest of {name} failed: {report.failed[0].reason}")
+    return stores
+
+
+def label_from_reference(store: Path, ids: list[str]) -> None:
+    """The expert's answer, simulated: each volume's reference becomes its label."""
+    root = open_store(store)
+    for vid in ids:
+        meta = read_meta(root, vid)
+        image = np.asarray(root[f"volumes/{vid}/image"][...], dtype=np.float32)
+        write_volume(root, meta.model_copy(update={"labeled": True}), image, read_reference(root, vid))
+
+
+def score(ckpt: Path, heldout: Path) -> dict[str, float]:
+    """Held-out Dice without and with largest component."""
+    plain, lcc = evaluate_student_both(heldout, ckpt, device="cpu")
+    return {"dice": plain.mean("dice"), "dice_lcc": lcc.mean("dice"), "hd95_mm": plain.mean("hd95_mm"),
+            "n": len(plain.cases)}
+
+
+def run_seed(seed: int, args: argparse.Namespace, stores: dict[str, Path], pool: list[str],
+             results: dict) -> None:
+    """Student 0, its round, and the two picks' students for one seed."""
+    work = args.workdir / f"seed{seed}"
+    work.mkdir(parents=True, exist_ok=True)
+    sup = base_config(args.iterations, seed)
+    sup.mean_teacher.enabled = sup.sam.enabled = False
+    sup.batch.unlabeled = 0
+    student0 = work / "student0.pt"
+    train_student(stores["train"], student0, sup, resume=True)
+    if f"student0/{seed}" not in results:
+        results[f"student0/{seed}"] = score(student0, stores["heldout"])
+    round_store = work / "round.zarr"
+    if not round_store.exists():
+        shutil.copytree(stores["train"], round_store)
+    run_round(round_store, 1, student0, round_config(), show_progress=False)
+    _, ranked = rank_unlabeled(open_store(round_store, read_only=True), 1)
+    picks = {"top": [s.volume_id for s in ranked[: args.k]],
+             "random": sorted(np.random.default_rng(seed).choice(pool, args.k, replace=False).tolist())}
+    more = base_config(args.more, seed)
+    more.mean_teacher.enabled = more.sam.enabled = False
+    more.batch.unlabeled = 0
+    for name, ids in picks.items():
+        key = f"{name}/{seed}"
+        if key in results:
+            continue
+        store = work / f"{name}.zarr"
+        if not store.exists():
+            shutil.copytree(stores["train"], store)
+            label_from_reference(store, ids)
+        ckpt = work / f"{name}.pt"
+        seconds = train_student(store, ckpt, more, resume=True, init=student0).seconds
+        results[key] = {**score(ckpt, stores["heldout"]), "seconds": seconds, "picked": ids,
+                        "scores": {s.volume_id: s.score for s in ranked if s.volume_id in ids}}
+        log.info("seed %d %s: %s", seed, name, results[key])
+
+
+class SavedResults(dict):
+    """``setting/seed -> figures``, rewritten to ``path`` on every new entry (resumable)."""
+
+    def __init__(self, path: Path, header: dict) -> None:
+        super().__init__(json.loads(path.read_text())["results"] if path.is_file() else {})
+        self.path, self.header = path, header
+
+    def __setitem__(self, key: str, value: dict) -> None:
+        super().__setitem__(key, value)
+        self.path.write_text(json.dumps({**self.header, "results": dict(self)}, indent=2))
+
+
+def table(results: dict) -> list[str]:
+    """Mean +- std over seeds per setting, and the paired top - random difference."""
+    lines = ["| setting | seeds | Dice | Dice (LCC) | 95HD mm |", "|---|---|---|---|---|"]
+    for name in ("student0", "random", "top"):
+        rows = [v for k, v in results.items() if k.split("/")[0] == name]
+        if not rows:
+            continue
+        cells = [f"{np.mean([r[m] for r in rows]):.3f} +- {np.std([r[m] for r in rows]):.3f}"
+                 for m in ("dice", "dice_lcc", "hd95_mm")]
+        lines.append(f"| {name} | {len(rows)} | " + " | ".join(cells) + " |")
+    seeds = sorted({k.split("/")[1] for k in results if k.startswith("top/")}
+                   & {k.split("/")[1] for k in results if k.startswith("random/")})
+    diffs = [results[f"top/{s}"]["dice"] - results[f"random/{s}"]["dice"] for s in seeds]
+    if diffs:
+        lines.append(f"top - random Dice per seed: {', '.join(f'{d:+.3f}' for d in diffs)}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--workdir", type=Path, default=Path("bench-out/hippocampus-suggest"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--iterations", type=int, default=400, help="student 0's iterations")
+    parser.add_argument("--more", type=int, default=300, help="the one more train's iterations")
+    parser.add_argument("--pool", type=int, default=40, help="unlabeled volumes in the round")
+    parser.add_argument("-k", type=int, default=5)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if not (args.data / "images").is_dir():
+        log.error("no hippocampus data at %s", args.data)
+        return 2
+    torch.set_num_threads(2)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    ids = sorted(p.name.removesuffix(".nii.gz") for p in (args.data / "images").glob("*.nii.gz"))
+    split = split_ids(ids, 50, 4)
+    pool = split["unlabeled"][: args.pool]
+    stores = prepare(args.data, args.workdir, split, pool)
+    header = {"date": date.today().isoformat(), "command": " ".join(sys.argv), "pool": pool,
+              "labeled": split["labeled"], "iterations": args.iterations, "more": args.more, "k": args.k}
+    results = SavedResults(args.workdir / "results.json", header)
+    t0 = time.perf_counter()
+    for seed in args.seeds:
+        run_seed(seed, args, stores, pool, results)
+        log.info("seed %d done at %.0f s", seed, time.perf_counter() - t0)
+    print("\n".join(table(results)))
+    log.info("total %.0f s", time.perf_counter() - t0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
