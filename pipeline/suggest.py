@@ -87,7 +87,7 @@ def rank_unlabeled(root: zarr.Group, round_index: int | None = None) -> tuple[in
     """
     rounds = list_rounds(root)
     if not rounds:
-        raise StoreError("store has no round yet: run `semisam round` first")
+        raise StoreError("store has no round yet: run `semisam run-round` first")
     if round_index is None:
         round_index = rounds[-1]
     if round_index not in rounds:
