@@ -2,15 +2,17 @@
 
 Binary hippocampus (MSD Task04, ``label > 0``), the split of `benchmarks/hippocampus.py` (50
 held-out volumes, 4 labeled); to keep it CPU-cheap the unlabeled pool is the first ``--pool``
-unlabeled ids of that split. Per seed:
+unlabeled ids of that split.
 
-1. student 0: supervised on the 4 labels (``--iterations``);
+1. student 0: supervised on the 4 labels (``--iterations``, training seed ``--student0-seed``),
+   shared by every seed to keep the run CPU-cheap;
 2. round 1 over the pool: weight-free random-walker masker prompted by student 0 (the
-   benchmark's `round_config`);
-3. ``top``: the ``k`` volumes `semisam suggest` ranks first get their reference label;
-   ``random``: ``k`` volumes drawn from the pool with the seed;
-4. one more supervised `train` on 4 + k labels from student 0's weights (``--more``
-   iterations) for each pick; every student is scored on the 50 held-out volumes.
+   benchmark's `round_config`); shared too;
+3. per seed, ``top``: the ``k`` volumes `semisam suggest` ranks first get their reference label
+   (the same volumes for every seed); ``random``: ``k`` volumes drawn from the pool with the seed;
+4. per seed, one more supervised `train` on 4 + k labels from student 0's weights (``--more``
+   iterations, training seed = the seed) for each pick; every student is scored on the 50
+   held-out volumes.
 
 Results go to ``WORKDIR/results.json``; the table is printed; finished steps are reused.
 
@@ -73,23 +75,32 @@ def score(ckpt: Path, heldout: Path) -> dict[str, float]:
             "n": len(plain.cases)}
 
 
-def run_seed(seed: int, args: argparse.Namespace, stores: dict[str, Path], pool: list[str],
-             results: dict) -> None:
-    """Student 0, its round, and the two picks' students for one seed."""
-    work = args.workdir / f"seed{seed}"
+def round_and_student0(args: argparse.Namespace, stores: dict[str, Path], results: dict
+                       ) -> tuple[Path, list]:
+    """Student 0 (trained once, seed ``--student0-seed``), its score and its round's ranking."""
+    work = args.workdir / f"seed{args.student0_seed}"
     work.mkdir(parents=True, exist_ok=True)
-    sup = base_config(args.iterations, seed)
+    sup = base_config(args.iterations, args.student0_seed)
     sup.mean_teacher.enabled = sup.sam.enabled = False
     sup.batch.unlabeled = 0
     student0 = work / "student0.pt"
     train_student(stores["train"], student0, sup, resume=True)
-    if f"student0/{seed}" not in results:
-        results[f"student0/{seed}"] = score(student0, stores["heldout"])
+    if "student0/shared" not in results:
+        results["student0/shared"] = score(student0, stores["heldout"])
     round_store = work / "round.zarr"
     if not round_store.exists():
         shutil.copytree(stores["train"], round_store)
     run_round(round_store, 1, student0, round_config(), show_progress=False)
     _, ranked = rank_unlabeled(open_store(round_store, read_only=True), 1)
+    log.info("round 1 ranking: %s", [(s.volume_id, s.score) for s in ranked])
+    return student0, ranked
+
+
+def run_seed(seed: int, args: argparse.Namespace, stores: dict[str, Path], pool: list[str],
+             student0: Path, ranked: list, results: dict) -> None:
+    """The two picks' students for one seed."""
+    work = args.workdir / f"seed{seed}"
+    work.mkdir(parents=True, exist_ok=True)
     picks = {"top": [s.volume_id for s in ranked[: args.k]],
              "random": sorted(np.random.default_rng(seed).choice(pool, args.k, replace=False).tolist())}
     more = base_config(args.more, seed)
@@ -125,7 +136,7 @@ class SavedResults(dict):
 def table(results: dict) -> list[str]:
     """Mean +- std over seeds per setting, and the paired top - random difference."""
     lines = ["| setting | seeds | Dice | Dice (LCC) | 95HD mm |", "|---|---|---|---|---|"]
-    for name in ("student0", "random", "top"):
+    for name in ("student0", "random", "top"):  # student0: one shared row
         rows = [v for k, v in results.items() if k.split("/")[0] == name]
         if not rows:
             continue
@@ -146,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("bench-out/hippocampus-suggest"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--iterations", type=int, default=400, help="student 0's iterations")
-    parser.add_argument("--more", type=int, default=300, help="the one more train's iterations")
+    parser.add_argument("--student0-seed", type=int, default=0)
+    parser.add_argument("--more", type=int, default=150, help="the one more train's iterations")
     parser.add_argument("--pool", type=int, default=40, help="unlabeled volumes in the round")
     parser.add_argument("-k", type=int, default=5)
     args = parser.parse_args(argv)
@@ -161,11 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     pool = split["unlabeled"][: args.pool]
     stores = prepare(args.data, args.workdir, split, pool)
     header = {"date": date.today().isoformat(), "command": " ".join(sys.argv), "pool": pool,
-              "labeled": split["labeled"], "iterations": args.iterations, "more": args.more, "k": args.k}
+              "labeled": split["labeled"], "iterations": args.iterations,
+              "student0_seed": args.student0_seed, "more": args.more, "k": args.k}
     results = SavedResults(args.workdir / "results.json", header)
     t0 = time.perf_counter()
+    student0, ranked = round_and_student0(args, stores, results)
     for seed in args.seeds:
-        run_seed(seed, args, stores, pool, results)
+        run_seed(seed, args, stores, pool, student0, ranked, results)
         log.info("seed %d done at %.0f s", seed, time.perf_counter() - t0)
     print("\n".join(table(results)))
     log.info("total %.0f s", time.perf_counter() - t0)
