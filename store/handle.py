@@ -11,7 +11,7 @@ import zarr
 
 from semisam.schemas import NEW_STORE_SCHEMA_VERSION, SCHEMA_VERSION, StorageConfig, StoreError
 
-from .remote import fsspec_options, is_url, probe_writable, url_has_store
+from .remote import fsspec_options, is_url, missing_bucket, probe_writable, url_has_store
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,9 @@ def _check_url(location: str, options: dict[str, Any], create: bool) -> None:
     """The same checks through fsspec (a missing bucket or missing credentials are errors)."""
     if url_has_store(location, options):
         return
+    bucket = missing_bucket(location, options)
+    if bucket is not None:  # the message ingest gives, from every command
+        raise StoreError(f"{location}: bucket or location does not exist (no bucket '{bucket}')")
     if not create:
         raise StoreError(f"{location}: {_NO_STORE}")
     probe_writable(location, options)

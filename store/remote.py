@@ -88,6 +88,27 @@ def url_has_store(url: str, options: dict[str, Any]) -> bool:
         raise StoreError(f"{url}: store location is not accessible ({_describe(exc)})") from None
 
 
+_BUCKET_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"}
+
+
+def missing_bucket(url: str, options: dict[str, Any]) -> str | None:
+    """The bucket (container) of ``url`` when the object store says it does not exist, else
+    None (no bucket in this protocol, the bucket exists, or the answer is not a plain "not
+    found": denied access and network errors are reported by the other checks)."""
+    fs, path = _filesystem(url, options)
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    bucket = path.strip("/").split("/")[0]
+    if not bucket or not protocols & _BUCKET_PROTOCOLS:
+        return None
+    try:
+        fs.info(bucket)
+    except FileNotFoundError:
+        return bucket
+    except Exception:  # noqa: BLE001 - not an answer about existence
+        return None
+    return None
+
+
 def probe_writable(url: str, options: dict[str, Any]) -> None:
     """Write and delete a probe object under ``url``; `StoreError` if that is impossible."""
     fs, path = _filesystem(url, options)

@@ -90,6 +90,26 @@ def test_open_store_checks_on_urls(s3_endpoint, monkeypatch):
         open_store(url, storage=StorageConfig(options={"skip_instance_cache": True}))
 
 
+@pytest.mark.parametrize("args", [
+    ("inspect",), ("export", "--round", "1", "--to", "{tmp}/out"),
+    ("run-round", "--round", "1", "--student", "{student}", "--masker", "random_walker",
+     "--no-progress"),
+    ("train", "--out", "{tmp}/student.pt", "--no-progress"), ("evaluate", "--student", "{student}"),
+], ids=lambda a: a[0])
+def test_missing_bucket_named_by_every_command(s3_endpoint, trained_student, tmp_path, args):
+    """A missing bucket: the same one line from every command that opens a store (ingest's
+    "bucket or location does not exist"), not "no semisam store here"."""
+    url = "s3://semisam-no-such-bucket/la.zarr"
+    filled = [a.format(tmp=tmp_path, student=trained_student) for a in args]
+    proc = subprocess.run([SEMISAM, filled[0], url, *filled[1:]], capture_output=True, text=True,
+                          timeout=300, check=False)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("INFO ")]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0] == (f"error: {url}: bucket or location does not exist "
+                        "(no bucket 'semisam-no-such-bucket')"), lines[0]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "student.pt").exists()
+
+
 def test_storage_settings_and_worker_environment(monkeypatch):
     for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
                  "AWS_PROFILE", "SEMISAM_STORAGE"):
