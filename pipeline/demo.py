@@ -23,6 +23,7 @@ from semisam.schemas import (
 from semisam.store import open_store, read_output
 
 from .driver import run_round
+from .gain import GainSummary, summarize_gains, volume_gains
 from .ingest import ingest
 from .inspect import write_montage
 from .phantoms import write_phantom_set
@@ -38,6 +39,7 @@ class DemoResult:
     masker_note: str
     paths: dict[str, Path] = field(default_factory=dict)
     pseudo_label_dice: float | None = None
+    sam_gain: GainSummary | None = None  # student vs pseudo-label Dice vs the hidden labels
 
 
 def demo_config(workers: int) -> tuple[RoundConfig, str]:
@@ -125,4 +127,5 @@ def run_demo(workdir: Path, volumes: int = 10, labeled: int = 2, iterations: int
     result.pseudo_label_dice = mean_dice_vs_reference(store, 1, summary)
     if result.pseudo_label_dice is not None:
         log.info("pseudo-label Dice vs the phantoms' hidden labels: %.3f", result.pseudo_label_dice)
+    result.sam_gain = summarize_gains(volume_gains(open_store(store, read_only=True), 1))
     return result

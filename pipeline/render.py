@@ -179,5 +179,8 @@ def demo_result(result) -> None:
     if result.pseudo_label_dice is not None:
         _console.print(f"[bold]pseudo-label Dice vs the phantoms' hidden labels:[/bold] "
                        f"{result.pseudo_label_dice:.3f}")
+    gain = getattr(result, "sam_gain", None)
+    if gain is not None:
+        _console.print(f"[bold]did SAM help?[/bold] {gain.sentence()}")
     for name, path in result.paths.items():
         print_line(f"{name:>16}: {path}")

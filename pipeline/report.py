@@ -4,11 +4,15 @@ The page needs no network: CSS and the table-sorting script are inline, the plot
 and the montages base64 PNG. It holds:
 
 * the round summary: store, status, fingerprint, masker / fusion / slice axis, student
-  checkpoint, counts, per-node counts, wall time of the volumes;
+  checkpoint, counts, per-node counts, wall time of the volumes, and "did SAM help?" (mean
+  student and pseudo-label Dice vs reference, the gain, on how many volumes it was better);
 * a per-volume table, sortable by any column (click a header): status, attempt, reason,
   node, slices prompted, foreground fraction, mean confidence, student-vs-masker Dice, the
-  pseudo-label's Dice against the ground truth where the store has it (``reference``), the
-  timing of each stage, peak memory;
+  pseudo-label's Dice against the ground truth where the store has it (``reference``) beside
+  the student's own Dice there and the gain (pseudo-label - student: did SAM help?, `gain`;
+  the student is re-run from the round's checkpoint unless ``student_panels`` is off), the
+  timing of each stage, peak memory; the table scrolls sideways inside its box, the volume
+  column staying in view;
 * the distributions over finished volumes of the mean confidence and of the student-vs-masker
   Dice (histograms);
 * the K volumes most in need of review (`review.rank_round`) as captioned montages
@@ -263,6 +267,10 @@ h1{font-size:22px;margin:0 0 8px}h2{font-size:17px;margin:28px 0 8px}
 .summary{border-collapse:collapse}.summary td{padding:2px 12px 2px 0;vertical-align:top}
 .summary td:first-child{color:#555}
 table.vol{border-collapse:collapse;font-size:13px}
+.scroll{overflow-x:auto;max-width:100%;border:1px solid #ddd}
+.scroll table.vol td:first-child,.scroll table.vol th:first-child{position:sticky;left:0;z-index:1}
+.scroll table.vol td:first-child{background:#fff}.scroll tr.failed td:first-child{background:#fde8e8}
+table.vol td.up{color:#1a7f37}table.vol td.down{color:#c0392b}
 table.vol th,table.vol td{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}
 table.vol td.t,table.vol th.t{text-align:left}
 table.vol td.reason{white-space:normal;min-width:240px;max-width:420px;text-align:left}
@@ -325,7 +333,8 @@ def _table(rows: list[dict], stages: list[str], with_reference: bool) -> str:
             ("prompted/slices", ""), ("fg frac", ""), ("mean conf", ""),
             ("student-vs-masker Dice", "")]
     if with_reference:
-        cols.append(("Dice vs reference", ""))
+        cols += [("student Dice vs reference", ""), ("Dice vs reference", ""),
+                 ("gain (pseudo-label - student)", "")]
     cols += [(f"{s} s", "") for s in stages] + [("total s", ""), ("peak RSS MB", "")]
     head = "".join(f'<th class="{c}" scope="col">{_esc(n)}</th>' for n, c in cols)
     body = []
@@ -337,12 +346,30 @@ def _table(rows: list[dict], stages: list[str], with_reference: bool) -> str:
                  f'{_esc(prompted or "-")}</td>',
                  _td(r["fg_fraction"], 4), _td(r["mean_confidence"]), _td(r["student_masker_dice"])]
         if with_reference:
-            cells.append(_td(r["reference_dice"]))
+            cells += [_td(r.get("student_reference_dice")), _td(r["reference_dice"]),
+                      _td(r.get("gain"), cls=_gain_class(r.get("gain")))]
         cells += [_td(r["timings"].get(s), 2) for s in stages]
         cells += [_td(r["seconds"], 2), _td(r["peak_rss_mb"], 0)]
         body.append(f'<tr class="{_esc(r["status"])}">' + "".join(cells) + "</tr>")
-    return (f'<table class="vol" id="volumes"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table>')
+    return (f'<div class="scroll" id="volumes-box"><table class="vol" id="volumes"><thead><tr>'
+            f'{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
+
+
+def _gain_class(gain: float | None) -> str:
+    """Cell class of a gain: green when the pseudo-label beat the student, red when worse."""
+    return "" if gain is None or gain == 0 else "up" if gain > 0 else "down"
+
+
+def _add_gains(root: zarr.Group, round_index: int, rows: list[dict]):
+    """Each row's student Dice vs reference and gain (`gain.volume_gains`); their summary."""
+    from .gain import summarize_gains, volume_gains
+
+    gains = volume_gains(root, round_index)
+    for r in rows:
+        g = gains.get(r["volume"])
+        if g is not None:
+            r["student_reference_dice"], r["gain"] = g.student_dice, g.gain
+    return summarize_gains(gains)
 
 
 def build_report(store: str | Path, round_index: int | None = None, *, worst: int = 6,
@@ -377,6 +404,7 @@ def build_report(store: str | Path, round_index: int | None = None, *, worst: in
     conf = [r["mean_confidence"] for r in done if r["mean_confidence"] is not None]
     dice = [r["student_masker_dice"] for r in done if r["student_masker_dice"] is not None]
     with_reference = any(r["reference_dice"] is not None for r in rows)
+    helped = _add_gains(root, round_index, rows) if with_reference and student_panels else None
     series: dict[str, dict[int, float]] = {}
     ref_dice = round_reference_dice(root)
     if ref_dice:
@@ -412,6 +440,8 @@ def build_report(store: str | Path, round_index: int | None = None, *, worst: in
         per_class = " (per class, mean over the classes)" if classes.multiclass else ""
         summary_rows.append((f"pseudo-label Dice vs reference{per_class}",
                              f"mean {np.mean(refs):.3f} over {len(refs)} volumes"))
+        if helped is not None:
+            summary_rows.append(("did SAM help?", helped.sentence()))
     failures = [r for r in rows if r["status"] == "failed"]
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
