@@ -5,7 +5,8 @@ Every unlabeled volume with a finished record in round ``r`` gets
     score = disagreement + uncertainty + rejected
 
     disagreement = 1 - Dice(student, masker)   on the prompted slices (the record's
-                                               ``student_sam_dice``; 0 when the round had none)
+                                               ``student_sam_dice``); 1 when no slice was
+                                               prompted (the masker never checked the student)
     uncertainty  = 1 - mean confidence over the pseudo-label's foreground voxels
                    (confidence stored as value/255; 1 when the pseudo-label is empty)
     rejected     = 1 when fusion rejected the masker's answer (``masker_rejected``; multi-class:
@@ -13,7 +14,9 @@ Every unlabeled volume with a finished record in round ``r`` gets
 
 Each term lies in [0, 1], so the score lies in [0, 3]; higher means the round was less sure
 of that volume, and an expert's label there is expected to teach the student most. Ties are
-broken by volume id so the ranking is deterministic.
+broken by volume id so the ranking is deterministic. The first two terms are those of
+`review.review_score` (which pseudo-label to look at); the rejection term adds what fusion
+decided. Failed and pending volumes are not ranked.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ def score_volume(root: zarr.Group, round_index: int, volume_id: str) -> Suggesti
         return None
     stats = record.stats
     agreement = stats.student_sam_dice
-    disagreement = 0.0 if agreement is None else float(np.clip(1.0 - agreement, 0.0, 1.0))
+    disagreement = 1.0 if agreement is None else float(np.clip(1.0 - agreement, 0.0, 1.0))
     rejected = stats.masker_rejected or any(c.masker_rejected for c in (stats.classes or {}).values())
     uncertainty = foreground_uncertainty(read_output(root, round_index, "pseudo_label", volume_id),
                                          read_output(root, round_index, "confidence", volume_id))

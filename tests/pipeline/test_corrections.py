@@ -187,7 +187,8 @@ def test_suggest_ranks_by_documented_formula(exported):
         pl = read_output(root, 1, "pseudo_label", vid)
         conf = read_output(root, 1, "confidence", vid).astype(float) / CONFIDENCE_SCALE
         u = 1.0 - conf[pl > 0].mean() if (pl > 0).any() else 1.0
-        expected[vid] = (1.0 - (stats.student_sam_dice or 1.0)) + u + float(stats.masker_rejected)
+        d = 1.0 if stats.student_sam_dice is None else 1.0 - stats.student_sam_dice
+        expected[vid] = d + u + float(stats.masker_rejected)
     for s in ranked:
         assert s.score == pytest.approx(expected[s.volume_id], abs=1e-5)
     assert [s.volume_id for s in ranked] == sorted(expected, key=lambda v: (-expected[v], v))
