@@ -54,8 +54,19 @@ def list_metas(root: zarr.Group) -> list[VolumeMeta]:
 
 
 def read_image(root: zarr.Group, volume_id: str) -> np.ndarray:
-    """``XxYxZ`` float32 image."""
-    return np.asarray(root[f"{volume_path(volume_id)}/image"][...], dtype=np.float32)
+    """``XxYxZ`` float32 image.
+
+    Raises:
+        InputError: a chunk of it cannot be decoded (truncated or corrupt: the codec's
+            RuntimeError/ValueError), one line naming the volume; bad data, not retried.
+            I/O errors (OSError) pass through: they may be transient.
+    """
+    try:
+        return np.asarray(root[f"{volume_path(volume_id)}/image"][...], dtype=np.float32)
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise InputError(f"volume '{volume_id}': its image in the store cannot be read "
+                         f"({type(exc).__name__}: {first}); re-ingest it") from None
 
 
 def read_label(root: zarr.Group, volume_id: str) -> np.ndarray | None:

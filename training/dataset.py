@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,7 @@ from semisam.schemas import (
     ClassMap,
     ConfigError,
     InputError,
+    SemisamError,
     TrainConfig,
     VolumeMeta,
     VolumeStatus,
@@ -168,6 +170,27 @@ def _attach_round(root: zarr.Group, source: VolumeSource, round_index: int) -> b
     return True
 
 
+@contextmanager
+def reading(volume_id: str, what: str) -> Iterator[None]:
+    """Reads of a volume's ``what`` array (image, label): a chunk that cannot be decoded
+    (truncated, corrupt, missing) becomes one `InputError` naming the volume."""
+    try:
+        yield
+    except (SemisamError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - zarr/numcodecs raise many types for bad chunks
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise InputError(f"volume '{volume_id}': its {what} in the store cannot be read "
+                         f"({type(exc).__name__}: {first}); re-ingest it or leave it out "
+                         "with train.exclude") from None
+
+
+def _whole_label(source: VolumeSource) -> np.ndarray:
+    """The whole label ``XxYxZ`` of a labeled volume (errors name the volume)."""
+    with reading(source.meta.volume_id, "label"):
+        return np.asarray(source.target[...])
+
+
 def open_training_data(root: zarr.Group, config: TrainConfig, round_index: int | None) -> TrainingData:
     """Handles and statistics of every volume the run trains on (``config.exclude`` left out),
     and the store's class map.
@@ -183,13 +206,15 @@ def open_training_data(root: zarr.Group, config: TrainConfig, round_index: int |
     labeled, unlabeled = [], []
     for meta in metas:
         base = volume_path(meta.volume_id)
-        image = root[f"{base}/image"]
-        mean, std = intensity_stats(image)
+        with reading(meta.volume_id, "image"):
+            image = root[f"{base}/image"]
+            mean, std = intensity_stats(image)
         source = VolumeSource(meta=meta, image=image, mean=mean, std=std)
         if meta.labeled and f"{base}/label" in root:
-            source.target = root[f"{base}/label"]
-            if config.batch.foreground_prob > 0:
-                source.foreground = foreground_sample(source.target)
+            with reading(meta.volume_id, "label"):
+                source.target = root[f"{base}/label"]
+                if config.batch.foreground_prob > 0:
+                    source.foreground = foreground_sample(source.target)
             labeled.append(source)
         elif not meta.labeled:
             unlabeled.append(source)
@@ -239,7 +264,7 @@ class PatchSampler:
         self.with_round = data.round_index is not None
         self.index_table = class_index_table(data.classes)
         self.augment = augmentation_plan(config.augment, data.classes,
-                                         (np.asarray(s.target[...]) for s in data.labeled))
+                                         (_whole_label(s) for s in data.labeled))
 
     def _patch(self, source: VolumeSource, rng: np.random.Generator,
                foreground_prob: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -427,3 +427,13 @@ def write_text_checkpoint(path: Path) -> Path:
     """A text file renamed ``student.pt`` (the unpickler fails with IndexError/KeyError)."""
     path.write_text("semisam student\nweights: see the shared drive\n")
     return path
+
+
+def truncate_chunk(array_dir: Path) -> Path:
+    """Cut the largest chunk file of a Zarr v3 array (``<array_dir>/c/...``) to half its bytes,
+    as a copy or sync interrupted mid-file leaves it; returns that chunk's path."""
+    chunks = [f for f in (array_dir / "c").rglob("*") if f.is_file()]
+    chunk = max(chunks, key=lambda f: f.stat().st_size)
+    data = chunk.read_bytes()
+    chunk.write_bytes(data[: len(data) // 2])
+    return chunk

@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from .corpus import save_nifti, volume, write_text_checkpoint
+from semisam.schemas import VolumeStatus
+from semisam.store import open_store, read_record
+
+from .corpus import save_nifti, truncate_chunk, volume, write_text_checkpoint
 from .test_corpus import assert_one_line_error, semisam
 
 FAST = ("--masker", "random_walker", "--no-progress")
@@ -90,6 +93,38 @@ def test_export_to_is_a_file(phantom_store, tmp_path):
     proc = semisam("export", str(phantom_store), "--round", "1", "--to", str(to))
     assert_one_line_error(proc, f"--to {to}", "not a directory")
     assert to.read_text() == "keep me"
+
+
+# -- 11, 13: a truncated chunk in the store ------------------------------------------------------
+def test_train_truncated_chunk_of_a_labeled_image(phantom_store, tmp_path):
+    """`train` meets a chunk cut in half (a zstd decode error): one line naming the volume."""
+    truncate_chunk(phantom_store / "volumes" / "ph00" / "image")
+    cfg = tmp_path / "train.json"
+    cfg.write_text(json.dumps(TINY))
+    out = tmp_path / "student.pt"
+    proc = semisam("train", str(phantom_store), "--out", str(out), "--config", str(cfg),
+                   "--no-progress")
+    assert_one_line_error(proc, "volume 'ph00'", "image in the store cannot be read",
+                          "train.exclude")
+    assert not out.exists()
+
+
+def test_round_worker_meets_a_truncated_chunk(phantom_store, trained_student):
+    """A worker reading a volume whose image chunk is truncated: the volume fails once with its
+    reason (bad data is not retried), no traceback reaches the terminal, the others are done."""
+    truncate_chunk(phantom_store / "volumes" / "ph03" / "image")
+    proc = semisam("run-round", str(phantom_store), "--round", "1", "--student",
+                   str(trained_student), *FAST)
+    assert proc.returncode == 1, proc.stderr
+    output = proc.stdout + proc.stderr
+    assert "Traceback" not in output and "retrying" not in output, output
+    root = open_store(phantom_store, read_only=True)
+    record = read_record(root, 1, "ph03")
+    assert record.status == VolumeStatus.failed and record.attempt == 1, record
+    assert "volume 'ph03'" in record.error and "cannot be read" in record.error, record.error
+    assert "Zstd" in record.error and not record.retryable
+    for vid in ("ph02", "ph04", "ph05"):
+        assert read_record(root, 1, vid).status == VolumeStatus.done, vid
 
 
 # -- 14: loop --holdout naming an id that is not in the store -----------------------------------
