@@ -15,6 +15,7 @@ and the montages base64 PNG. It holds:
   column staying in view;
 * the distributions over finished volumes of the mean confidence and of the student-vs-masker
   Dice (histograms);
+* which unlabeled volumes to label next (`suggest`: the top 5 and their score's terms);
 * the K volumes most in need of review (`review.rank_round`) as captioned montages
   (image | student | pseudo-label | confidence, with the confidence colour scale);
 * Dice per round: each round's mean pseudo-label Dice against the ground truth where the store
@@ -355,6 +356,26 @@ def _table(rows: list[dict], stages: list[str], with_reference: bool) -> str:
             f'{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
 
 
+def _suggest_section(root: zarr.Group, round_index: int, k: int = 5) -> str:
+    """The ``k`` unlabeled volumes `semisam suggest` would have labeled next, with the terms of
+    their score ('' when no volume finished)."""
+    from .suggest import suggest
+
+    _, picks = suggest(root, round_index, k)
+    if not picks:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in ("rank", "volume", "score", "disagreement",
+                                             "uncertainty", "rejected"))
+    body = "".join(f"<tr><td>{p.rank}</td><td class=\"t\">{_esc(p.volume_id)}</td>"
+                   f"<td>{p.score:.3f}</td><td>{p.disagreement:.3f}</td>"
+                   f"<td>{p.uncertainty:.3f}</td><td>{p.rejected:.0f}</td></tr>" for p in picks)
+    return ("<h2>Label next (semisam suggest)</h2><p class=\"muted\">score = (1 - student-vs-"
+            "masker Dice) + (1 - mean confidence over the pseudo-label's foreground) + (1 if "
+            "fusion rejected the masker); highest first.</p>"
+            f'<table class="vol" id="suggest"><thead><tr>{head}</tr></thead><tbody>{body}'
+            "</tbody></table>")
+
+
 def _gain_class(gain: float | None) -> str:
     """Cell class of a gain: green when the pseudo-label beat the student, red when worse."""
     return "" if gain is None or gain == 0 else "up" if gain > 0 else "down"
@@ -469,7 +490,7 @@ def build_report(store: str | Path, round_index: int | None = None, *, worst: in
         parts += ["<h2>Dice per round</h2>", '<div class="plots" id="rounds">', rounds_svg(series),
                   _rounds_table(series), "</div>"]
     parts += ['<h2>Volumes</h2><p class="muted">Click a column header to sort.</p>',
-              _table(rows, stages, with_reference)]
+              _table(rows, stages, with_reference), _suggest_section(root, round_index)]
     if montages:
         plural = "s" if len(montages) != 1 else ""
         parts.append(f"<h2>The {len(montages)} volume{plural} most in need of review</h2>"

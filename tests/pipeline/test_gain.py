@@ -91,3 +91,15 @@ def test_wide_table_scrolls_inside_its_box(report_store, tmp_path):  # noqa: F81
     dom = _chromium(str(tmp_path / "profile"), "--window-size=700,900", "--dump-dom",
                     unboxed.as_uri()).stdout
     assert "page:false" in dom
+
+
+def test_report_lists_the_suggested_volumes(report_store):  # noqa: F811
+    from semisam.pipeline.suggest import suggest
+
+    page = build_report(report_store, 1, worst=0, student_panels=False)
+    _, picks = suggest(open_store(report_store, read_only=True), 1, 5)
+    table = re.search(r'<table class="vol" id="suggest">.*?</table>', page).group(0)
+    assert re.findall(r'<td class="t">(ph\d\d)</td>', table) == [p.volume_id for p in picks]
+    # (1 - Dice) + (1 - confidence/255): ph02 0.19 + 0.53, ph03 0.58 + 0.10, ph04 0.34 + 0.22,
+    # ph01 0.05 + 0.02
+    assert [p.volume_id for p in picks] == ["ph02", "ph03", "ph04", "ph01"]
