@@ -184,7 +184,7 @@ def _stack(folder: Path, uid: str, slices: list[_Slice]) -> tuple[np.ndarray, np
                                       "(not one stack)")
     planes, dtype = [], "?"
     for s in slices:
-        raw = s.ds.pixel_array
+        raw = _pixels(folder, s)
         dtype = str(raw.dtype)
         pixels = raw.astype(np.float64)
         slope = float(getattr(s.ds, "RescaleSlope", 1) or 1)
@@ -198,6 +198,40 @@ def _stack(folder: Path, uid: str, slices: list[_Slice]) -> tuple[np.ndarray, np
     lps[:3, 2] = normal * step
     lps[:3, 3] = slices[0].position
     return image, _LPS_TO_RAS @ lps, dtype
+
+
+def _pixels(folder: Path, s: _Slice) -> np.ndarray:
+    """``s.ds.pixel_array``; a compressed transfer syntax without an installed decoder, or pixel
+    data that cannot be decoded, is one `InputError` naming the file and the syntax (and, when a
+    decoder is missing, the packages that provide one)."""
+    try:
+        return s.ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - pydicom's decoders raise many types
+        syntax = getattr(getattr(s.ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = f"{syntax.name} ({syntax})" if syntax is not None else "unknown transfer syntax"
+        needs = _missing_decoder(syntax)
+        if needs is not None:
+            raise input_error(folder, f"{s.path.name}: pixel data in {name}, which no installed "
+                                      f"package decodes ({needs})") from None
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise input_error(folder, f"{s.path.name}: pixel data in {name} cannot be decoded "
+                                  f"({first})") from None
+
+
+def _missing_decoder(syntax) -> str | None:
+    """What to install for ``syntax`` when pydicom has no working decoder for it, else None."""
+    if syntax is None:
+        return None
+    try:
+        from pydicom.pixels import get_decoder
+
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        return "pydicom has no decoder for it"
+    if decoder.is_available:
+        return None
+    options = [d.split(" - requires ", 1)[-1] for d in decoder.missing_dependencies]
+    return "install one of: " + "; ".join(options) if options else "no decoder plugin"
 
 
 @dataclass(frozen=True)

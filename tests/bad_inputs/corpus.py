@@ -437,3 +437,34 @@ def truncate_chunk(array_dir: Path) -> Path:
     data = chunk.read_bytes()
     chunk.write_bytes(data[: len(data) // 2])
     return chunk
+
+
+def write_undecodable_dicom_series(folder: Path, syntax: str = "1.2.840.10008.1.2.4.70") -> Path:
+    """A 3-slice CT series whose files declare a compressed transfer syntax (default: JPEG
+    Lossless SV1, which needs gdcm or pylibjpeg-libjpeg) around encapsulated bytes."""
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import UID, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    series, study = generate_uid(), generate_uid()
+    for k in range(3):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = UID(syntax)
+        ds = FileDataset(str(folder / f"s{k}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SeriesNumber = study, series, 1
+        ds.Modality, ds.InstanceNumber = "CT", k + 1
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [0, 0, 2.0 * k]
+        ds.PixelSpacing, ds.SliceThickness = [0.8, 0.8], 2.0
+        ds.Rows, ds.Columns = 16, 16
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.PixelData = encapsulate([b"\xff\xd8\xff\xc3" + bytes(64) + b"\xff\xd9"])
+        ds["PixelData"].VR = "OB"
+        pydicom.dcmwrite(folder / f"s{k}.dcm", ds, enforce_file_format=True)
+    return folder

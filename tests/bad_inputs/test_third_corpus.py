@@ -12,7 +12,13 @@ import torch
 from semisam.schemas import VolumeStatus
 from semisam.store import open_store, read_record
 
-from .corpus import save_nifti, truncate_chunk, volume, write_text_checkpoint
+from .corpus import (
+    save_nifti,
+    truncate_chunk,
+    volume,
+    write_text_checkpoint,
+    write_undecodable_dicom_series,
+)
 from .test_corpus import assert_one_line_error, semisam
 
 FAST = ("--masker", "random_walker", "--no-progress")
@@ -125,6 +131,36 @@ def test_round_worker_meets_a_truncated_chunk(phantom_store, trained_student):
     assert "Zstd" in record.error and not record.retryable
     for vid in ("ph02", "ph04", "ph05"):
         assert read_record(root, 1, vid).status == VolumeStatus.done, vid
+
+
+# -- 12: a DICOM series in a compressed transfer syntax that nothing installed decodes ----------
+def _decoder_missing(syntax: str) -> bool:
+    from pydicom.pixels import get_decoder
+
+    return not get_decoder(syntax).is_available
+
+
+@pytest.mark.skipif(not _decoder_missing("1.2.840.10008.1.2.4.70"),
+                    reason="a JPEG Lossless decoder (gdcm / pylibjpeg-libjpeg) is installed")
+def test_dicom_without_a_decoder_named_and_the_others_go_on(trained_student, tmp_path):
+    images = tmp_path / "images"
+    series = write_undecodable_dicom_series(images / "ct_jpeg")
+    save_nifti(images / "good.nii.gz", volume(3))
+    words = ("ct_jpeg", "JPEG Lossless", "1.2.840.10008.1.2.4.70", "no installed package",
+             "pylibjpeg-libjpeg")
+    proc = semisam("ingest", str(images), "--store", str(tmp_path / "s.zarr"))
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    failed = [ln for ln in proc.stderr.splitlines() if "ct_jpeg" in ln]
+    assert len(failed) == 1 and all(w in failed[0] for w in words), proc.stderr
+    root = open_store(tmp_path / "s.zarr", read_only=True)
+    assert "volumes/good" in root and "volumes/ct_jpeg" not in root
+    out = tmp_path / "pred"
+    proc = semisam("predict", str(series), str(images / "good.nii.gz"), "--student",
+                   str(trained_student), "--out", str(out), "--no-progress")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert (out / "good.nii.gz").is_file()
+    text = proc.stdout + proc.stderr
+    assert all(w in text for w in words), text
 
 
 # -- 14: loop --holdout naming an id that is not in the store -----------------------------------
