@@ -2,6 +2,8 @@
 
 Steps, in order (``r = 0 .. K``)::
 
+    adapt r      the masker adapted to the labeled volumes (r >= 1, with ``adapt`` in the
+                 config; + round r-1's confident pseudo-labels with adapt_on_pseudo_labels)
     round r      run-round r with student r-1        (r >= 1; resumes from the store's records)
     train r      student r: labeled + Mean Teacher (+ round r's pseudo-labels when r >= 1)
                  (resumes from student_r.pt.state.pt)
@@ -23,7 +25,16 @@ import numpy as np
 import ray
 from pydantic import Field
 
-from semisam.schemas import ConfigError, InputError, LoopConfig, StrictModel, VolumeStatus, utcnow
+from semisam.schemas import (
+    ConfigError,
+    InputError,
+    LoopConfig,
+    PseudoLabelSelection,
+    RoundConfig,
+    StrictModel,
+    VolumeStatus,
+    utcnow,
+)
 from semisam.store import (
     list_metas,
     open_store,
@@ -33,6 +44,7 @@ from semisam.store import (
     read_reference,
 )
 from semisam.training import train_student
+from semisam.training.adaptation import adapt_masker
 from semisam.training.dataset import check_volume_ids
 from semisam.training.mean_teacher import StepCallback
 from semisam.training.metrics import class_dice
@@ -172,10 +184,32 @@ class Loop:
         save_loop_state(self.workdir, self.state)
         return self.state.steps[name]
 
+    def masker(self, r: int) -> Path:
+        """The masker adapted before round ``r`` (with ``config.adapt``)."""
+        return self.workdir / f"masker_{r}.pth"
+
+    def round_config(self, r: int) -> RoundConfig:
+        """Round ``r``'s config: the loop's, with the adapted masker when ``config.adapt``."""
+        if self.config.adapt is None:
+            return self.config.round
+        cfg = self.config.round.model_copy(deep=True)
+        cfg.masker.litemedsam.checkpoint = self.masker(r)
+        return cfg
+
+    def _adapt(self, r: int) -> float:
+        cfg = self.config.adapt
+        assert cfg is not None
+        if self.config.adapt_on_pseudo_labels and r >= 2:
+            selection = cfg.pseudo_labels or PseudoLabelSelection(round=r - 1)
+            cfg = cfg.model_copy(update={"pseudo_labels": selection.model_copy(
+                update={"round": r - 1})})
+        return adapt_masker(self.store, self.masker(r), cfg, self.config.round,
+                            resume=True).seconds
+
     def _round(self, r: int) -> None:
         if not ray.is_initialized():
             self._ray_started = start_ray(self.address, self.config.round)
-        summary = run_round(self.store, r, self.student(r - 1), self.config.round,
+        summary = run_round(self.store, r, self.student(r - 1), self.round_config(r),
                             address=self.address, show_progress=self.show_progress)
         if summary.failed or summary.pending:
             log.warning("round %d: %d failed, %d pending volumes (trained without them)",
@@ -227,6 +261,8 @@ class Loop:
         self.check_lists()
         try:
             for r in range(rounds + 1):
+                if r > 0 and self.config.adapt is not None:
+                    self._step(f"adapt {r}", self._adapt, r)
                 if r > 0:
                     self._step(f"round {r}", self._round, r)
                 self._step(f"train {r}", self._train, r)

@@ -58,7 +58,7 @@ class AdaptConfig(StrictModel):
     """`semisam adapt`: what is tuned, on which slices, for how long."""
 
     seed: int = 0
-    iterations: int = Field(600, ge=1, description="optimizer steps (upper bound: early "
+    iterations: int = Field(400, ge=1, description="optimizer steps (upper bound: early "
                             "stopping keeps the best held-out state)")
     batch_size: int = Field(8, ge=1, le=256, description="slices per step")
     lr: float = Field(1e-5, gt=0, description="AdamW learning rate")
@@ -71,7 +71,7 @@ class AdaptConfig(StrictModel):
     holdout_fraction: float = Field(0.2, ge=0, lt=1, description="share of the labeled "
                                     "structure slices kept out of training for early stopping "
                                     "(contiguous blocks along the slice axis, seeded)")
-    eval_every: int = Field(50, ge=1, description="held-out Dice every this many steps")
+    eval_every: int = Field(25, ge=1, description="held-out Dice every this many steps")
     patience: int = Field(4, ge=1, description="stop after this many evaluations without a "
                           "better held-out Dice")
     checkpoint_every: int = Field(100, ge=1, description="resume state written every this many "

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
+from .adaptation import AdaptConfig
 from .base import StrictModel
 from .config import RoundConfig
 from .loading import load_json_model
@@ -185,6 +186,13 @@ class LoopConfig(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     round: RoundConfig = Field(default_factory=RoundConfig)
     warm_start: bool = Field(False, description="student r+1 starts from student r's weights")
+    adapt: AdaptConfig | None = Field(None, description="before each round r, adapt the round's "
+                                      "masker to the labeled volumes (`semisam adapt`) and run "
+                                      "the round with it (WORKDIR/masker_<r>.pth); None = the "
+                                      "masker as configured")
+    adapt_on_pseudo_labels: bool = Field(False, description="rounds r >= 2 adapt on round r-1's "
+                                         "most confident pseudo-labels too (adapt.pseudo_labels "
+                                         "settings, its round set to r-1)")
 
 
 def load_train_config(path: Path | None) -> TrainConfig:

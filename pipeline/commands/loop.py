@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from semisam.schemas import load_loop_config
+from semisam.schemas import AdaptConfig, load_loop_config
 
 from ..cli_app import app, guard
 from .train import train_bar
@@ -35,6 +35,9 @@ def loop(
     embedding_cache: Annotated[Optional[Path], typer.Option(
         help="LiteMedSAM rounds: keep image embeddings in this directory (4 MiB a slice) so "
              "rounds 2..K skip the image encoder")] = None,
+    adapt: Annotated[bool, typer.Option(
+        help="adapt the masker (LiteMedSAM) to the labeled volumes before each round "
+             "(the config's 'adapt' section, default settings if it has none)")] = False,
     progress: Annotated[bool, typer.Option(help="progress bars")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="print the loop state as JSON")] = False,
 ) -> None:
@@ -43,6 +46,8 @@ def loop(
     from ..loop import run_loop, table_lines
 
     cfg = load_loop_config(config)
+    if adapt and cfg.adapt is None:
+        cfg.adapt = AdaptConfig()
     if embedding_cache is not None:
         cfg.round.masker.litemedsam.embedding_cache = embedding_cache
     ids = read_volume_list(holdout) if holdout else None

@@ -51,4 +51,4 @@ def adaptation_loss(logits: torch.Tensor, iou: torch.Tensor, targets: torch.Tens
         real_iou = torch.where(union > 0, i / union.clamp(min=1.0), torch.ones_like(union))
     iou_term = F.mse_loss(iou.float(), real_iou)
     loss = bce.mean() + dice.mean() + iou_weight * iou_term
-    return loss, {"bce": float(bce.mean()), "dice": float(dice.mean()), "iou": float(iou_term)}
+    return loss, {"bce": bce.mean().item(), "dice": dice.mean().item(), "iou": iou_term.item()}

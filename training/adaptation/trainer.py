@@ -79,7 +79,7 @@ def _train_steps(masker: Adaptable, data: AdaptationData, config: AdaptConfig,
         loss.backward()
         optimizer.step()
         state["iteration"] += 1
-        info = {"loss": float(loss), **terms}
+        info = {"loss": loss.item(), **terms}
         if data.has_validation and state["iteration"] % config.eval_every == 0:
             score = data.validate(masker)
             info["held_out_dice"] = score

@@ -1,0 +1,269 @@
+"""Left Atrium: frozen vs adapted LiteMedSAM (``semisam adapt``), pseudo-labels and students.
+
+On the split and schedule of ``benchmarks/la.py`` (half-size volumes, CPU schedule), per number
+of labels L and seed:
+
+1. b (la.py's Mean Teacher student 0, the prompter) and round 1 with the frozen masker
+   (la.py's loop store), then, after the adapted steps, la.py's c+, a and d (``--settings``;
+   reused from its work directory when already there);
+2. ``adapt``: LiteMedSAM adapted to the L labeled volumes (`adapt_masker`, default config, the
+   seed as its seed); its seconds and held-out (labeled-slice) Dice;
+3. ``diag``: a diagnostic that READS THE REFERENCES of the unlabeled volumes: LiteMedSAM prompted
+   with the reference's box + 5 px on every slice, frozen and adapted (what each masker can do
+   with good boxes; never a product path);
+4. round 1 with the adapted masker prompted by b (the loop's student 0) in its own copy of the
+   training store (``adapted.zarr``); pseudo-label Dice and 95HD per volume against b's own
+   prediction and the frozen round's pseudo-labels (the loop's round 1);
+5. ``c+ad``: c+'s recipe (warm start from b, CE + Dice SAM term of weight 1) on the adapted
+   round.
+
+Every student is evaluated on the 8 held-out volumes of ``volumes.list`` and on the first
+``--more`` (24) volumes of ``more.list`` (``more`` rows), Dice with and without the largest
+component. Results in ``WORKDIR/adapt-results.json`` (reused on rerun).
+
+    .venv/bin/python benchmarks/la_adapt.py --labeled 2 --seeds 0 --workdir bench-out/la-half
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+from hippocampus import SavedResults
+from la import DATA, args_round_config, configs, downsampled, prepare, split_ids, train
+
+from semisam.pipeline.driver import run_round
+from semisam.pipeline.evaluate import evaluate_round, evaluate_student_both
+from semisam.pipeline.ingest import ingest
+from semisam.pipeline.loop import Loop
+from semisam.schemas import AdaptConfig, LiteMedSamConfig, LoopConfig, RoundConfig
+from semisam.store import list_metas, open_store, read_image, read_reference
+from semisam.training.adaptation import adapt_masker
+from semisam.training.metrics import dice, hd95
+from semisam.workers.intensity import window_volume
+from semisam.workers.localization import slice_box, stack_slices
+from semisam.workers.maskers.base import SlicePrompt
+from semisam.workers.maskers.litemedsam import LiteMedSamMasker
+
+log = logging.getLogger("benchmarks.la_adapt")
+
+
+def more_store(data: Path, work: Path, count: int, scale: float) -> Path:
+    """``WORKDIR/heldout-more.zarr``: the first ``count`` volumes of ``more.list``."""
+    ids = [x.strip() for x in (data / "more.list").read_text().split() if x.strip()][:count]
+    small = downsampled(data, work / f"data-x{scale:g}", ids, scale)
+    store = work / f"heldout-more{count}.zarr"
+    if not (store / "zarr.json").is_file():
+        report = ingest(store, [small / f"{i}.h5" for i in ids], labeled=None)
+        if not report.ok:
+            raise SystemExit(f"ingest into {store} failed: {report.failed[0].reason}")
+    return store
+
+
+def evaluate_both(student: Path, stores: dict[str, Path], previous: dict | None) -> dict:
+    """Dice (plain and largest component) on the 8 held-out volumes and on the ``more`` set."""
+    stamp = student.stat().st_mtime_ns
+    if previous and previous.get("checkpoint_mtime_ns") == stamp:
+        return previous
+    out: dict = {"checkpoint_mtime_ns": stamp}
+    for name, key in (("heldout", ""), ("more", "more_")):
+        plain, lcc = evaluate_student_both(stores[name], student)
+        out.update({f"{key}dice": plain.mean("dice"), f"{key}dice_lcc": lcc.mean("dice"),
+                    f"{key}hd95_voxels_lcc": lcc.mean("hd95_voxels"), f"{key}n": len(lcc.cases)})
+    return out
+
+
+def reference_box_diagnostic(store: Path, maskers: dict[str, LiteMedSamMasker],
+                             limit: int | None = None) -> dict:
+    """Per unlabeled volume (the first ``limit``) and masker: Dice and 95HD (voxels) of
+    LiteMedSAM prompted with the reference's box + 5 px on every slice along axis 2 (reads the
+    references)."""
+    root = open_store(store, read_only=True)
+    cfg = RoundConfig()
+    out: dict = {name: {} for name in maskers}
+    metas = [m for m in list_metas(root) if not m.labeled][:limit]
+    for meta in metas:
+        ref = read_reference(root, meta.volume_id)
+        if ref is None:
+            continue
+        ref = np.asarray(ref) > 0
+        windowed = window_volume(read_image(root, meta.volume_id), cfg.intensity)
+        idx = [i for i in range(ref.shape[2]) if ref[:, :, i].sum() >= 4]
+        slices = stack_slices(windowed, idx, 2)
+        masks = stack_slices(ref, idx, 2)
+        prompts = [SlicePrompt(index=i, box=slice_box(m, 5)) for i, m in zip(idx, masks)]
+        for name, masker in maskers.items():
+            probs = masker.mask_slices(slices, prompts)
+            pred = np.zeros(ref.shape, bool)
+            pred[:, :, idx] = np.moveaxis(probs > 0.5, 0, 2)
+            out[name][meta.volume_id] = {"dice": float(dice(pred, ref)),
+                                         "hd95": float(hd95(pred, ref))}
+    return out
+
+
+def per_volume_round(store: Path, student: Path) -> dict[str, dict]:
+    """Round 1's pseudo-label and its student's Dice / 95HD per volume."""
+    ev = evaluate_round(store, 1, student)
+    own = {c.volume_id: c for c in ev.student.cases}
+    return {c.volume_id: {"pl_dice": c.dice, "pl_hd95": c.hd95_voxels,
+                          "student_dice": own[c.volume_id].dice,
+                          "student_hd95": own[c.volume_id].hd95_voxels}
+            for c in ev.pseudo_label.cases}
+
+
+def adapt_and_diagnose(work: Path, key: str, stores: dict[str, Path],
+                       args: argparse.Namespace, results: SavedResults) -> Path:
+    """Steps 2 and 3: the adapted checkpoint (reused when there) and the reference-box
+    diagnostic of the frozen and adapted maskers (on the first ``--diag-volumes`` unlabeled
+    volumes); returns the checkpoint."""
+    adapted = work / "adapted_litemedsam.pth"
+    cache = args.workdir / "embeddings"
+    seed = int(key.split("/")[1])
+    if f"adapt/{key}" not in results or not adapted.is_file():
+        result = adapt_masker(stores["train"], adapted, AdaptConfig(
+            seed=seed, embedding_cache=cache, encoder_batch_size=2), resume=True)
+        results[f"adapt/{key}"] = result.meta.model_dump(mode="json", exclude={"config"})
+    if f"diag/{key}" not in results:
+        frozen = LiteMedSamMasker(LiteMedSamConfig(batch_size=2, embedding_cache=cache), "cpu")
+        tuned = LiteMedSamMasker(LiteMedSamConfig(batch_size=2, embedding_cache=cache,
+                                                  checkpoint=adapted), "cpu")
+        results[f"diag/{key}"] = reference_box_diagnostic(
+            stores["train"], {"frozen": frozen, "adapted": tuned}, args.diag_volumes)
+    return adapted
+
+
+def run_adapted(labeled: int, seed: int, args: argparse.Namespace, stores: dict[str, Path],
+                results: SavedResults) -> None:
+    """Steps 2-5 for one (L, seed) after la.py's settings."""
+    work = args.workdir / f"L{labeled}" / f"seed{seed}"
+    work.mkdir(parents=True, exist_ok=True)
+    key = f"L{labeled}/{seed}"
+    cfgs = configs(args.schedule, seed, False)
+    if args.diagnostic_only:
+        adapt_and_diagnose(work, key, stores, args, results)
+        return
+    loop_store = work / "loop.zarr"
+    if not loop_store.exists():
+        shutil.copytree(stores["train"], loop_store)
+    Loop(loop_store, LoopConfig(train=cfgs["c"], round=args_round_config(args)),
+         work / "loop").run(0)
+    student0 = work / "loop" / "student_0.pt"
+    run_round(loop_store, 1, student0, args_round_config(args), show_progress=False)
+    adapted = adapt_and_diagnose(work, key, stores, args, results)
+    store = work / "adapted.zarr"
+    if not store.exists():
+        shutil.copytree(stores["train"], store)
+    cfg = args_round_config(args)
+    cfg.masker.litemedsam.checkpoint = adapted
+    t0 = time.perf_counter()
+    run_round(store, 1, student0, cfg, show_progress=False)
+    if f"round/{key}" not in results:
+        results[f"round/{key}"] = {
+            "seconds": round(time.perf_counter() - t0, 1),
+            "adapted": per_volume_round(store, student0),
+            "frozen": per_volume_round(work / "loop.zarr", student0)}
+    ckpt = work / "c+ad.pt"
+    seconds = train(store, ckpt, cfgs["c+"], 1, init=student0)
+    results[f"c+ad/{key}"] = {**evaluate_both(ckpt, stores, results.get(f"c+ad/{key}")),
+                              "seconds": round(seconds, 1)}
+    results[f"b/{key}"] = evaluate_both(student0, stores, results.get(f"b/{key}"))
+    if "c+" in args.settings:
+        seconds = train(loop_store, work / "c+.pt", cfgs["c+"], 1, init=student0)
+    for setting in ("a", "d"):
+        if setting in args.settings:
+            path = work / "a.pt" if setting == "a" else args.workdir / "d" / f"seed{seed}.pt"
+            train(stores["train" if setting == "a" else "full"], path, cfgs[setting])
+    for setting in ("a", "c", "c+"):
+        path = student0 if setting == "b" else work / f"{setting}.pt"
+        if path.is_file():
+            results[f"{setting}/{key}"] = evaluate_both(path, stores, results.get(f"{setting}/{key}"))
+    d = args.workdir / "d" / f"seed{seed}.pt"
+    if d.is_file():
+        results[f"d/all/{seed}"] = evaluate_both(d, stores, results.get(f"d/all/{seed}"))
+
+
+def summary_lines(results: dict) -> list[str]:
+    """Per (L, seed): pseudo-label and diagnostic means, students on both held-out sets."""
+    lines = []
+    for key in sorted(k.removeprefix("diag/") for k in results if k.startswith("diag/")):
+        diag, adapt = results[f"diag/{key}"], results.get(f"adapt/{key}", {})
+        frozen, tuned = diag["frozen"], diag["adapted"]
+        better = sum(tuned[v]["dice"] > frozen[v]["dice"] for v in frozen)
+        lines.append(f"## {key}: adapted in {adapt.get('seconds')} s (held-out labeled-slice Dice "
+                     f"{adapt.get('held_out_dice_base')} -> {adapt.get('held_out_dice')}, step "
+                     f"{adapt.get('best_iteration')}); reference-box diagnostic on "
+                     f"{len(frozen)} unlabeled volumes: frozen "
+                     f"{np.mean([x['dice'] for x in frozen.values()]):.3f}, adapted "
+                     f"{np.mean([x['dice'] for x in tuned.values()]):.3f} (better on "
+                     f"{better}/{len(frozen)})")
+    for key in sorted(k.removeprefix("round/") for k in results if k.startswith("round/")):
+        rnd, diag = results[f"round/{key}"], results.get(f"diag/{key}", {})
+        lines.append(f"## {key}")
+        for name in ("frozen", "adapted"):
+            vols = rnd[name]
+            pl = [v["pl_dice"] for v in vols.values()]
+            better = sum(v["pl_dice"] > v["student_dice"] for v in vols.values())
+            hd = [v["pl_hd95"] for v in vols.values() if v["pl_hd95"] is not None]
+            ref = [v["dice"] for v in diag.get(name, {}).values()]
+            lines.append(f"- {name}: pseudo-label Dice {np.mean(pl):.3f}, 95HD {np.mean(hd):.2f}, "
+                         f"better than student b on {better}/{len(vols)}; reference-box "
+                         f"diagnostic {np.mean(ref) if ref else float('nan'):.3f}")
+        seed = key.split("/")[1]
+        for setting in ("a", "b", "c", "c+", "c+ad", "d"):
+            row = results.get(f"{setting}/{key}") or (results.get(f"d/all/{seed}")
+                                                      if setting == "d" else None)
+            if row:
+                lines.append(f"  - {setting}: held-out 8 Dice {row.get('dice', float('nan')):.3f} / "
+                             f"LCC {row.get('dice_lcc', float('nan')):.3f}; more "
+                             f"{row.get('more_dice', float('nan')):.3f} / "
+                             f"{row.get('more_dice_lcc', float('nan')):.3f}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--workdir", type=Path, default=Path("bench-out/la"))
+    parser.add_argument("--labeled", type=int, nargs="+", default=[2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--settings", nargs="+", default=["c+", "a", "d"],
+                        help="la.py settings trained after the adapted ones (b always is)")
+    parser.add_argument("--more", type=int, default=24, help="volumes of more.list held out")
+    parser.add_argument("--holdout", type=int, default=8)
+    parser.add_argument("--diagnostic-only", action="store_true",
+                        help="only adapt and run the reference-box diagnostic (no students)")
+    parser.add_argument("--diag-volumes", type=int, default=None,
+                        help="the diagnostic on the first N unlabeled volumes (default all)")
+    args = parser.parse_args(argv)
+    args.schedule, args.scale, args.smoke, args.rounds = "cpu", 0.5, False, 1
+    args.unlabeled, args.masker, args.sam_checkpoint, args.no_embedding_cache = None, None, None, False
+    from semisam.schemas import MaskerKind
+
+    args.masker = MaskerKind.litemedsam
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(2)
+    ids = [x.strip() for x in (args.data / "volumes.list").read_text().split() if x.strip()]
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    data = downsampled(args.data, args.workdir / "data-x0.5", ids, 0.5)
+    header = {"date": date.today().isoformat(), "command": " ".join(sys.argv), "device":
+              "CPU", "more": args.more}
+    results = SavedResults(args.workdir / "adapt-results.json", header)
+    for labeled in args.labeled:
+        split = split_ids(ids, labeled, args.holdout)
+        stores = prepare(data, args.workdir, split)
+        stores["more"] = more_store(args.data, args.workdir, args.more, 0.5)
+        for seed in args.seeds:
+            run_adapted(labeled, seed, args, stores, results)
+            print("\n".join(summary_lines(results)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
