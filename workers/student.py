@@ -130,12 +130,10 @@ def read_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" in str(exc):
+        msg = str(exc).splitlines()[0] if str(exc) else "unpickling failed"
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
             msg = "refused: holds objects other than tensors (loaded with weights_only=True)"
-            raise CheckpointError(f"{path}: {msg}") from None
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        detail = next((ln for ln in lines if ln.startswith("Unsupported")), "unpickling failed")
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({detail})") from None
+        raise CheckpointError(f"{path}: {msg}") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
