@@ -93,7 +93,26 @@ def round_and_student0(args: argparse.Namespace, stores: dict[str, Path], result
     run_round(round_store, 1, student0, round_config(), show_progress=False)
     _, ranked = rank_unlabeled(open_store(round_store, read_only=True), 1)
     log.info("round 1 ranking: %s", [(s.volume_id, s.score) for s in ranked])
+    if "ranking/shared" not in results:
+        results["ranking/shared"] = ranking_check(round_store, ranked, args.k)
     return student0, ranked
+
+
+def ranking_check(store: Path, ranked: list, k: int) -> dict:
+    """Does the score find the poor pseudo-labels? Spearman correlation of the score with each
+    volume's pseudo-label Dice against its reference, and the mean Dice of the top k vs all."""
+    from scipy.stats import spearmanr
+
+    from semisam.pipeline.report import reference_dice
+    from semisam.store import read_output
+
+    root = open_store(store, read_only=True)
+    dice = [reference_dice(read_output(root, 1, "pseudo_label", s.volume_id),
+                           read_reference(root, s.volume_id)) for s in ranked]
+    return {"volumes": len(ranked), "spearman_score_vs_pl_dice": float(spearmanr([s.score for s in ranked], dice)[0]),
+            "pl_dice_top_k": float(np.mean(dice[:k])), "pl_dice_all": float(np.mean(dice)),
+            "rejected": int(sum(s.rejected for s in ranked)),
+            "score": {s.volume_id: s.score for s in ranked}}
 
 
 def run_seed(seed: int, args: argparse.Namespace, stores: dict[str, Path], pool: list[str],
@@ -148,6 +167,11 @@ def table(results: dict) -> list[str]:
     diffs = [results[f"top/{s}"]["dice"] - results[f"random/{s}"]["dice"] for s in seeds]
     if diffs:
         lines.append(f"top - random Dice per seed: {', '.join(f'{d:+.3f}' for d in diffs)}")
+    check = results.get("ranking/shared")
+    if check:
+        lines.append(f"round 1: Spearman(score, pseudo-label Dice) {check['spearman_score_vs_pl_dice']:+.2f} "
+                     f"over {check['volumes']} volumes; pseudo-label Dice of the top k"
+                     f" {check['pl_dice_top_k']:.3f} vs all {check['pl_dice_all']:.3f}")
     return lines
 
 
