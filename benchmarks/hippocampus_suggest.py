@@ -16,7 +16,7 @@ unlabeled ids of that split.
 
 Results go to ``WORKDIR/results.json``; the table is printed; finished steps are reused.
 
-    nice .venv/bin/python benchmarks/hippocampus_suggest.py --seeds 0 1 2
+    nice .venv/bin/python benchmarks/hippocampus_suggest.py --seeds 0 1 2 --more 100   # recorded run
 """
 
 from __future__ import annotations
