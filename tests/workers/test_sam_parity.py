@@ -184,8 +184,8 @@ def test_reduced_precision_close_to_float32(dtype):
         out[name] = masker.mask_slices(slices, prompts)
     diff = np.abs(out[dtype] - out["float32"])
     agree = ((out[dtype] > 0.5) == (out["float32"] > 0.5)).mean()
-    logger.info("%s vs fp32: prob max %.4g mean %.3g agree %.5f", dtype, diff.max(), diff.mean(),
-                agree)
+    logger.info("%s vs fp32: prob max %.4g mean %.3g agree %.5f", dtype, float(diff.max()),
+                float(diff.mean()), float(agree))
     assert diff.max() < 0.06 and diff.mean() < 5e-3 and agree >= 0.99
 
 
