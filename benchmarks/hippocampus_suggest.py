@@ -22,7 +22,6 @@ Results go to ``WORKDIR/results.json``; the table is printed; finished steps are
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import sys
@@ -41,7 +40,7 @@ from semisam.store import open_store, read_meta, read_reference, write_volume
 from semisam.training import train_student
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hippocampus import DATA, base_config, round_config, split_ids  # noqa: E402
+from hippocampus import DATA, SavedResults, base_config, round_config, split_ids  # noqa: E402
 
 log = logging.getLogger("benchmarks.hippocampus_suggest")
 
@@ -138,18 +137,6 @@ def run_seed(seed: int, args: argparse.Namespace, stores: dict[str, Path], pool:
         results[key] = {**score(ckpt, stores["heldout"]), "seconds": seconds, "picked": ids,
                         "scores": {s.volume_id: s.score for s in ranked if s.volume_id in ids}}
         log.info("seed %d %s: %s", seed, name, results[key])
-
-
-class SavedResults(dict):
-    """``setting/seed -> figures``, rewritten to ``path`` on every new entry (resumable)."""
-
-    def __init__(self, path: Path, header: dict) -> None:
-        super().__init__(json.loads(path.read_text())["results"] if path.is_file() else {})
-        self.path, self.header = path, header
-
-    def __setitem__(self, key: str, value: dict) -> None:
-        super().__setitem__(key, value)
-        self.path.write_text(json.dumps({**self.header, "results": dict(self)}, indent=2))
 
 
 def table(results: dict) -> list[str]:
