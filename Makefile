@@ -15,18 +15,20 @@ LIST_MODULES = { find semisam schemas store workers pipeline training -name '*.p
 	-not -path '*/__pycache__/*'; ls build/__editable__.semisam-*/semisam/__init__.py 2>/dev/null; \
 	} | LC_ALL=C sort
 
-.PHONY: demo test install lint bench clean FORCE
+.PHONY: demo test install lint lock bench clean FORCE
 
 $(MODULES): FORCE
 	@mkdir -p $(VENV)
 	@$(LIST_MODULES) > $@.new
 	@if cmp -s $@.new $@; then rm -f $@.new; else mv $@.new $@; fi
 
-$(STAMP): pyproject.toml $(MODULES)
+# constraints.txt pins every package to the set the suite last passed on: without it pip's resolver
+# can backtrack through the test extra's many releases for half an hour and give up.
+$(STAMP): pyproject.toml constraints.txt $(MODULES)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=strict
+	$(PY) -m pip install -q -c constraints.txt $(TORCH)
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]' --config-settings editable_mode=strict
 	@$(LIST_MODULES) > $(MODULES)
 	touch $(STAMP)
 
@@ -35,6 +37,15 @@ $(VENV)/bin/pyright: $(STAMP)
 	touch $@
 
 install: $(STAMP)
+
+# Rewrite constraints.txt from a fresh venv resolved without it (after a dependency change).
+lock:
+	rm -rf .lock-venv && python3 -m venv .lock-venv
+	.lock-venv/bin/pip install -q --upgrade pip
+	.lock-venv/bin/pip install -q $(TORCH)
+	.lock-venv/bin/pip install -q '.[test]'
+	{ head -n 2 constraints.txt; .lock-venv/bin/pip freeze --exclude-editable | grep -v '^semisam'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf .lock-venv
 
 demo: $(STAMP)
 	$(VENV)/bin/semisam demo --workdir demo-out
