@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from .base import StrictModel
 from .loading import load_json_model
+from .prior import StructurePrior
 from .storage import StorageConfig
 
 
@@ -112,6 +113,17 @@ class PromptConfig(StrictModel):
     extra_axes: tuple[int, ...] = Field(
         (), description="more slice axes to prompt and mask (multi-planar): where several axes "
         "cover a voxel, their masker probabilities are averaged before fusion",
+    )
+    component: str = Field(
+        "largest", pattern="^(largest|prior)$",
+        description="which 3D component of the student's foreground is the structure: "
+        "'largest', or 'prior' = the one whose centroid and volume fit the labeled volumes' "
+        "best (schemas/prior.py); the student's other components are set to the threshold "
+        "(background, confidence 0)",
+    )
+    component_prior: dict[int, StructurePrior] | None = Field(
+        None, description="class value -> prior, filled by the round from the store's labeled "
+        "volumes when component is 'prior' (kept in the round's config for the record)",
     )
 
     @model_validator(mode="after")
