@@ -38,6 +38,7 @@ from semisam.store import (
 )
 
 from .class_fusion import combine_classes
+from .components import keep_component
 from .fusion import FusionResult, MaskerView, confidence_from_uint8, confidence_to_uint8, fuse
 from .intensity import window_volume
 from .localization import foreground_mask, slice_prompts, stack_slices
@@ -233,6 +234,16 @@ class VolumeProcessor:
                 probs = predict_probabilities(self.student, image, self.spec,
                                               self.student_inference, self.device)
             timings["student"] = time.perf_counter() - t
+
+        if cfg.prompts.component == "prior":  # the structure by the labeled volumes' prior
+            priors = cfg.prompts.component_prior or {}
+            if self.classes.count == 1:
+                prob = keep_component(prob, cfg.prompts.threshold, meta.spacing,
+                                      priors.get(self.classes.values[0]))
+            else:
+                for c, value in enumerate(self.classes.values, 1):
+                    probs[c] = keep_component(probs[c], cfg.prompts.threshold, meta.spacing,
+                                              priors.get(value))
 
         if self.classes.count == 1:
             t = time.perf_counter()

@@ -1,0 +1,128 @@
+"""Which 3D component of the student's foreground is the structure.
+
+By default the largest (26-connected) component is. With a `StructurePrior` from the labeled
+volumes, each component is scored by how well its centroid (normalised array coordinates) and its
+physical volume (ln mm^3) fit the prior's Gaussians, and the best one is kept; `keep_component`
+then lowers the student's probability on the other components to the threshold, so that the
+prompts, the fusion and the confidence (0 there) all follow the chosen structure.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from semisam.schemas.prior import CENTROID_STD_FLOOR, LOG_VOLUME_STD_FLOOR, StructurePrior
+
+__all__ = ["choose_component", "fit_prior", "keep_component", "normalised_centroid", "prior_score"]
+
+logger = logging.getLogger(__name__)
+
+_CONNECTIVITY = np.ones((3, 3, 3), bool)
+
+
+def normalised_centroid(mask: np.ndarray) -> tuple[float, float, float]:
+    """Centroid of an ``XxYxZ`` bool mask in normalised array coordinates (0..1 per axis)."""
+    coords = np.nonzero(mask)
+    return tuple(float(np.mean(c)) / max(n - 1, 1) for c, n in zip(coords, mask.shape))  # type: ignore[return-value]
+
+
+def fit_prior(masks: Iterable[tuple[np.ndarray, Sequence[float]]]) -> StructurePrior | None:
+    """The prior of one structure from labeled volumes.
+
+    Args:
+        masks: per labeled volume its ``XxYxZ`` bool mask of the structure and the voxel
+            spacing in mm. Empty masks are left out.
+
+    Returns:
+        The prior, or None when no mask holds the structure.
+    """
+    centroids, log_volumes = [], []
+    for mask, spacing in masks:
+        count = int(np.count_nonzero(mask))
+        if count == 0:
+            continue
+        centroids.append(normalised_centroid(mask))
+        log_volumes.append(float(np.log(count * float(np.prod(spacing)))))
+    if not centroids:
+        return None
+    c = np.asarray(centroids, dtype=np.float64)
+    return StructurePrior(
+        volumes=len(centroids),
+        centroid=tuple(float(v) for v in c.mean(axis=0)),
+        centroid_std=tuple(float(max(v, CENTROID_STD_FLOOR)) for v in c.std(axis=0)),
+        log_volume=float(np.mean(log_volumes)),
+        log_volume_std=float(max(np.std(log_volumes), LOG_VOLUME_STD_FLOOR)),
+    )
+
+
+def prior_score(centroid: Sequence[float], voxels: int, spacing: Sequence[float],
+                prior: StructurePrior) -> float:
+    """Gaussian log-likelihood (up to a constant) of a component's normalised centroid and
+    ln volume (``voxels`` x voxel volume in mm^3) under ``prior``: higher fits better."""
+    z = (np.asarray(centroid) - np.asarray(prior.centroid)) / np.asarray(prior.centroid_std)
+    zv = (np.log(voxels * float(np.prod(spacing))) - prior.log_volume) / prior.log_volume_std
+    return float(-0.5 * (np.sum(z * z) + zv * zv))
+
+
+def choose_component(mask: np.ndarray, spacing: Sequence[float],
+                     prior: StructurePrior | None) -> np.ndarray:
+    """The component of ``mask`` (``XxYxZ`` bool) that is the structure, as a bool mask.
+
+    Without a prior (or with one component) the largest, ties to the lowest label (scan order);
+    with a prior the best `prior_score`, ties likewise.
+    """
+    labels, count = ndimage.label(mask, structure=_CONNECTIVITY)
+    if count <= 1:
+        return labels > 0
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    if prior is None:
+        return labels == int(np.argmax(sizes)) + 1
+    shape = np.asarray(mask.shape, dtype=np.float64)
+    sums = [ndimage.sum_labels(_axis_coords(mask.shape, a), labels, index=np.arange(1, count + 1))
+            for a in range(3)]
+    centroids = np.stack(sums, axis=1) / sizes[:, None] / np.maximum(shape - 1, 1)
+    scores = [prior_score(centroids[i], int(sizes[i]), spacing, prior) for i in range(count)]
+    best = int(np.argmax(scores))
+    largest = int(np.argmax(sizes))
+    if best != largest:
+        logger.info("component by prior: kept %d voxels at %s over the largest (%d voxels at %s)",
+                    sizes[best], np.round(centroids[best], 2).tolist(), sizes[largest],
+                    np.round(centroids[largest], 2).tolist())
+    return labels == best + 1
+
+
+def _axis_coords(shape: tuple[int, ...], axis: int) -> np.ndarray:
+    """An array of ``shape`` holding each voxel's index along ``axis`` (a broadcast view)."""
+    view = [1, 1, 1]
+    view[axis] = shape[axis]
+    return np.broadcast_to(np.arange(shape[axis], dtype=np.float64).reshape(view), shape)
+
+
+def keep_component(prob: np.ndarray, threshold: float, spacing: Sequence[float],
+                   prior: StructurePrior | None) -> np.ndarray:
+    """The student's probabilities with every foreground component but the chosen one lowered
+    to ``threshold`` (background, zero margin).
+
+    Args:
+        prob: ``XxYxZ`` float foreground probabilities in [0, 1].
+        threshold: the foreground cut (``prob > threshold``).
+        spacing: voxel size in mm.
+        prior: the structure's prior; None keeps the largest component.
+
+    Returns:
+        ``prob`` itself when nothing changes, else a copy.
+    """
+    mask = prob > threshold
+    if not mask.any():
+        return prob
+    keep = choose_component(mask, spacing, prior)
+    drop = mask & ~keep
+    if not drop.any():
+        return prob
+    out = np.array(prob, copy=True)
+    out[drop] = np.asarray(threshold, dtype=out.dtype)
+    return out
