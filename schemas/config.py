@@ -373,6 +373,9 @@ class RoundConfig(StrictModel):
         data["masker"]["litemedsam"].pop("embedding_cache", None)  # same outputs with or without
         data["masker"]["sam"].pop("compile_cache_dir", None)
         data["masker"]["sam"].pop("compile_mode", None)  # kernel choice; outputs within bf16
+        if self.prompts.component == "largest":  # rounds from before the choice existed match
+            data["prompts"].pop("component", None)
+            data["prompts"].pop("component_prior", None)
         return data
 
     @model_validator(mode="after")
