@@ -40,6 +40,7 @@ from semisam.store import (
     store_write_failure,
     write_record,
 )
+from semisam.workers.components import with_store_priors
 
 from .actor import actor_class
 from .interrupt import sigterm_as_interrupt
@@ -380,6 +381,7 @@ def run_round(
     config = config or RoundConfig()
     store = str(store)
     root = open_store(store, storage=config.runtime.storage)
+    config = with_store_priors(config, root)  # prompts.component 'prior': fitted here, recorded
     hashes = current_fingerprint(config, Path(student))
     if checkpoints_vetted(root, round_index, config, hashes):
         log.debug("round %d: checkpoints unchanged since the round began (same sha256); "

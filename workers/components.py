@@ -15,9 +15,11 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from scipy import ndimage
 
+from semisam.schemas import RoundConfig
 from semisam.schemas.prior import CENTROID_STD_FLOOR, LOG_VOLUME_STD_FLOOR, StructurePrior
 
-__all__ = ["choose_component", "fit_prior", "keep_component", "normalised_centroid", "prior_score"]
+__all__ = ["choose_component", "fit_prior", "keep_component", "normalised_centroid", "prior_score",
+           "store_priors", "with_store_priors"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,3 +128,36 @@ def keep_component(prob: np.ndarray, threshold: float, spacing: Sequence[float],
     out = np.array(prob, copy=True)
     out[drop] = np.asarray(threshold, dtype=out.dtype)
     return out
+
+
+def store_priors(root) -> dict[int, StructurePrior]:
+    """Per class value the prior of the store's labeled volumes (classes no labeled volume
+    holds are left out). ``root``: the open store group."""
+    from semisam.store import list_metas, read_class_map, read_label
+
+    labeled = [(read_label(root, m.volume_id), m.spacing) for m in list_metas(root) if m.labeled]
+    priors = {}
+    for value in read_class_map(root).values:
+        prior = fit_prior((label == value, spacing) for label, spacing in labeled
+                          if label is not None)
+        if prior is not None:
+            priors[value] = prior
+    return priors
+
+
+def with_store_priors(config: RoundConfig, root) -> RoundConfig:
+    """``config`` with ``prompts.component_prior`` fitted on the store's labeled volumes, when
+    ``prompts.component`` is 'prior' and no prior is given; otherwise ``config`` itself."""
+    prompts = config.prompts
+    if prompts.component != "prior" or prompts.component_prior is not None:
+        return config
+    priors = store_priors(root)
+    if not priors:
+        logger.warning("prompts.component is 'prior' but no labeled volume holds a structure: "
+                       "the largest component is kept")
+    for value, prior in priors.items():
+        logger.info("class %d prior from %d labeled volumes: centroid %s +- %s, volume %.0f ml",
+                    value, prior.volumes, [round(c, 2) for c in prior.centroid],
+                    [round(c, 2) for c in prior.centroid_std], np.exp(prior.log_volume) / 1000)
+    return config.model_copy(update={"prompts": prompts.model_copy(
+        update={"component_prior": priors})})
