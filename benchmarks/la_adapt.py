@@ -27,6 +27,7 @@ component. Results in ``WORKDIR/adapt-results.json`` (reused on rerun).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import sys
@@ -123,13 +124,24 @@ def adapt_and_diagnose(work: Path, key: str, stores: dict[str, Path],
     """Steps 2 and 3: the adapted checkpoint (reused when there) and the reference-box
     diagnostic of the frozen and adapted maskers (on the first ``--diag-volumes`` unlabeled
     volumes); returns the checkpoint."""
-    adapted = work / "adapted_litemedsam.pth"
+    tag = args.tag
+    adapted = work / f"adapted_litemedsam{tag}.pth"
     cache = args.workdir / "embeddings"
     seed = int(key.split("/")[1])
-    if f"adapt/{key}" not in results or not adapted.is_file():
-        result = adapt_masker(stores["train"], adapted, AdaptConfig(
-            seed=seed, embedding_cache=cache, encoder_batch_size=2), resume=True)
-        results[f"adapt/{key}"] = result.meta.model_dump(mode="json", exclude={"config"})
+    if f"adapt{tag}/{key}" not in results or not adapted.is_file():
+        overrides = json.loads(args.adapt_config.read_text()) if args.adapt_config else {}
+        config = AdaptConfig.model_validate({"seed": seed, "embedding_cache": cache,
+                                             "encoder_batch_size": 2, **overrides})
+        result = adapt_masker(stores["train"], adapted, config, resume=True)
+        results[f"adapt{tag}/{key}"] = {
+            **result.meta.model_dump(mode="json", exclude={"config"}), "overrides": overrides}
+    if tag:  # a variant: its diagnostic only, against the frozen masker's
+        if f"diag{tag}/{key}" not in results:
+            tuned = LiteMedSamMasker(LiteMedSamConfig(batch_size=2, embedding_cache=cache,
+                                                      checkpoint=adapted), "cpu")
+            results[f"diag{tag}/{key}"] = reference_box_diagnostic(
+                stores["train"], {"adapted": tuned}, args.diag_volumes)
+        return adapted
     if f"diag/{key}" not in results:
         frozen = LiteMedSamMasker(LiteMedSamConfig(batch_size=2, embedding_cache=cache), "cpu")
         tuned = LiteMedSamMasker(LiteMedSamConfig(batch_size=2, embedding_cache=cache,
@@ -203,6 +215,16 @@ def summary_lines(results: dict) -> list[str]:
                      f"{np.mean([x['dice'] for x in frozen.values()]):.3f}, adapted "
                      f"{np.mean([x['dice'] for x in tuned.values()]):.3f} (better on "
                      f"{better}/{len(frozen)})")
+    for name in sorted(k for k in results if k.startswith("diag") and not k.startswith("diag/")):
+        tag, key = name.removeprefix("diag").split("/", 1)
+        tuned, adapt = results[name]["adapted"], results.get(f"adapt{tag}/{key}", {})
+        frozen = results.get(f"diag/{key}", {}).get("frozen", {})
+        better = sum(tuned[v]["dice"] > frozen[v]["dice"] for v in tuned if v in frozen)
+        lines.append(f"## variant {tag} {key} ({adapt.get('overrides')}): {adapt.get('seconds')} "
+                     f"s, held-out {adapt.get('held_out_dice_base')} -> "
+                     f"{adapt.get('held_out_dice')} (step {adapt.get('best_iteration')}); "
+                     f"diagnostic {np.mean([x['dice'] for x in tuned.values()]):.3f} (better "
+                     f"than frozen on {better}/{len(tuned)})")
     for key in sorted(k.removeprefix("round/") for k in results if k.startswith("round/")):
         rnd, diag = results[f"round/{key}"], results.get(f"diag/{key}", {})
         lines.append(f"## {key}")
@@ -241,7 +263,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="only adapt and run the reference-box diagnostic (no students)")
     parser.add_argument("--diag-volumes", type=int, default=None,
                         help="the diagnostic on the first N unlabeled volumes (default all)")
+    parser.add_argument("--adapt-config", type=Path, default=None,
+                        help="JSON of AdaptConfig fields over the default (a variant)")
+    parser.add_argument("--tag", default="",
+                        help="a variant's name: its checkpoint and result keys carry it "
+                        "(adapt<tag>/, diag<tag>/; with --diagnostic-only)")
     args = parser.parse_args(argv)
+    if args.tag and not args.diagnostic_only:
+        parser.error("--tag needs --diagnostic-only (variants are compared on the diagnostic)")
     args.schedule, args.scale, args.smoke, args.rounds = "cpu", 0.5, False, 1
     args.unlabeled, args.masker, args.sam_checkpoint, args.no_embedding_cache = None, None, None, False
     from semisam.schemas import MaskerKind
