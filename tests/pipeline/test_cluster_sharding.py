@@ -2,8 +2,9 @@
 the volumes are sharded over every node, the records and `inspect` say which node did which
 volume, and the driver logs a per-node summary.
 
-The driver hands volumes to workers as they come up, so the volumes here are large enough
-(a few seconds each on CPU) that the last worker to start still finds work queued.
+The driver waits for every worker before the first dispatch (`runtime.startup_grace_s`, set far
+beyond any start-up time here), and with one volume in flight per worker each of the three gets
+one of the first three volumes however slowly the machine starts them.
 """
 
 from __future__ import annotations
@@ -55,11 +56,12 @@ def test_round_shards_over_every_node(three_node_cluster, trained_student, tmp_p
     node_ids = {n.node_id[:8] for n in [cluster.head_node, *cluster.worker_nodes]}
     assert len(node_ids) == 3
     cfg = tmp_path / "round.json"
-    cfg.write_text(json.dumps({"masker": {"kind": "random_walker"}, "runtime": {"workers": 3, "tasks_in_flight": 1, "spread": True}}))
+    runtime = {"workers": 3, "tasks_in_flight": 1, "spread": True, "startup_grace_s": 3600}
+    cfg.write_text(json.dumps({"masker": {"kind": "random_walker"}, "runtime": runtime}))
     proc = subprocess.run(
         [SEMISAM, "run-round", str(store), "--round", "1", "--student", str(trained_student),
          "--config", str(cfg), "--address", cluster.address, "--no-progress"],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True, text=True, timeout=1200, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
