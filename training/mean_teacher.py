@@ -42,6 +42,7 @@ from semisam.schemas import (
     binary_classes,
 )
 from semisam.store import open_store, read_class_map
+from semisam.workers.components import COMPONENT_PRIOR_META_KEY, store_priors
 from semisam.workers.student import (
     ORDERED_AXES_META_KEY,
     build_student,
@@ -379,6 +380,10 @@ def train_student(
         meta[CLASSES_META_KEY] = data.classes.to_attrs()
     if data.classes.count > 1:
         meta[ORDERED_AXES_META_KEY] = list(sampler.augment.ordered_axes)
+    priors = store_priors(root)  # where the labeled structures lie: `predict --component prior`
+    if priors:
+        meta[COMPONENT_PRIOR_META_KEY] = {str(v): p.model_dump(mode="json")
+                                          for v, p in priors.items()}
     result.checkpoint = out
     if start >= config.iterations and _exported_already(out, meta, config):
         log.info("%s: already exported by this finished run (same config, store and round); "

@@ -18,12 +18,16 @@ from scipy import ndimage
 from semisam.schemas import RoundConfig
 from semisam.schemas.prior import CENTROID_STD_FLOOR, LOG_VOLUME_STD_FLOOR, StructurePrior
 
-__all__ = ["choose_component", "fit_prior", "keep_component", "normalised_centroid", "prior_score",
-           "store_priors", "with_store_priors"]
+__all__ = ["COMPONENT_PRIOR_META_KEY", "choose_component", "fit_prior", "keep_component", "normalised_centroid", "prior_score",
+           "checkpoint_priors", "store_priors", "with_store_priors"]
 
 logger = logging.getLogger(__name__)
 
 _CONNECTIVITY = np.ones((3, 3, 3), bool)
+
+# student checkpoint meta: class value (str) -> StructurePrior fields, fitted by `train` on the
+# training store's labeled volumes
+COMPONENT_PRIOR_META_KEY = "component_prior"
 
 
 def normalised_centroid(mask: np.ndarray) -> tuple[float, float, float]:
@@ -128,6 +132,12 @@ def keep_component(prob: np.ndarray, threshold: float, spacing: Sequence[float],
     out = np.array(prob, copy=True)
     out[drop] = np.asarray(threshold, dtype=out.dtype)
     return out
+
+
+def checkpoint_priors(meta: dict) -> dict[int, StructurePrior]:
+    """The priors a student checkpoint's meta records (empty when it has none)."""
+    raw = meta.get(COMPONENT_PRIOR_META_KEY) or {}
+    return {int(v): StructurePrior.model_validate(p) for v, p in raw.items()}
 
 
 def store_priors(root) -> dict[int, StructurePrior]:

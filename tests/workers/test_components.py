@@ -130,3 +130,12 @@ def test_the_round_records_its_prior_and_a_largest_round_keeps_its_fingerprint(
     # the prior is fitted again on a rerun, gives the same fingerprint, and nothing is redone
     again = run_round(phantom_store, 1, trained_student, cfg, show_progress=False)
     assert again.done == 4 and again.skipped == 4
+
+
+def test_train_records_the_labeled_volumes_prior_in_the_student(trained_student: Path) -> None:
+    from semisam.workers.components import checkpoint_priors
+    from semisam.workers.student import read_checkpoint
+
+    priors = checkpoint_priors(read_checkpoint(trained_student)["meta"])
+    assert set(priors) == {1} and priors[1].volumes == 3  # the fixture's 3 labeled phantoms
+    assert all(0.3 < c < 0.7 for c in priors[1].centroid)  # phantoms sit near the middle
