@@ -51,6 +51,7 @@ from .round_state import (
     checkpoints_vetted,
     current_fingerprint,
     finish_round,
+    keep_begun_behaviour,
     plan_round,
 )
 from .summary import RoundSummary, summarize_round
@@ -381,6 +382,7 @@ def run_round(
     config = config or RoundConfig()
     store = str(store)
     root = open_store(store, storage=config.runtime.storage)
+    config = keep_begun_behaviour(root, round_index, config)
     config = with_store_priors(config, root)  # prompts.component 'prior': fitted here, recorded
     hashes = current_fingerprint(config, Path(student))
     if checkpoints_vetted(root, round_index, config, hashes):

@@ -77,6 +77,27 @@ def current_fingerprint(config: RoundConfig, student_checkpoint: Path) -> tuple[
     return round_fingerprint(config, student_sha, sam_sha), student_sha, sam_sha
 
 
+# Fields added with a default that changes outputs: a stored config without the field ran with
+# the old behaviour, given here as (section, field, value then).
+BEHAVIOUR_BEFORE_DEFAULT = (("prompts", "component", "largest"),)
+
+
+def keep_begun_behaviour(root: zarr.Group, round_index: int, config: RoundConfig) -> RoundConfig:
+    """``config`` for resuming a round an older semisam began: each field of
+    `BEHAVIOUR_BEFORE_DEFAULT` its stored config lacks, and ``config`` does not set, takes the
+    value the round ran with, so that the same command resumes it instead of refusing."""
+    existing = read_round_meta(root, round_index)
+    if existing is None:
+        return config
+    for section, name, before in BEHAVIOUR_BEFORE_DEFAULT:
+        model = getattr(config, section)
+        if name not in existing.config.get(section, {}) and name not in model.model_fields_set:
+            log.info("round %d was begun before %s.%s existed: it keeps %r", round_index,
+                     section, name, before)
+            config = config.model_copy(update={section: model.model_copy(update={name: before})})
+    return config
+
+
 def same_settings(existing: RoundMeta, config: RoundConfig, student_sha: str,
                   sam_sha: str | None) -> bool:
     """Whether a stored round ran with ``config`` and these checkpoint bytes, when its stored
@@ -89,6 +110,9 @@ def same_settings(existing: RoundMeta, config: RoundConfig, student_sha: str,
     if (existing.student_sha256, existing.sam_sha256) != (student_sha, sam_sha):
         return False
     data = {k: v for k, v in existing.config.items() if k != "runtime"}  # not output-relevant
+    for section, name, before in BEHAVIOUR_BEFORE_DEFAULT:  # new defaults that change outputs
+        if name not in data.get(section, {}):
+            data[section] = {**data.get(section, {}), name: before}
     try:
         stored = RoundConfig.model_validate(data)
     except ValidationError:

@@ -115,11 +115,11 @@ class PromptConfig(StrictModel):
         "cover a voxel, their masker probabilities are averaged before fusion",
     )
     component: str = Field(
-        "largest", pattern="^(largest|prior)$",
+        "prior", pattern="^(largest|prior)$",
         description="which 3D component of the student's foreground is the structure: "
-        "'largest', or 'prior' = the one whose centroid and volume fit the labeled volumes' "
-        "best (schemas/prior.py); the student's other components are set to the threshold "
-        "(background, confidence 0)",
+        "'prior' = the one whose centroid and volume fit the labeled volumes' best "
+        "(schemas/prior.py; the largest when the store has no labeled volume), or 'largest'; "
+        "the student's other components are set to the threshold (background, confidence 0)",
     )
     component_prior: dict[int, StructurePrior] | None = Field(
         None, description="class value -> prior, filled by the round from the store's labeled "
@@ -373,7 +373,7 @@ class RoundConfig(StrictModel):
         data["masker"]["litemedsam"].pop("embedding_cache", None)  # same outputs with or without
         data["masker"]["sam"].pop("compile_cache_dir", None)
         data["masker"]["sam"].pop("compile_mode", None)  # kernel choice; outputs within bf16
-        if self.prompts.component == "largest":  # rounds from before the choice existed match
+        if self.prompts.component == "largest":  # as rounds from before the choice existed
             data["prompts"].pop("component", None)
             data["prompts"].pop("component_prior", None)
         return data

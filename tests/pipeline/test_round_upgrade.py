@@ -79,3 +79,21 @@ def test_other_checkpoint_bytes_are_refused(begun, trained_student, tmp_path):
     assert not checkpoints_vetted(root, 1, config, current_fingerprint(config, other))
     with pytest.raises(RoundError, match="--force"):
         plan_round(root, 1, config, other)
+
+
+def test_a_round_begun_before_a_new_default_keeps_its_behaviour(begun, trained_student):
+    """`prompts.component` came with the default 'prior'; a round begun before it ran 'largest'
+    and resumes so with the same command; asking for 'prior' explicitly is another round."""
+    from semisam.pipeline.round_state import keep_begun_behaviour
+
+    root, done_id = begun
+    _as_if_older(root, 1, drop=("prompts.component", "prompts.component_prior"))
+    config = keep_begun_behaviour(root, 1, RoundConfig(masker={"kind": "random_walker"}))
+    assert config.prompts.component == "largest"
+    plan = plan_round(root, 1, config, trained_student)
+    assert plan.resumed and plan.done == [done_id] and done_id not in plan.todo
+    explicit = keep_begun_behaviour(root, 1, RoundConfig(masker={"kind": "random_walker"},
+                                                         prompts={"component": "prior"}))
+    assert explicit.prompts.component == "prior"
+    with pytest.raises(RoundError, match="--force"):
+        plan_round(root, 1, explicit, trained_student)

@@ -117,8 +117,9 @@ def test_the_round_records_its_prior_and_a_largest_round_keeps_its_fingerprint(
         phantom_store: Path, trained_student: Path) -> None:
     from semisam.pipeline.driver import run_round
 
-    plain = RoundConfig(masker={"kind": "random_walker"})
-    assert "component" not in plain.fingerprint_payload()["prompts"]
+    largest = RoundConfig(masker={"kind": "random_walker"}, prompts={"component": "largest"})
+    assert "component" not in largest.fingerprint_payload()["prompts"]
+    assert RoundConfig().prompts.component == "prior"  # the default
     cfg = RoundConfig(masker={"kind": "random_walker"}, prompts={"component": "prior"},
                       runtime={"workers": 1})
     summary = run_round(phantom_store, 1, trained_student, cfg, show_progress=False)
