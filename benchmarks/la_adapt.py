@@ -19,7 +19,7 @@ of labels L and seed:
 
 Every student is evaluated on the 8 held-out volumes of ``volumes.list`` and on the first
 ``--more`` (24) volumes of ``more.list`` (``more`` rows), Dice with and without the largest
-component. Results in ``WORKDIR/adapt-results.json`` (reused on rerun).
+component. Results in ``WORKDIR/adapt-results.json`` (``--results``; reused on rerun).
 
     .venv/bin/python benchmarks/la_adapt.py --labeled 2 --seeds 0 --workdir bench-out/la-half
 """
@@ -263,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="only adapt and run the reference-box diagnostic (no students)")
     parser.add_argument("--diag-volumes", type=int, default=None,
                         help="the diagnostic on the first N unlabeled volumes (default all)")
+    parser.add_argument("--results", default="adapt-results.json",
+                        help="results file in WORKDIR (one per concurrent run)")
     parser.add_argument("--adapt-config", type=Path, default=None,
                         help="JSON of AdaptConfig fields over the default (a variant)")
     parser.add_argument("--tag", default="",
@@ -283,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     data = downsampled(args.data, args.workdir / "data-x0.5", ids, 0.5)
     header = {"date": date.today().isoformat(), "command": " ".join(sys.argv), "device":
               "CPU", "more": args.more}
-    results = SavedResults(args.workdir / "adapt-results.json", header)
+    results = SavedResults(args.workdir / args.results, header)
     for labeled in args.labeled:
         split = split_ids(ids, labeled, args.holdout)
         stores = prepare(data, args.workdir, split)
