@@ -96,6 +96,9 @@ class PredictOptions(StrictModel):
 
     flip_axes: tuple[int, ...] = ()
     largest_component: bool = False
+    prior_component: bool = Field(
+        False, description="per structure, keep the component the student's recorded location "
+        "and size prior picks (`train` records it from the labeled volumes)")
     threshold: float = Field(0.5, gt=0, lt=1)
     probabilities: bool = False
     overlap: float = Field(0.25, ge=0, lt=1)
@@ -221,8 +224,9 @@ def output_paths(out_dir: Path, volume_id: str) -> tuple[Path, Path]:
 
 def fingerprint(student_sha256: str, options: PredictOptions) -> str:
     """12 hex digits naming the student and the output-relevant options."""
-    blob = json.dumps({"student": student_sha256,
-                       "options": options.model_dump(mode="json", exclude={"probabilities"})},
+    skip = {"probabilities"} | (set() if options.prior_component else {"prior_component"})
+    blob = json.dumps({"student": student_sha256,  # outputs from before an option keep theirs
+                       "options": options.model_dump(mode="json", exclude=skip)},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -420,7 +424,7 @@ def predict_scan(student: Path, source: Path, out_dir: Path, options: PredictOpt
         return item
     try:
         volume = _read(source)
-        model, spec, classes, _ = _student(student, device)
+        model, spec, classes, meta = _student(student, device)
         cfg = StudentInferenceConfig(flip_axes=options.flip_axes, overlap=options.overlap,
                                      sw_batch_size=options.sw_batch_size)
         mask: np.ndarray | None = None
@@ -436,6 +440,10 @@ def predict_scan(student: Path, source: Path, out_dir: Path, options: PredictOpt
         return item
     if mask is None:
         mask = segment(prob, options)
+    if options.prior_component:
+        from semisam.workers.components import checkpoint_priors, keep_prior_components
+
+        mask = keep_prior_components(mask, volume.spacing, checkpoint_priors(meta))
     affine = np.asarray(volume.affine, dtype=np.float64)
     out_dir.mkdir(parents=True, exist_ok=True)
     descrip = _DESCRIP_PREFIX + fp
@@ -504,6 +512,7 @@ def predict(student: Path, inputs: list[Path | str], out_dir: Path, *,
         _, spec, meta = load_student(student)  # check on the driver before any task starts
         classes = student_classes(spec, meta, student)
     options = _safe_flips(student, options, meta)
+    _check_prior(student, options, meta)
     fp = fingerprint(sha256_file(student), options)
     report = PredictReport(out_dir=str(out_dir), student=str(student), fingerprint=fp)
     on_item = on_item or (lambda _item: None)
@@ -518,6 +527,16 @@ def predict(student: Path, inputs: list[Path | str], out_dir: Path, *,
         report.items = _predict_ray(student, sources, out_dir, options, fp, address,
                                     gpus_per_scan, device, overwrite, on_item, ray_num_cpus)
     return report
+
+
+def _check_prior(student: Path, options: PredictOptions, meta: dict) -> None:
+    """Refuse ``prior_component`` for a checkpoint without a recorded prior, before any scan."""
+    from semisam.workers.components import checkpoint_priors
+
+    if options.prior_component and not checkpoint_priors(meta):
+        raise ConfigError(f"--prior-component: {student} records no component prior (trained "
+                          "before semisam recorded one, or on a store without labeled volumes); "
+                          "use --largest-component")
 
 
 def _safe_flips(student: Path, options: PredictOptions, meta: dict) -> PredictOptions:

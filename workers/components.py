@@ -19,7 +19,7 @@ from semisam.schemas import RoundConfig
 from semisam.schemas.prior import CENTROID_STD_FLOOR, LOG_VOLUME_STD_FLOOR, StructurePrior
 
 __all__ = ["COMPONENT_PRIOR_META_KEY", "choose_component", "fit_prior", "keep_component", "normalised_centroid", "prior_score",
-           "checkpoint_priors", "store_priors", "with_store_priors"]
+           "checkpoint_priors", "keep_prior_components", "store_priors", "with_store_priors"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +131,18 @@ def keep_component(prob: np.ndarray, threshold: float, spacing: Sequence[float],
         return prob
     out = np.array(prob, copy=True)
     out[drop] = np.asarray(threshold, dtype=out.dtype)
+    return out
+
+
+def keep_prior_components(label: np.ndarray, spacing: Sequence[float],
+                          priors: dict[int, StructurePrior]) -> np.ndarray:
+    """``label`` (``XxYxZ`` uint8 class values) with, for each class that has a prior, only the
+    component the prior picks (the class's other voxels set to 0); a copy."""
+    out = np.array(label, copy=True)
+    for value, prior in priors.items():
+        mask = label == value
+        if mask.any():
+            out[mask & ~choose_component(mask, spacing, prior)] = 0
     return out
 
 

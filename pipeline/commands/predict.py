@@ -35,6 +35,10 @@ def predict(
         help="test-time augmentation: mean over flips along these axes, e.g. 0,1,2")] = None,
     largest_component: Annotated[bool, typer.Option(
         "--largest-component", help="keep only the largest 3D component")] = False,
+    prior_component: Annotated[bool, typer.Option(
+        "--prior-component", help="keep only the 3D component where the labeled volumes' "
+        "structure lies (the prior `train` records in the student; better than "
+        "--largest-component when the student also finds a lookalike)")] = False,
     probabilities: Annotated[bool, typer.Option(
         "--probabilities", help="also write <id>_prob.nii.gz (float32 foreground probability; several structures: the winning class's probability)")] = False,
     threshold: Annotated[float, typer.Option(help="foreground probability cut (one structure; several structures take the argmax)")] = 0.5,
@@ -56,6 +60,7 @@ def predict(
 
     try:
         options = PredictOptions(flip_axes=_axes(flip), largest_component=largest_component,
+                                 prior_component=prior_component,
                                  threshold=threshold, probabilities=probabilities)
         from semisam.schemas import StudentInferenceConfig
 

@@ -140,3 +140,36 @@ def test_train_records_the_labeled_volumes_prior_in_the_student(trained_student:
     priors = checkpoint_priors(read_checkpoint(trained_student)["meta"])
     assert set(priors) == {1} and priors[1].volumes == 3  # the fixture's 3 labeled phantoms
     assert all(0.3 < c < 0.7 for c in priors[1].centroid)  # phantoms sit near the middle
+
+
+def test_predict_prior_component_keeps_the_structure(tmp_path: Path, trained_student: Path) -> None:
+    import nibabel as nib
+    import torch
+
+    from semisam.pipeline.predict import PredictOptions, predict
+    from semisam.schemas import ConfigError
+    from semisam.workers.student import read_checkpoint
+
+    image, label = make_phantom(PHANTOM_SHAPE, seed=102)
+    image[BOX] = np.maximum(image[BOX], np.percentile(image[label > 0], 50))
+    scan = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(image, phantom_affine()), str(scan))
+    out = {}
+    for name, options in (("largest", PredictOptions(largest_component=True)),
+                          ("prior", PredictOptions(prior_component=True))):
+        report = predict(trained_student, [scan], tmp_path / name, options=options, device="cpu")
+        assert report.items[0].status.value == "written", report.items[0].reason
+        out[name] = np.asarray(nib.load(report.items[0].label).dataobj) > 0
+    box = np.zeros(PHANTOM_SHAPE, bool)
+    box[BOX] = True
+    assert np.count_nonzero(out["largest"] & box) > 0.5 * np.count_nonzero(out["largest"])
+    assert not (out["prior"] & box).any() and _dice(out["prior"], label > 0) > 0.7
+    # a checkpoint without a recorded prior is refused before any scan, in one line
+    payload = read_checkpoint(trained_student)
+    del payload["meta"]["component_prior"]
+    bare = tmp_path / "bare.pt"
+    torch.save(payload, bare)
+    with pytest.raises(ConfigError, match=r"--prior-component: .*bare\.pt records no component prior"):
+        predict(bare, [scan], tmp_path / "bare", options=PredictOptions(prior_component=True),
+                device="cpu")
+    assert not (tmp_path / "bare").exists()
