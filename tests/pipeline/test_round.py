@@ -36,7 +36,12 @@ def test_full_round(local_ray, phantom_store, trained_student):
     assert summary.done == 4 and summary.failed == 0 and summary.pending == 0
     assert summary.status == "finished"
     meta = read_round_meta(root, 1)
-    assert meta.config == _config().model_dump(mode="json") and len(meta.fingerprint) == 64
+    stored = {**meta.config, "prompts": dict(meta.config["prompts"])}
+    prior = stored["prompts"].pop("component_prior")  # fitted by the round on the labeled volumes
+    expected = _config().model_dump(mode="json")
+    assert expected["prompts"].pop("component_prior") is None
+    assert stored == expected and len(meta.fingerprint) == 64
+    assert set(prior) == {"1"} and prior["1"]["volumes"] == 2
     dices = []
     for m in unlabeled:
         pl = read_output(root, 1, "pseudo_label", m.volume_id)
