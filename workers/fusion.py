@@ -47,11 +47,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from semisam.schemas import CONFIDENCE_SCALE, FusionConfig, FusionMode, VolumeStats
 
-from .overlap import dice
+from .metrics import dice, largest_component
 
 __all__ = [
     "STUDENT_THRESHOLD",
@@ -119,18 +118,6 @@ def masker_volume(shape: tuple[int, int, int], views: Sequence[MaskerView]) -> t
         np.moveaxis(count, view.axis, 0)[idx] += 1
     np.divide(total, np.maximum(count, 1), out=total)  # uncovered: 0 / 1 == 0
     return total, count > 0
-
-
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 26-connected component of a 3D bool mask (ties: lowest label)."""
-    if not mask.any():
-        return mask
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-    if count <= 1:
-        return mask
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))
 
 
 def gate_view(view: MaskerView, scores: np.ndarray | None, min_score: float) -> MaskerView:
@@ -296,13 +283,13 @@ def fuse(
         np.copyto(label, prompted_label, where=covered)
         np.copyto(confidence, prompted_confidence, where=covered)
     if config.largest_component:
-        keep = _largest_component(label)
+        keep = largest_component(label)
         np.copyto(confidence, 0.0, where=label & ~keep)
         label = keep
     agreement, rejected = None, False
     if covered.any():
         student_fg = student > STUDENT_THRESHOLD
-        structure = _largest_component(student_fg)
+        structure = largest_component(student_fg)
         agreement = dice(label, structure)
         if agreement < config.min_student_agreement:  # the masker left the student's structure
             rejected = True

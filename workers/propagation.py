@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .maskers.base import MaskerSession, SlicePrompt
-from .overlap import dice
+from .metrics import dice
 
 __all__ = ["choose_start", "choose_starts", "clip_box", "largest_starts", "mask_box", "propagate",
            "propagate_chains", "spaced_starts"]
