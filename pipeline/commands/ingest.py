@@ -18,6 +18,8 @@ def ingest(
     store: Annotated[str, typer.Option(help="store directory or URL")],
     labels: Annotated[Optional[Path], typer.Option(help="folder of label files named like the images")] = None,
     labeled: Annotated[Optional[Path], typer.Option(help="text file: ids that count as labeled")] = None,
+    allow_missing_labeled: Annotated[bool, typer.Option(
+        help="ingest even if --labeled names ids that no source has (refused by default)")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace volumes whose source changed")] = False,
     binarize: Annotated[bool, typer.Option(help="labels > 0 become 1 (one structure from a multi-class set)")] = False,
     classes: Annotated[Optional[str], typer.Option(
@@ -35,7 +37,8 @@ def ingest(
     total = len(collect_sources(sources)) if not as_json else 0
     with render.count_bar("ingest", total, enabled=not as_json) as tick:
         report = ingest_fn(store, sources, labels_dir=labels, labeled=labeled, overwrite=overwrite,
-                           binarize=binarize, on_volume=tick, classes=class_map)
+                           binarize=binarize, on_volume=tick, classes=class_map,
+                           allow_missing_labeled=allow_missing_labeled)
     render.ingest_report(report, as_json)
     if report.failed:
         raise typer.Exit(1)

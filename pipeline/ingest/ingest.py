@@ -410,6 +410,7 @@ def ingest(
     binarize: bool = False,
     on_volume: Callable[[str, str], None] | None = None,
     classes: ClassMap | str | None = None,
+    allow_missing_labeled: bool = False,
 ) -> IngestReport:
     """Ingest image files into the store, one volume per file.
 
@@ -426,6 +427,9 @@ def ingest(
         classes: keep label values as classes: a `ClassMap` (every value must be in it), or
             ``"auto"`` (new values get the names ``class_<v>``); None: binary labels, unless
             the store already has a class map.
+        allow_missing_labeled: ingest even when the labeled list names ids no source has
+            (they are only listed in ``missing_labeled``); by default that is refused before
+            anything is read: a mistyped id would leave its volume unlabeled.
 
     Returns:
         An `IngestReport`; a bad file is recorded as ``failed`` with a one-line reason and does
@@ -434,21 +438,29 @@ def ingest(
     Raises:
         StoreError: the store cannot be opened or created.
         InputError: ``labels_dir`` is not a directory, the labeled list is unreadable/invalid,
-            or ``classes`` contradicts the store's class map or ``binarize``.
+            or ``classes`` contradicts the store's class map or ``binarize``, or the labeled
+            list names ids that no source has (unless ``allow_missing_labeled``).
     """
     if classes is not None and not isinstance(classes, ClassMap) and classes != "auto":
         raise InputError(f"classes must be a ClassMap or 'auto', got {classes!r}")
     if labels_dir is not None and not Path(labels_dir).is_dir():
         raise input_error(labels_dir, "labels directory does not exist")
     labeled_ids = load_labeled_ids(labeled)
+    paths = collect_sources(sources)
+    named = _source_ids(paths)  # every id the sources name, ingested or not
+    missing = sorted(labeled_ids - named) if labeled_ids is not None else []
+    if missing and not allow_missing_labeled:
+        where = display_path(labeled) if isinstance(labeled, (str, Path)) else "labeled ids"
+        raise InputError(
+            f"{where}: {len(missing)} labeled id(s) match no source file: "
+            f"{', '.join(repr(v) for v in missing[:10])}{' ...' if len(missing) > 10 else ''} "
+            "(a typo? --allow-missing-labeled ingests anyway)"
+        )
     root = open_store(store, create=True)
     policy = _ClassPolicy(root, classes, binarize)
     report = IngestReport(store=str(store))
     claimed: dict[str, Path] = {}
-    named: set[str] = set()  # every id the sources name, ingested or not
-    for path in collect_sources(sources):
-        split = split_suffix(path)
-        named.add(split[0] if split else path.name)
+    for path in paths:
         try:
             result = _ingest_one(
                 root,
@@ -473,13 +485,27 @@ def ingest(
         if on_volume is not None:
             on_volume(result.volume_id, result.status.value)
     if labeled_ids is not None:
-        report.missing_labeled = sorted(labeled_ids - named)
+        report.missing_labeled = missing
         for vid in report.missing_labeled:
             log.warning("labeled id '%s' matched no source file", vid)
     log.info(
         "ingest into %s: %s", store, ", ".join(f"{s.value} {report.count(s)}" for s in IngestStatus)
     )
     return report
+
+
+def _source_ids(paths: list[Path]) -> set[str]:
+    """The ids ``paths`` would be ingested as (file name without its suffix, and the id a
+    DICOM series folder gets); a path whose id cannot be made is left to fail when ingested."""
+    ids: set[str] = set()
+    for path in paths:
+        split = split_suffix(path)
+        ids.add(split[0] if split else path.name)
+        try:
+            ids.add(volume_id_for(path))
+        except InputError:
+            pass
+    return ids
 
 
 def _failed(path: Path, reason: str) -> VolumeIngest:

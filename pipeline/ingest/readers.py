@@ -186,8 +186,9 @@ def _check_nifti_header(header: nib.Nifti1Header, path: Path) -> tuple[int, int]
 
     - pixdim[1..3] must be finite and > 0 (nibabel sets 0 to 1 mm with only a warning; spacing
       drives 95HD/ASD in mm and any resampling);
-    - a NaN/Inf scl_slope means "no scaling" (nibabel writes it for float images; NIfTI readers
-      ignore both fields then), unless scl_inter asks for an offset: that is ambiguous;
+    - a scl_slope of 0 or NaN/Inf means "no scaling" (NIfTI: scaling applies only when the slope
+      is nonzero; nibabel writes NaN for float images and ignores both fields then), unless
+      scl_inter asks for an offset: that is ambiguous, so it is refused for 0 and NaN alike;
     - the voxel data the header claims (shape x dtype) is computed here, so it can be compared
       with the bytes the file holds before anything is allocated.
     """
@@ -205,11 +206,12 @@ def _check_nifti_header(header: nib.Nifti1Header, path: Path) -> tuple[int, int]
             "finite and > 0 mm (nibabel would assume 1 mm); fix the spacing in the header",
         )
     slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
-    if not math.isfinite(slope) and math.isfinite(inter) and inter != 0:
+    if (slope == 0 or not math.isfinite(slope)) and math.isfinite(inter) and inter != 0:
         raise input_error(
             path,
             f"NIfTI header field scl_slope is {slope:g} but scl_inter is {inter:g}: the intensity "
-            "scaling is ambiguous (a slope of NaN means no scaling, which drops the offset)",
+            f"scaling is ambiguous (a slope of {slope:g} means no scaling, which drops the "
+            "offset); set scl_slope to 1 to apply the offset, or scl_inter to 0",
         )
     if slope != 0 and math.isfinite(slope) and not math.isfinite(inter):
         raise input_error(path, f"NIfTI header field scl_inter is {inter:g} (scl_slope {slope:g})")
@@ -272,11 +274,54 @@ def _read_nifti(path: Path) -> _Raw:
         klass = nib.Nifti2Image if int(header["sizeof_hdr"]) == 540 else nib.Nifti1Image
         img = klass.from_bytes(bytes(buf))
     data = np.asanyarray(img.dataobj)  # reads every byte now
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return _Raw(
-        image=data, label=None, spacing=zooms, affine=np.asarray(img.affine, dtype=np.float64),
-        has_geometry=True,
-    )
+    spacing, affine = nifti_geometry(img.header, path)
+    return _Raw(image=data, label=None, spacing=spacing, affine=affine, has_geometry=True)
+
+
+def nifti_geometry(
+    header: nib.Nifti1Header, path: Path, tol: float = 1e-3
+) -> tuple[tuple[float, ...], np.ndarray]:
+    """Spacing (mm) and 4x4 affine of a NIfTI header, both from the same source.
+
+    The NIfTI rules: the sform when ``sform_code > 0``, else the qform when ``qform_code > 0``,
+    else pixdim alone. Spacing is the column norms of that affine's 3x3 part (pixdim for the
+    qform, which is built from pixdim). A warning says so when both codes are set and the two
+    matrices differ by more than ``tol`` mm in any entry.
+
+    Raises:
+        InputError: the chosen matrix is singular (a zero or dependent column): it places no
+            voxels in the world; naming the field and its code.
+    """
+    sform, scode = header.get_sform(coded=True)
+    qform, qcode = header.get_qform(coded=True)
+    if scode:
+        affine, field, code = np.asarray(sform, dtype=np.float64), "sform", int(scode)
+    elif qcode:
+        affine, field, code = np.asarray(qform, dtype=np.float64), "qform", int(qcode)
+    else:
+        affine, field, code = np.asarray(header.get_base_affine(), dtype=np.float64), "pixdim", 0
+    if scode and qcode and np.abs(np.asarray(qform) - affine).max() > tol:
+        log.warning(
+            "%s: NIfTI sform and qform disagree (sform voxel size %s mm, qform %s mm); using "
+            "the sform (sform_code %d > 0) for spacing and affine",
+            display_path(path), _mm(affine), _mm(np.asarray(qform)), code,
+        )
+    spacing = tuple(float(n) for n in np.linalg.norm(affine[:3, :3], axis=0))
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-9 * max(
+        1.0, float(np.prod(spacing))
+    ):
+        raise input_error(
+            path,
+            f"NIfTI header {field} (code {code}) is singular (voxel size {_mm(affine)} mm, "
+            "determinant 0): it places no voxels in the world; fix the header's "
+            f"{field}{' or set sform_code to 0 to use the qform' if field == 'sform' else ''}",
+        )
+    return spacing, affine
+
+
+def _mm(affine: np.ndarray) -> str:
+    """``0.8x0.8x2``: the column norms of a 4x4 affine's 3x3 part, in mm."""
+    return "x".join(f"{n:g}" for n in np.round(np.linalg.norm(affine[:3, :3], axis=0), 4))
 
 
 def _nrrd_affine(header: dict, ndim: int, path: Path) -> tuple[tuple[float, ...], np.ndarray]:

@@ -170,7 +170,10 @@ def test_labeled_list_file(tmp_path: Path, three) -> None:
     listing = tmp_path / "labeled.txt"
     listing.write_text("# the first N ids of the split\nb\n\n  ghost  \n")
     store = tmp_path / "s.zarr"
-    report = ingest(store, [src], labeled=listing)
+    with pytest.raises(InputError, match=r"labeled.txt: 1 labeled id\(s\) match no source file: 'ghost'"):
+        ingest(store, [src], labeled=listing)
+    assert not store.exists()  # refused before the store is created
+    report = ingest(store, [src], labeled=listing, allow_missing_labeled=True)
     assert report.missing_labeled == ["ghost"]
     assert {m.volume_id: m.labeled for m in list_metas(open_store(store))} == {
         "a": False,

@@ -1,0 +1,97 @@
+"""Third corpus (issue 26, items 1-7): inputs that were read silently wrong. Real NIfTI files,
+real stores, the `semisam` CLI as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from semisam.pipeline.ingest import read_volume
+from semisam.schemas import InputError
+
+from .corpus import volume
+from .test_corpus import assert_one_line_error, semisam
+
+
+def _nifti(path: Path, *, sform: np.ndarray | None = None, qform: np.ndarray | None = None,
+           slope: float | None = None, inter: float | None = None) -> Path:
+    """A NIfTI of `volume(1)` with the given sform/qform (code 1 each) and scaling fields."""
+    img = nib.Nifti1Image(volume(1), np.diag([0.8, 0.8, 2.0, 1.0]))
+    if qform is not None:
+        img.set_qform(qform, code=1)
+    if sform is not None:
+        img.set_sform(sform, code=1)
+    if slope is not None:
+        img.header["scl_slope"], img.header["scl_inter"] = slope, inter
+    nib.save(img, path)
+    return path
+
+
+# -- 3: sform and qform disagree: both spacing and affine from the sform, with a warning ----------
+def test_sform_qform_disagree_uses_sform_for_both(tmp_path, caplog):
+    path = _nifti(tmp_path / "a.nii.gz", qform=np.diag([0.8, 0.8, 2.0, 1.0]),
+                  sform=np.diag([1.6, 1.6, 4.0, 1.0]))
+    with caplog.at_level(logging.WARNING):
+        loaded = read_volume(path)
+    assert loaded.spacing == pytest.approx((1.6, 1.6, 4.0))
+    assert np.allclose(np.asarray(loaded.affine), np.diag([1.6, 1.6, 4.0, 1.0]))
+    assert "sform and qform disagree" in caplog.text and "1.6x1.6x4" in caplog.text
+
+
+def test_qform_only_gives_pixdim_spacing(tmp_path):
+    path = _nifti(tmp_path / "a.nii.gz", qform=np.diag([0.8, 0.8, 2.0, 1.0]))
+    img = nib.load(path)
+    img.set_sform(np.diag([1.6, 1.6, 4.0, 1.0]), code=0)  # an sform with code 0 is ignored
+    nib.save(img, tmp_path / "b.nii.gz")
+    loaded = read_volume(tmp_path / "b.nii.gz")
+    assert loaded.spacing == pytest.approx((0.8, 0.8, 2.0))
+    assert np.allclose(np.abs(np.asarray(loaded.affine)[:3, :3]), np.diag([0.8, 0.8, 2.0]))
+
+
+# -- 4: a singular sform on an image is refused as on a label -----------------------------------
+def test_singular_sform_refused(tmp_path):
+    path = _nifti(tmp_path / "a.nii.gz", sform=np.diag([0.8, 0.8, 0.0, 1.0]))
+    with pytest.raises(InputError, match=r"a.nii.gz: NIfTI header sform \(code 1\) is singular"):
+        read_volume(path)
+    proc = semisam("ingest", str(path), "--store", str(tmp_path / "s.zarr"), "--json")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    report = json.loads(proc.stdout)
+    assert [v["status"] for v in report["volumes"]] == ["failed"]
+    assert "sform (code 1) is singular" in report["volumes"][0]["reason"]
+
+
+# -- 7: scl_slope 0 with an offset is as ambiguous as the NaN-slope twin ------------------------
+@pytest.mark.parametrize("slope", [0.0, float("nan")])
+def test_zero_or_nan_slope_with_offset_refused(tmp_path, slope):
+    path = _nifti(tmp_path / "a.nii", slope=slope, inter=-1024.0)
+    with pytest.raises(InputError, match=r"scl_slope is (0|nan) but scl_inter is -1024: the "
+                                         r"intensity scaling is ambiguous"):
+        read_volume(path)
+
+
+def test_zero_slope_without_offset_means_no_scaling(tmp_path):
+    path = _nifti(tmp_path / "a.nii", slope=0.0, inter=0.0)
+    np.testing.assert_allclose(read_volume(path).image, volume(1), rtol=1e-6)
+
+
+# -- 6: a labeled list naming an id no source has ------------------------------------------------
+def test_labeled_list_with_unknown_id_refused(tmp_path):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    _nifti(scans / "scan_01.nii.gz")
+    listing = tmp_path / "labeled.txt"
+    listing.write_text("scan_O1\n")
+    store = tmp_path / "s.zarr"
+    proc = semisam("ingest", str(scans), "--store", str(store), "--labeled", str(listing))
+    assert_one_line_error(proc, "labeled.txt", "'scan_O1'", "match no source file",
+                          "--allow-missing-labeled")
+    assert not store.exists()
+    proc = semisam("ingest", str(scans), "--store", str(store), "--labeled", str(listing),
+                   "--allow-missing-labeled", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["missing_labeled"] == ["scan_O1"]
