@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 import zarr
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
@@ -47,14 +46,9 @@ from semisam.store import (
     read_reference,
     read_round_meta,
 )
-from semisam.training.checkpoint import checkpoint_classes
 from semisam.training.metrics import METRICS, case_metrics, largest_component
-from semisam.workers.student import (
-    check_student_classes,
-    load_student,
-    predict_probabilities,
-    predict_probability,
-)
+from semisam.workers.devices import resolve_device
+from semisam.workers.student_model import Student
 
 from .round_state import sha256_file
 
@@ -257,26 +251,6 @@ def _evaluate(root: zarr.Group, store: str, source: str, ids: list[str],
                               classes)[0]
 
 
-def check_checkpoint_classes(meta: dict, classes: ClassMap, checkpoint: Path, store: str) -> None:
-    """A student that records a class map must have been trained on the store's: the same
-    value -> name pairs, so that channel ``c`` is scored as the structure it learnt.
-
-    Raises:
-        InputError: the maps differ (one line naming the checkpoint, the store and both maps).
-    """
-    trained = checkpoint_classes(meta, checkpoint)
-    if trained is None or trained == classes or not (trained.multiclass or classes.multiclass):
-        return
-    raise InputError(f"student {checkpoint}: trained on classes ({_show(trained)}), but store "
-                     f"{store} has ({_show(classes)}); its channels would be scored as other "
-                     "structures")
-
-
-def _show(classes: ClassMap) -> str:
-    """``1=anterior, 2=posterior``."""
-    return ", ".join(f"{v}={n}" for v, n in classes.names.items())
-
-
 def student_predictor(root: zarr.Group, checkpoint: Path, inference: StudentInferenceConfig,
                       device: str = "auto", store: str = "",
                       classes: ClassMap | None = None) -> Callable[[str], np.ndarray]:
@@ -286,23 +260,20 @@ def student_predictor(root: zarr.Group, checkpoint: Path, inference: StudentInfe
 
     Raises:
         InputError: a multi-class store and a student without ``K + 1`` channels, or one
-            trained on another class map (`check_checkpoint_classes`).
+            trained on another class map (`Student.check_fits`).
     """
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       "cpu" if device == "auto" else device)
-    model, spec, meta = load_student(checkpoint, dev)
+    student = Student.load(checkpoint, resolve_device(device))
     classes = classes or read_class_map(root)
-    check_checkpoint_classes(meta, classes, checkpoint, store)
+    student.check_fits(classes, store)
     if not classes.multiclass:
         def predict(volume_id: str) -> np.ndarray:
-            return predict_probability(model, read_image(root, volume_id), spec, inference, dev) > 0.5
+            return student.probabilities(read_image(root, volume_id), inference) > 0.5
 
         return predict
-    check_student_classes(spec, classes, checkpoint)
     values = np.asarray([0, *classes.values], dtype=np.uint8)
 
     def predict_classes(volume_id: str) -> np.ndarray:
-        prob = predict_probabilities(model, read_image(root, volume_id), spec, inference, dev)
+        prob = student.probabilities(read_image(root, volume_id), inference, classes)
         return values[np.argmax(prob, axis=0)]
 
     return predict_classes

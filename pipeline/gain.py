@@ -79,22 +79,16 @@ def student_mask(prob: np.ndarray, classes: ClassMap) -> np.ndarray:
 def _student(root: zarr.Group, round_index: int):
     """``(predict, reason)``: a function image -> probability with the round's student, or
     None and why not."""
-    from semisam.workers.student import load_student, predict_probabilities, predict_probability
-
-    from .inspect import check_round_student_classes
-    from .round_state import sha256_file
+    from .inspect import round_student
 
     meta = read_round_meta(root, round_index)
-    path = Path(meta.student_checkpoint)
-    if not path.is_file() or sha256_file(path) != meta.student_sha256:
-        return None, f"student {path} is gone or changed since round {round_index}"
-    model, spec, ckpt_meta = load_student(path)
+    student = round_student(meta)
+    if student is None:
+        return None, f"student {Path(meta.student_checkpoint)} is gone or changed since round {round_index}"
     cfg = RoundConfig.model_validate(meta.config).student
     classes = read_class_map(root)
-    if not classes.multiclass:
-        return (lambda image: predict_probability(model, image, spec, cfg)), None
-    check_round_student_classes(spec, ckpt_meta, classes, path)
-    return (lambda image: predict_probabilities(model, image, spec, cfg)), None
+    student.check_fits(classes)
+    return (lambda image: student.probabilities(image, cfg, classes)), None
 
 
 def volume_gains(root: zarr.Group, round_index: int) -> dict[str, VolumeGain]:

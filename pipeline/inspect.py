@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import zarr
@@ -18,7 +19,6 @@ from semisam.schemas import (
     RoundMeta,
     StoreError,
     StrictModel,
-    StudentSpec,
     VolumeMeta,
 )
 from semisam.store import (
@@ -31,6 +31,9 @@ from semisam.store import (
 )
 
 from .summary import RoundSummary, summarize_round
+
+if TYPE_CHECKING:
+    from semisam.workers.student_model import Student
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,19 @@ def _overlay(rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) ->
     return out.astype(np.uint8)
 
 
+def round_student(meta: RoundMeta) -> Student | None:
+    """The round's student (on the CPU) if its checkpoint is still there, unchanged (same
+    sha256 as the round recorded); None when it is gone or changed."""
+    from semisam.workers.student_model import Student
+
+    from .round_state import sha256_file
+
+    path = Path(meta.student_checkpoint)
+    if not path.is_file() or sha256_file(path) != meta.student_sha256:
+        return None
+    return Student.load(path)
+
+
 def round_student_probability(meta: RoundMeta, image: np.ndarray,
                               classes: ClassMap | None = None) -> np.ndarray | None:
     """Re-run the round's student on ``image`` (``XxYxZ``) if its checkpoint is still there,
@@ -99,43 +115,15 @@ def round_student_probability(meta: RoundMeta, image: np.ndarray,
             checkpoint records another class map.
     """
     from semisam.schemas import RoundConfig
-    from semisam.workers.student import load_student, predict_probabilities, predict_probability
 
-    from .round_state import sha256_file
-
-    path = Path(meta.student_checkpoint)
-    if not path.is_file() or sha256_file(path) != meta.student_sha256:
-        log.info("student panel left out: %s is gone or changed since the round", path)
+    student = round_student(meta)
+    if student is None:
+        log.info("student panel left out: %s is gone or changed since the round",
+                 Path(meta.student_checkpoint))
         return None
-    model, spec, ckpt_meta = load_student(path)
-    cfg = RoundConfig.model_validate(meta.config)
-    if classes is None or not classes.multiclass:
-        return predict_probability(model, image, spec, cfg.student)
-    check_round_student_classes(spec, ckpt_meta, classes, path)
-    return predict_probabilities(model, image, spec, cfg.student)
-
-
-def _show(classes: ClassMap) -> str:
-    """``1=anterior, 2=posterior``."""
-    return ", ".join(f"{v}={n}" for v, n in classes.names.items())
-
-
-def check_round_student_classes(spec: StudentSpec, ckpt_meta: dict, classes: ClassMap,
-                                path: Path) -> None:
-    """A multi-class store's student must have ``K + 1`` channels and, where its checkpoint
-    records a class map, the store's, so that its argmax is drawn as the structures it learnt.
-
-    Raises:
-        InputError: one line naming the checkpoint and both maps / the channel count.
-    """
-    from semisam.training.checkpoint import checkpoint_classes
-    from semisam.workers.student import check_student_classes
-
-    check_student_classes(spec, classes, path)
-    trained = checkpoint_classes(ckpt_meta, path)
-    if trained is not None and trained != classes:
-        raise InputError(f"student {path}: trained on classes ({_show(trained)}), but the store "
-                         f"has ({_show(classes)}); its panel would draw them as other structures")
+    if classes is not None:
+        student.check_fits(classes)
+    return student.probabilities(image, RoundConfig.model_validate(meta.config).student, classes)
 
 
 PANEL_CAPTIONS = {"image": "image", "student": "student (p > 0.5)",

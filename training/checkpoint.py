@@ -24,37 +24,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import ValidationError
 
-from semisam.schemas import CheckpointError, ClassMap, TrainConfig, first_validation_error
+from semisam.schemas import CheckpointError, TrainConfig
 from semisam.workers.student import read_checkpoint
+from semisam.workers.student_model import (  # noqa: F401 - re-exported for training
+    CLASSES_META_KEY,
+    checkpoint_classes,
+)
 
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "semisam-train-state"
 STATE_VERSION = 1
-CLASSES_META_KEY = "classes"
-
-
-def checkpoint_classes(meta: dict, path: Path | str) -> ClassMap | None:
-    """The class map a student checkpoint's ``meta`` records; None when it records none (a
-    student of a one-structure store, or one trained before class maps).
-
-    Raises:
-        CheckpointError: ``meta["classes"]`` is not a valid class map (one line naming ``path``).
-    """
-    raw = meta.get(CLASSES_META_KEY)
-    if raw is None:
-        return None
-    try:
-        return ClassMap(names={int(k): v for k, v in dict(raw).items()})
-    except ValidationError as exc:
-        detail = first_validation_error(exc)
-    except (ValueError, TypeError, AttributeError) as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    raise CheckpointError(f"{path}: meta 'classes' is not a valid class map ({detail})")
-
-
 def state_path(checkpoint: Path) -> Path:
     """``student.pt`` -> ``student.pt.state.pt``."""
     checkpoint = Path(checkpoint)

@@ -43,6 +43,7 @@ from semisam.schemas import (
 )
 from semisam.store import open_store, read_class_map
 from semisam.workers.components import COMPONENT_PRIOR_META_KEY, store_priors
+from semisam.workers.devices import resolve_device
 from semisam.workers.student import (
     ORDERED_AXES_META_KEY,
     build_student,
@@ -89,15 +90,6 @@ class Nets:
     model: torch.nn.Module
     ema: torch.nn.Module
     optimizer: torch.optim.Optimizer
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; an explicit device must exist here."""
-    from semisam.workers.volume import check_device
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return check_device(name)
 
 
 DEFAULT_OUT_CHANNELS = 2  # StudentSpec.out_channels' default: one structure + background

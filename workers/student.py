@@ -282,7 +282,11 @@ def check_student_classes(spec: StudentSpec, classes: ClassMap, checkpoint: Path
         InputError: one line naming the checkpoint, its channels and the store's classes.
     """
     if spec.out_channels != classes.count + 1:
-        names = ", ".join(f"{v}={n}" for v, n in classes.names.items())
         raise InputError(f"student {checkpoint}: {spec.out_channels} output channels, but the "
-                         f"store has {classes.count} class(es) ({names}): it needs "
-                         f"{classes.count + 1} (train it on this store)")
+                         f"store has {classes.count} class(es) ({show_classes(classes)}): it "
+                         f"needs {classes.count + 1} (train it on this store)")
+
+
+def show_classes(classes: ClassMap) -> str:
+    """``1=anterior, 2=posterior``."""
+    return ", ".join(f"{v}={n}" for v, n in classes.names.items())

@@ -18,7 +18,6 @@ import torch
 
 from semisam.schemas import (
     ClassStats,
-    ConfigError,
     InputError,
     RoundConfig,
     SemisamError,
@@ -39,48 +38,16 @@ from semisam.store import (
 
 from .class_fusion import combine_classes
 from .components import keep_component
+from .devices import check_device, resolve_device  # noqa: F401 - check_device: re-exported
 from .fusion import FusionResult, MaskerView, confidence_from_uint8, confidence_to_uint8, fuse
 from .intensity import window_volume
 from .localization import foreground_mask, slice_prompts, stack_slices
 from .maskers import Masker, MaskerSession, SlicePrompt, build_masker
 from .propagation import choose_starts, largest_starts, propagate_chains
-from .student import (
-    check_student_classes,
-    load_student,
-    predict_probabilities,
-    predict_probability,
-    safe_flip_axes,
-)
+from .student import safe_flip_axes
+from .student_model import Student
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; an explicit device is checked (`check_device`)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return check_device(name)
-
-
-def check_device(name: str) -> torch.device:
-    """``torch.device(name)`` when this machine has it.
-
-    Raises:
-        ConfigError: one line: not a device name, or a CUDA device on a machine without one
-            (no GPU or driver) or past its last GPU.
-    """
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"device {name!r}: not a device (cpu, cuda, cuda:1, auto)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {name!r}: this machine has no usable CUDA GPU (no NVIDIA "
-                              "GPU or driver); use --device cpu or leave it out") from None
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise ConfigError(f"device {name!r}: this machine has {count} CUDA GPU(s)") from None
-    return device
 
 
 def peak_memory_mb(device: torch.device) -> tuple[float, float | None]:
@@ -143,8 +110,8 @@ class VolumeProcessor:
         if self.device.type == "cpu":
             torch.set_num_threads(config.runtime.torch_threads)
         torch.manual_seed(config.seed)
-        self.student, self.spec, student_meta = load_student(student_checkpoint, self.device)
-        kept, dropped = safe_flip_axes(config.student.flip_axes, student_meta)
+        self.student = Student.load(student_checkpoint, self.device)
+        kept, dropped = safe_flip_axes(config.student.flip_axes, self.student.meta)
         if dropped:
             log.warning("student.flip_axes: leaving out the flips of axis %s: %s records its "
                         "structures lie one after the other along it (a flip swaps them)",
@@ -153,7 +120,7 @@ class VolumeProcessor:
         self.masker = masker or build_masker(config.masker, self.device)
         self.root = open_store(self.store, storage=config.runtime.storage)
         self.classes = read_class_map(self.root)
-        check_student_classes(self.spec, self.classes, student_checkpoint)
+        self.student.check_channels(self.classes)
         self.node = node or socket.gethostname()
         # `process` may run in several threads (a threaded Ray actor): the student and the
         # masker run one volume at a time under this lock, reading, prompting, fusing and
@@ -228,11 +195,9 @@ class VolumeProcessor:
         with self._device_lock:  # model stages take turns; CPU stages of other volumes overlap
             t = time.perf_counter()
             if self.classes.count == 1:
-                prob = predict_probability(self.student, image, self.spec,
-                                           self.student_inference, self.device)
+                prob = self.student.probabilities(image, self.student_inference)
             else:
-                probs = predict_probabilities(self.student, image, self.spec,
-                                              self.student_inference, self.device)
+                probs = self.student.probabilities(image, self.student_inference, self.classes)
             timings["student"] = time.perf_counter() - t
 
         if cfg.prompts.component == "prior":  # the structure by the labeled volumes' prior
