@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -260,12 +261,29 @@ def series_sha256(folder: Path) -> str:
     return _series_sha(files)
 
 
-def _series_id(folder: Path, s: DicomSeries, many: bool) -> str:
+def _series_ids(folder: Path, infos: list[DicomSeries]) -> dict[str, str]:
+    """SeriesInstanceUID -> volume id: the folder's name for a single series, else
+    ``<folder>_s<SeriesNumber>``; series that share a SeriesNumber (or have none) get the last
+    8 digits of their uid instead of or after it, so every id is unique and does not depend on
+    the order the files are listed in (a warning names the shared number)."""
     base = folder.resolve().name
-    if not many:
-        return validate_volume_id(base)
-    tail = f"s{s.number}" if s.number is not None else s.uid.replace(".", "")[-8:]
-    return validate_volume_id(f"{base}_{tail}")
+    if len(infos) <= 1:
+        return {s.uid: validate_volume_id(base) for s in infos}
+    counts = Counter(s.number for s in infos)
+    ids = {}
+    for s in infos:
+        tail = s.uid.replace(".", "")[-8:]
+        if s.number is None:
+            ids[s.uid] = validate_volume_id(f"{base}_{tail}")
+        elif counts[s.number] > 1:
+            ids[s.uid] = validate_volume_id(f"{base}_s{s.number}_{tail}")
+        else:
+            ids[s.uid] = validate_volume_id(f"{base}_s{s.number}")
+    for number in sorted(n for n, c in counts.items() if n is not None and c > 1):
+        log.warning("%s: %d series share SeriesNumber %d; their ids end in their uid: %s",
+                    display_path(folder), counts[number], number,
+                    ", ".join(ids[s.uid] for s in infos if s.number == number))
+    return ids
 
 
 def read_dicom_dir(path: Path, only: str | None = None) -> list[DicomVolume]:
@@ -287,7 +305,7 @@ def read_dicom_dir(path: Path, only: str | None = None) -> list[DicomVolume]:
     if len(infos) > 1 and only is None:
         log.info("%s: %d series (%s): one volume each", display_path(folder), len(infos),
                  "; ".join(f"{s.number} {s.description!r} {len(s.files)} slices" for s in infos))
-    many = len(infos) > 1
+    ids = _series_ids(folder, infos)
     if only is not None:
         infos = [info for info in infos if info.uid == only]
         if not infos:
@@ -298,7 +316,7 @@ def read_dicom_dir(path: Path, only: str | None = None) -> list[DicomVolume]:
         image = check_image(image, folder)
         spacing = tuple(float(n) for n in np.linalg.norm(affine[:3, :3], axis=0))
         spacing, affine_list = check_geometry(spacing, affine, folder)
-        out.append(DicomVolume(volume_id=_series_id(folder, info, many), series=info,
+        out.append(DicomVolume(volume_id=ids[info.uid], series=info,
                                image=image, spacing=spacing, affine=affine_list,
                                sha256=_series_sha(info.files), source_dtype=dtype))
     return out
@@ -315,7 +333,8 @@ def series_volume_ids(path: Path) -> list[tuple[str, str | None]]:
     infos = list_series(Path(path))
     if len(infos) <= 1:
         return [(dicom_volume_id(path), None)]
-    return [(_series_id(Path(path), info, True), info.uid) for info in infos]
+    ids = _series_ids(Path(path), infos)
+    return [(ids[info.uid], info.uid) for info in infos]
 
 
 def read_dicom_series(path: Path, uid: str | None = None):

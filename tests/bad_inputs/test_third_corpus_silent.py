@@ -95,3 +95,31 @@ def test_labeled_list_with_unknown_id_refused(tmp_path):
                    "--allow-missing-labeled", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["missing_labeled"] == ["scan_O1"]
+
+
+# -- 2: two inputs that would share one output id -----------------------------------------------
+def test_predict_refuses_nii_and_nii_gz_of_one_name(trained_student, tmp_path):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    _nifti(scans / "a.nii")
+    nib.save(nib.Nifti1Image(volume(2), np.diag([0.8, 0.8, 2.0, 1.0])), scans / "a.nii.gz")
+    out = tmp_path / "out"
+    proc = semisam("predict", str(scans), "--student", str(trained_student), "--out", str(out),
+                   "--no-progress")
+    assert_one_line_error(proc, "a.nii and", "a.nii.gz would both be written as 'a'")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_dicom_series_sharing_a_number_get_unique_ids(tmp_path):
+    from semisam.pipeline.ingest.dicom import read_dicom_dir, series_volume_ids
+    from semisam.pipeline.predict import check_unique_ids, collect_inputs
+    from tests.pipeline.test_dicom import write_series
+
+    study = tmp_path / "study"
+    for seed in (1, 2):
+        write_series(study, np.rint(volume(seed)).astype(np.float32),
+                     np.diag([0.8, 0.8, 2.0, 1.0]), number=3, names=lambda k, s=seed: f"{s}_{k}.dcm")
+    ids = [vid for vid, _ in series_volume_ids(study)]
+    assert len(set(ids)) == 2 and all(v.startswith("study_s3_") for v in ids)
+    assert sorted(v.volume_id for v in read_dicom_dir(study)) == sorted(ids)
+    check_unique_ids(collect_inputs([study]))  # two inputs, two outputs: no refusal
