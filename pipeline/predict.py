@@ -221,30 +221,6 @@ def check_unique_ids(sources: list[Path]) -> None:
         seen[vid] = source
 
 
-def check_unique_ids(sources: list[Path]) -> None:
-    """Refuse, before any work, two inputs that would write the same output (``a.nii`` and
-    ``a.nii.gz``; ingest refuses the second as a duplicate id too). An input whose id cannot be
-    made is left to fail on its own when it is segmented.
-
-    Raises:
-        ConfigError: one line naming both inputs and the id they share.
-    """
-    from semisam.schemas import InputError
-
-    seen: dict[str, Path] = {}
-    for source in sources:
-        try:
-            vid = _volume_id(source)
-        except InputError:
-            continue
-        if vid in seen:
-            raise ConfigError(
-                f"{seen[vid]} and {source} would both be written as '{vid}' (one output per "
-                "volume id): rename one, or predict them into separate --out folders"
-            )
-        seen[vid] = source
-
-
 def _is_dicom_dir(path: Path) -> bool:
     try:
         from .ingest import dicom
@@ -551,7 +527,6 @@ def predict(student: Path, inputs: list[Path | str], out_dir: Path, *,
     sources = collect_inputs(list(inputs))
     if not sources:
         raise ConfigError("no input scans (files of a format ingest reads, or DICOM folders)")
-    check_unique_ids(sources)
     check_unique_ids(sources)
     if address is None:
         dev = _device(device, 1.0)
