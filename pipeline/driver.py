@@ -63,7 +63,21 @@ _FENCE_WAIT_S = 30.0  # how long the other volumes of a dead worker get to repor
 
 
 def start_ray(address: str | None, config: RoundConfig) -> bool:
-    """Join ``address`` or start a local Ray (the embedded default). Returns True if started here."""
+    """Join ``address`` or start a local Ray (the embedded default) with CPUs for the round's
+    workers. Returns True if started here."""
+    cpus = max(os.cpu_count() or 1, int(config.runtime.workers * config.runtime.cpus_per_worker))
+    return ensure_ray(address, cpus)
+
+
+def ensure_ray(address: str | None, num_cpus: int,
+               object_store_bytes: int = 256 * 1024 * 1024) -> bool:
+    """The one Ray start of rounds and predict: nothing when Ray is already up, else join the
+    cluster at ``address`` or (``address`` None or empty) start a local Ray of ``num_cpus``
+    CPUs and an object store of ``object_store_bytes``, without a dashboard.
+
+    Returns:
+        True if started (or joined) here: the caller shuts it down.
+    """
     if ray.is_initialized():
         return False
     if address:
@@ -71,9 +85,9 @@ def start_ray(address: str | None, config: RoundConfig) -> bool:
         return True
     ray.init(
         address="local",
-        num_cpus=max(os.cpu_count() or 1, int(config.runtime.workers * config.runtime.cpus_per_worker)),
+        num_cpus=num_cpus,
         include_dashboard=False,
-        object_store_memory=256 * 1024 * 1024,
+        object_store_memory=object_store_bytes,
         logging_level=logging.WARNING,
         log_to_driver=True,
     )

@@ -58,18 +58,21 @@ import os
 import time
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from semisam.schemas import (
-    CheckpointError,
     ClassMap,
     ConfigError,
     SemisamError,
     StrictModel,
     StudentSpec,
 )
+
+if TYPE_CHECKING:
+    from semisam.workers.student_model import Student
 
 log = logging.getLogger(__name__)
 
@@ -347,28 +350,11 @@ def segment_classes(probs: np.ndarray, classes: ClassMap,
 
 
 def student_classes(spec: StudentSpec, meta: dict, path: Path | str) -> ClassMap | None:
-    """The class map a student predicts in: None for a one-structure student (2 channels, no
-    class map or ``{1: "foreground"}``), else the map its checkpoint records.
+    """The class map a student predicts in (`semisam.workers.student_model.predicted_classes`):
+    None for a one-structure student, else the map its checkpoint records."""
+    from semisam.workers.student_model import predicted_classes
 
-    Raises:
-        CheckpointError: more than 2 channels without a class map, a map that does not fit the
-            channels (``K + 1``), or an invalid map (one line naming ``path``).
-    """
-    from semisam.training.checkpoint import checkpoint_classes
-
-    classes = checkpoint_classes(meta, path)
-    if classes is None or not classes.multiclass:
-        if spec.out_channels != 2:
-            raise CheckpointError(f"{path}: {spec.out_channels} output channels but no class map "
-                                  "in its meta: which label value each channel is is unknown "
-                                  "(train it with semisam train on a multi-class store)")
-        return None
-    if spec.out_channels != classes.count + 1:
-        names = ", ".join(f"{v}={n}" for v, n in classes.names.items())
-        raise CheckpointError(f"{path}: {spec.out_channels} output channels, but its class map "
-                              f"({names}) has {classes.count} structure(s): it needs "
-                              f"{classes.count + 1}")
-    return classes
+    return predicted_classes(spec, meta, path)
 
 
 def check_options(classes: ClassMap | None, options: PredictOptions, student: Path) -> None:
@@ -405,20 +391,20 @@ def write_classes_file(out_dir: Path, classes: ClassMap) -> Path:
     return path
 
 
-_MODEL_CACHE: dict[tuple[str, str], tuple] = {}
+_MODEL_CACHE: dict[tuple[str, str], Student] = {}
 
 
-def _student(path: Path, device: str):
-    """Model, spec, class map (`student_classes`) and meta of a checkpoint, loaded once per
-    process (and device)."""
-    from semisam.workers.student import load_student
+def _student(path: Path, device: str) -> Student:
+    """The checkpoint's `Student`, loaded once per process (and device); its class map
+    (`Student.classes`) is checked on loading."""
+    from semisam.workers.student_model import Student
 
     key = (str(Path(path).resolve()), device)
     if key not in _MODEL_CACHE:
-        model, spec, meta = load_student(path, device=device)
-        classes = student_classes(spec, meta, path)
+        student = Student.load(path, device)
+        _ = student.classes
         _MODEL_CACHE.clear()
-        _MODEL_CACHE[key] = (model, spec, classes, meta)
+        _MODEL_CACHE[key] = student
     return _MODEL_CACHE[key]
 
 
@@ -430,7 +416,6 @@ def predict_scan(student: Path, source: Path, out_dir: Path, options: PredictOpt
     one-line reason; the other scans go on.
     """
     from semisam.schemas import StudentInferenceConfig
-    from semisam.workers.student import predict_probabilities, predict_probability
 
     start = time.perf_counter()
     source, out_dir = Path(source), Path(out_dir)
@@ -448,16 +433,14 @@ def predict_scan(student: Path, source: Path, out_dir: Path, options: PredictOpt
         return item
     try:
         volume = _read(source)
-        model, spec, classes, meta = _student(student, device)
+        loaded = _student(student, device)
+        classes, meta = loaded.classes, loaded.meta
         cfg = StudentInferenceConfig(flip_axes=options.flip_axes, overlap=options.overlap,
                                      sw_batch_size=options.sw_batch_size)
         mask: np.ndarray | None = None
-        if classes is None:
-            prob = predict_probability(model, volume.image, spec, cfg, device=device)
-        else:  # the class-valued label and the winning channel's probability
-            mask, prob = segment_classes(
-                predict_probabilities(model, volume.image, spec, cfg, device=device),
-                classes, options)
+        prob = loaded.probabilities(volume.image, cfg, classes)
+        if classes is not None:  # the class-valued label and the winning channel's probability
+            mask, prob = segment_classes(prob, classes, options)
     except SemisamError as exc:
         item.status, item.reason = PredictStatus.failed, str(exc)
         item.label = item.probability = None
@@ -513,7 +496,7 @@ def predict(student: Path, inputs: list[Path | str], out_dir: Path, *,
         ConfigError: no inputs, a missing student checkpoint, or a ``threshold`` for a
             multi-class student (`check_options`).
         CheckpointError: the checkpoint is not a readable semisam student, or its channels do
-            not fit its class map (`student_classes`).
+            not fit its class map (`Student.classes`).
     """
     from .round_state import sha256_file
 
@@ -530,12 +513,12 @@ def predict(student: Path, inputs: list[Path | str], out_dir: Path, *,
     check_unique_ids(sources)
     if address is None:
         dev = _device(device, 1.0)
-        _, _, classes, meta = _student(student, dev)  # a bad checkpoint fails once, before any scan
+        loaded = _student(student, dev)  # a bad checkpoint fails once, before any scan
     else:
-        from semisam.workers.student import load_student
+        from semisam.workers.student_model import Student
 
-        _, spec, meta = load_student(student)  # check on the driver before any task starts
-        classes = student_classes(spec, meta, student)
+        loaded = Student.load(student)  # check on the driver before any task starts
+    classes, meta = loaded.classes, loaded.meta
     options = _safe_flips(student, options, meta)
     _check_prior(student, options, meta)
     fp = fingerprint(sha256_file(student), options)
@@ -600,15 +583,10 @@ def _predict_ray(student: Path, sources: list[Path], out_dir: Path, options: Pre
     """One Ray task per scan; items in input order."""
     import ray
 
-    started = False
-    if not ray.is_initialized():
-        if address == "local":
-            ray.init(address="local", num_cpus=ray_num_cpus or os.cpu_count() or 1,
-                     include_dashboard=False, object_store_memory=128 * 1024 * 1024,
-                     logging_level=logging.WARNING)
-        else:
-            ray.init(address=address, logging_level=logging.WARNING)
-        started = True
+    from .driver import ensure_ray
+
+    started = ensure_ray(None if address == "local" else address,
+                         ray_num_cpus or os.cpu_count() or 1, object_store_bytes=128 * 1024 * 1024)
     try:
         task = ray.remote(_scan_task).options(num_cpus=1, num_gpus=gpus_per_scan,
                                                max_retries=1)

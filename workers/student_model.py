@@ -63,6 +63,28 @@ def checkpoint_classes(meta: dict, path: Path | str) -> ClassMap | None:
     raise CheckpointError(f"{path}: meta 'classes' is not a valid class map ({detail})")
 
 
+def predicted_classes(spec: StudentSpec, meta: dict, path: Path | str) -> ClassMap | None:
+    """The class map a student predicts in: None for a one-structure student (2 channels, no
+    map or a one-class map), else the map its checkpoint's ``meta`` records.
+
+    Raises:
+        CheckpointError: more than 2 channels without a class map, a map that does not fit the
+            channels (``K + 1``), or an invalid map (one line naming ``path``).
+    """
+    classes, channels = checkpoint_classes(meta, path), spec.out_channels
+    if classes is None or not classes.multiclass:
+        if channels != 2:
+            raise CheckpointError(f"{path}: {channels} output channels but no class map in its "
+                                  "meta: which label value each channel is is unknown (train "
+                                  "it with semisam train on a multi-class store)")
+        return None
+    if channels != classes.count + 1:
+        raise CheckpointError(f"{path}: {channels} output channels, but its class map "
+                              f"({show_classes(classes)}) has {classes.count} structure(s): it "
+                              f"needs {classes.count + 1}")
+    return classes
+
+
 @dataclass(frozen=True)
 class Student:
     """A student checkpoint loaded in eval mode on ``device``.
@@ -102,26 +124,12 @@ class Student:
 
     @property
     def classes(self) -> ClassMap | None:
-        """The class map it predicts in: None for a one-structure student (2 channels, no map
-        or a one-class map), else the map its checkpoint records.
+        """The class map it predicts in (`predicted_classes`): None for a one-structure student.
 
         Raises:
-            CheckpointError: more than 2 channels without a class map, a map that does not fit
-                the channels (``K + 1``), or an invalid map (one line naming the checkpoint).
+            CheckpointError: see `predicted_classes`.
         """
-        classes, channels = self.trained_classes, self.spec.out_channels
-        if classes is None or not classes.multiclass:
-            if channels != 2:
-                raise CheckpointError(f"{self.path}: {channels} output channels but no class "
-                                      "map in its meta: which label value each channel is is "
-                                      "unknown (train it with semisam train on a multi-class "
-                                      "store)")
-            return None
-        if channels != classes.count + 1:
-            raise CheckpointError(f"{self.path}: {channels} output channels, but its class map "
-                                  f"({show_classes(classes)}) has {classes.count} structure(s): "
-                                  f"it needs {classes.count + 1}")
-        return classes
+        return predicted_classes(self.spec, self.meta, self.path)
 
     def check_channels(self, classes: ClassMap) -> None:
         """``K + 1`` output channels for a store of ``K`` structures (`check_student_classes`).
@@ -174,5 +182,4 @@ class Student:
         return predict_probabilities(self.model, image, self.spec, config, self.device)
 
 
-__all__ = ["CLASSES_META_KEY", "Student", "check_student_classes", "checkpoint_classes",
-           "show_classes"]
+__all__ = ["CLASSES_META_KEY", "Student", "checkpoint_classes", "predicted_classes"]
