@@ -2,9 +2,15 @@
 
 By default the largest (26-connected) component is. With a `StructurePrior` from the labeled
 volumes, each component is scored by how well its centroid (normalised array coordinates) and its
-physical volume (ln mm^3) fit the prior's Gaussians, and the best one is kept; `keep_component`
-then lowers the student's probability on the other components to the threshold, so that the
-prompts, the fusion and the confidence (0 there) all follow the chosen structure.
+physical volume (ln mm^3) fit the prior's Gaussians (`prior_score`); the largest component stays
+the structure unless it is implausible (score below `PLAUSIBLE_SCORE`, i.e. more than three
+spreads from the prior), and then the best-scoring component replaces it. A guard, not a new
+rule: on LA the largest component scored -2.3 or better on all 51 volumes where it was the
+atrium and -12.7 or worse on the 3 where it was not (docs/benchmarks.md); on phantoms whose
+structures move across the field of view, a pure best-score rule picked a wrong component that
+fitted the prior's location better. `keep_component` then lowers the student's probability on
+the other components to the threshold, so that the prompts, the fusion and the confidence
+(0 there) all follow the chosen structure.
 """
 
 from __future__ import annotations
@@ -18,12 +24,16 @@ from scipy import ndimage
 from semisam.schemas import RoundConfig
 from semisam.schemas.prior import CENTROID_STD_FLOOR, LOG_VOLUME_STD_FLOOR, StructurePrior
 
-__all__ = ["COMPONENT_PRIOR_META_KEY", "choose_component", "fit_prior", "keep_component", "normalised_centroid", "prior_score",
+__all__ = ["COMPONENT_PRIOR_META_KEY", "PLAUSIBLE_SCORE", "choose_component", "fit_prior", "keep_component", "normalised_centroid", "prior_score",
            "checkpoint_priors", "keep_prior_components", "store_priors", "with_store_priors"]
 
 logger = logging.getLogger(__name__)
 
 _CONNECTIVITY = np.ones((3, 3, 3), bool)
+
+# the largest component is kept unless its `prior_score` is below this: a squared Mahalanobis
+# distance of 9 over centroid and volume (three spreads)
+PLAUSIBLE_SCORE = -4.5
 
 # student checkpoint meta: class value (str) -> StructurePrior fields, fitted by `train` on the
 # training store's labeled volumes
@@ -79,7 +89,8 @@ def choose_component(mask: np.ndarray, spacing: Sequence[float],
     """The component of ``mask`` (``XxYxZ`` bool) that is the structure, as a bool mask.
 
     Without a prior (or with one component) the largest, ties to the lowest label (scan order);
-    with a prior the best `prior_score`, ties likewise.
+    with a prior also the largest unless its `prior_score` is below `PLAUSIBLE_SCORE`, then the
+    best-scoring component (ties likewise).
     """
     labels, count = ndimage.label(mask, structure=_CONNECTIVITY)
     if count <= 1:
@@ -94,10 +105,13 @@ def choose_component(mask: np.ndarray, spacing: Sequence[float],
     scores = [prior_score(centroids[i], int(sizes[i]), spacing, prior) for i in range(count)]
     best = int(np.argmax(scores))
     largest = int(np.argmax(sizes))
+    if scores[largest] >= PLAUSIBLE_SCORE:
+        return labels == largest + 1
     if best != largest:
-        logger.info("component by prior: kept %d voxels at %s over the largest (%d voxels at %s)",
-                    sizes[best], np.round(centroids[best], 2).tolist(), sizes[largest],
-                    np.round(centroids[largest], 2).tolist())
+        logger.info("component by prior: kept %d voxels at %s (score %.1f) over the largest, "
+                    "%d voxels at %s (score %.1f)", sizes[best],
+                    np.round(centroids[best], 2).tolist(), scores[best], sizes[largest],
+                    np.round(centroids[largest], 2).tolist(), scores[largest])
     return labels == best + 1
 
 

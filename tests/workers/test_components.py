@@ -12,10 +12,12 @@ from semisam.pipeline.phantoms import make_phantom
 from semisam.schemas import RoundConfig, VolumeMeta
 from semisam.store import open_store, read_output, read_round_meta, write_volume
 from semisam.workers.components import (
+    PLAUSIBLE_SCORE,
     choose_component,
     fit_prior,
     keep_component,
     normalised_centroid,
+    prior_score,
     with_store_priors,
 )
 from semisam.workers.volume import VolumeProcessor
@@ -52,6 +54,17 @@ def test_the_prior_picks_the_component_where_the_structure_lies() -> None:
     # at the same place, size decides: a structure of the big ball's volume picks the big ball
     prior_big = fit_prior([(_ball(shape, (30, 20, 10), 8), (1, 1, 1))])
     assert np.array_equal(choose_component(mask, (1, 1, 1), prior_big), big)
+
+
+def test_a_plausible_largest_component_stays_even_where_another_fits_better() -> None:
+    """A guard: the largest is replaced only when it is more than ~3 spreads off the prior."""
+    shape = (60, 40, 20)
+    near, big = _ball(shape, (20, 20, 10), 6), _ball(shape, (40, 20, 10), 7)  # 0.34 vs 0.68
+    prior = fit_prior([(_ball(shape, (26, 20, 10), 6), (1, 1, 1))])
+    assert prior is not None
+    scores = [prior_score(normalised_centroid(m), int(m.sum()), (1, 1, 1), prior) for m in (near, big)]
+    assert scores[0] > scores[1] > PLAUSIBLE_SCORE  # the near one fits better; the big one is plausible
+    assert np.array_equal(choose_component(near | big, (1, 1, 1), prior), big)
 
 
 def test_keep_component_lowers_the_others_to_the_threshold() -> None:
