@@ -122,13 +122,49 @@ def file_sha256(path: Path, block: int = 1 << 20) -> str:
 
         return series_sha256(Path(path))
     digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(block):
-                digest.update(chunk)
-    except OSError as exc:
-        raise input_error(path, f"cannot read file ({exc.strerror or exc})") from None
+    data = nrrd_data_file(Path(path)) if str(path).lower().endswith(".nrrd") else None
+    for part in (Path(path), data) if data is not None else (Path(path),):
+        if part is data:  # a detached NRRD: its data file's name and bytes count too
+            digest.update(b"\0data file\0" + part.name.encode())
+        try:
+            with open(part, "rb") as fh:
+                while chunk := fh.read(block):
+                    digest.update(chunk)
+        except OSError as exc:
+            raise input_error(part, f"cannot read file ({exc.strerror or exc})") from None
     return digest.hexdigest()
+
+
+def nrrd_data_file(path: Path) -> Path | None:
+    """The detached voxel data file a NRRD header names (``data file: NAME``), None when the
+    voxels follow the header (or the header cannot be read: the reader says why).
+
+    Only one data file in the header's folder (or below it) is accepted: a header that pulls
+    voxels from elsewhere (``../../other/det.raw``) would make what is ingested depend on files
+    outside what the user pointed at, so it is refused; so is a list or pattern of files.
+
+    Raises:
+        InputError: a list/pattern of data files, a data file outside the header's folder, or
+            a missing data file.
+    """
+    try:
+        header = nrrd.read_header(str(path))
+    except (nrrd.NRRDError, OSError, ValueError, UnicodeDecodeError):
+        return None
+    name = header.get("data file", header.get("datafile"))
+    if name is None:
+        return None
+    name = str(name).strip()
+    if name.upper().startswith("LIST") or ("%" in name and " " in name):
+        raise input_error(path, f"NRRD 'data file: {name}' names several files; only one "
+                                "detached data file is supported")
+    folder, target = path.resolve().parent, (path.parent / name).resolve()
+    if not target.is_relative_to(folder):
+        raise input_error(path, f"NRRD 'data file: {name}' is outside the header's folder "
+                                f"({target}); put the data file next to its header")
+    if not target.is_file():
+        raise input_error(path, f"NRRD detached data file {name} not found ({target})")
+    return target
 
 
 def volume_id_for(path: Path) -> str:
@@ -360,6 +396,10 @@ def _nrrd_affine(header: dict, ndim: int, path: Path) -> tuple[tuple[float, ...]
 
 
 def _read_nrrd(path: Path) -> _Raw:
+    data_file = nrrd_data_file(path)
+    if data_file is not None:
+        log.info("%s: voxel data in the detached file %s", display_path(path),
+                 display_path(data_file))
     data, header = nrrd.read(str(path))  # index_order="F": array axes = file axes (x, y, z)
     spacing, affine = _nrrd_affine(header, data.ndim, path)
     return _Raw(image=data, label=None, spacing=spacing, affine=affine,

@@ -123,3 +123,43 @@ def test_dicom_series_sharing_a_number_get_unique_ids(tmp_path):
     assert len(set(ids)) == 2 and all(v.startswith("study_s3_") for v in ids)
     assert sorted(v.volume_id for v in read_dicom_dir(study)) == sorted(ids)
     check_unique_ids(collect_inputs([study]))  # two inputs, two outputs: no refusal
+
+
+# -- 5: NRRD with a detached data file ----------------------------------------------------------
+def _detached_nrrd(header: Path, data_name: str, data: np.ndarray) -> Path:
+    """A NRRD header naming ``data_name`` (relative to the header) for raw little-endian floats."""
+    header.parent.mkdir(parents=True, exist_ok=True)
+    (header.parent / data_name).parent.mkdir(parents=True, exist_ok=True)
+    (header.parent / data_name).write_bytes(np.asfortranarray(data, "<f4").tobytes(order="F"))
+    header.write_text(
+        "NRRD0004\ntype: float\ndimension: 3\n"
+        f"sizes: {' '.join(str(n) for n in data.shape)}\nendian: little\nencoding: raw\n"
+        "space: left-posterior-superior\nspace directions: (0.8,0,0) (0,0.8,0) (0,0,2)\n"
+        f"space origin: (0,0,0)\ndata file: {data_name}\n\n"
+    )
+    return header
+
+
+def test_nrrd_data_file_outside_the_folder_refused(tmp_path):
+    header = _detached_nrrd(tmp_path / "scans" / "sub" / "det.nrrd", "../../elsewhere/det.raw",
+                            volume(1))
+    proc = semisam("ingest", str(header.parent), "--store", str(tmp_path / "s.zarr"), "--json")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    (item,) = json.loads(proc.stdout)["volumes"]
+    assert item["status"] == "failed"
+    assert "det.nrrd: NRRD 'data file: ../../elsewhere/det.raw' is outside the header's folder" \
+        in item["reason"]
+
+
+def test_nrrd_detached_data_change_is_seen(tmp_path):
+    from semisam.pipeline.ingest import ingest
+
+    header = _detached_nrrd(tmp_path / "scans" / "det.nrrd", "det.raw", volume(1))
+    store = tmp_path / "s.zarr"
+    assert ingest(store, [header]).volumes[0].status.value == "added"
+    assert ingest(store, [header]).volumes[0].status.value == "unchanged"
+    _detached_nrrd(header, "det.raw", volume(2))  # same header bytes, new voxels
+    again = ingest(store, [header]).volumes[0]
+    assert again.status.value != "unchanged", again
+    replaced = ingest(store, [header], overwrite=True).volumes[0]
+    assert replaced.status.value == "replaced"
