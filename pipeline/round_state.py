@@ -20,7 +20,6 @@ from semisam.schemas import (
     RoundMeta,
     RoundStatus,
     VolumeStatus,
-    no_sam_checkpoint,
     utcnow,
 )
 from semisam.store import (
@@ -30,6 +29,7 @@ from semisam.store import (
     read_round_meta,
     write_round_meta,
 )
+from semisam.workers.maskers.registry import masker_spec
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +49,10 @@ def sha256_file(path: Path, block: int = 1 << 20) -> str:
 
 
 def masker_checkpoint(config: RoundConfig) -> Path | None:
-    """The SAM-family checkpoint file the round's masker loads (LiteMedSAM: the config's or the
-    bundled one), or None (random walker; SAM on explicit random weights)."""
-    kind = config.masker.kind.value
-    if kind == "litemedsam":
-        return config.masker.litemedsam.resolved_checkpoint()
-    if kind == "sam":
-        return config.masker.sam.checkpoint
-    return None
+    """The checkpoint file the round's masker loads, as its registry spec resolves it
+    (LiteMedSAM: the config's or the bundled one), or None (random walker; SAM on explicit
+    random weights)."""
+    return masker_spec(config.masker.kind).checkpoint(config.masker)
 
 
 def round_fingerprint(config: RoundConfig, student_sha: str, sam_sha: str | None) -> str:
@@ -221,9 +217,10 @@ def check_checkpoints(config: RoundConfig, student_checkpoint: Path,
                       classes: ClassMap | None = None) -> None:
     """Load the round's checkpoints once on the driver, before any worker starts.
 
-    The student is loaded as the workers will load it (``weights_only=True``); a SAM checkpoint
-    is read the same way and its keys and shapes are checked against the registry model of
-    ``masker.sam.model_type`` (built on the meta device: no weights, no forward pass). A bad
+    The student is loaded as the workers will load it (``weights_only=True``); the masker's
+    checkpoint is vetted by its registry spec (`MaskerSpec.vet`: a SAM checkpoint is read the
+    same way and its keys and shapes are checked against the model of
+    ``masker.sam.model_type``, built on the meta device: no weights, no forward pass). A bad
     file is then one line naming it, not a worker that fails to start on every node.
 
     Raises:
@@ -233,22 +230,7 @@ def check_checkpoints(config: RoundConfig, student_checkpoint: Path,
     """
     with warnings.catch_warnings():  # torch's pickle-protocol notes are noise next to the verdict
         warnings.simplefilter("ignore", UserWarning)
-        sam, kind = config.masker.sam, config.masker.kind.value
-        if kind == "sam" and sam.checkpoint is None and not sam.random_weights:
-            raise CheckpointError(no_sam_checkpoint(sam.model_type.value))
-        if kind == "sam" and sam.checkpoint is not None:
-            from semisam.workers.maskers.sam.checkpoint import check_state_dict, read_state_dict
-
-            check_state_dict(read_state_dict(sam.checkpoint), sam.model_type, sam.checkpoint)
-        if kind == "litemedsam":
-            from semisam.workers.maskers.litemedsam.checkpoint import (
-                check_lite_state_dict,
-                resolve_checkpoint,
-            )
-            from semisam.workers.maskers.sam.checkpoint import read_state_dict
-
-            path, _ = resolve_checkpoint(config.masker.litemedsam.checkpoint)
-            check_lite_state_dict(read_state_dict(path), path)
+        masker_spec(config.masker.kind).vet(config.masker)  # the masker kind's own vetting
         from semisam.workers.student import check_student_classes, load_student
 
         _, spec, _ = load_student(student_checkpoint, "cpu")

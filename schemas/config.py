@@ -9,11 +9,13 @@ from __future__ import annotations
 import importlib.util
 from enum import Enum
 from pathlib import Path
+from typing import ClassVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .base import StrictModel
-from .loading import load_json_model
+from .errors import ConfigError
+from .loading import first_validation_error, load_json_model
 from .prior import StructurePrior
 from .storage import StorageConfig
 
@@ -138,6 +140,11 @@ class PromptConfig(StrictModel):
 class SamConfig(StrictModel):
     """segment-anything masker settings."""
 
+    # not fingerprinted: the path may move between machines (its sha256 is fingerprinted
+    # instead); the compile cache and kernel choice leave outputs within bf16
+    FINGERPRINT_EXCLUDE: ClassVar[tuple[str, ...]] = ("checkpoint", "compile_cache_dir",
+                                                      "compile_mode")
+
     checkpoint: Path | None = Field(
         None, description="state-dict .pth (SAM or MedSAM); required unless random_weights")
     random_weights: bool = Field(
@@ -193,6 +200,9 @@ def bundled_litemedsam_checkpoint() -> Path | None:
 
 class LiteMedSamConfig(StrictModel):
     """LiteMedSAM masker settings (TinyViT encoder at 256x256, SAM's prompt encoder and decoder)."""
+
+    # not fingerprinted: the path (its sha256 is); the cache gives the same outputs
+    FINGERPRINT_EXCLUDE: ClassVar[tuple[str, ...]] = ("checkpoint", "embedding_cache")
 
     checkpoint: Path | None = Field(
         None, description="a fine-tuned LiteMedSAM state dict (.pth); None = the trained "
@@ -367,16 +377,45 @@ class RoundConfig(StrictModel):
     def fingerprint_payload(self) -> dict:
         """The parts that change outputs (runtime placement does not)."""
         data = self.model_dump(mode="json", exclude={"runtime"})
-        # the checkpoint path may move between machines; its sha256 is fingerprinted instead
-        data["masker"]["sam"].pop("checkpoint", None)
-        data["masker"]["litemedsam"].pop("checkpoint", None)
-        data["masker"]["litemedsam"].pop("embedding_cache", None)  # same outputs with or without
-        data["masker"]["sam"].pop("compile_cache_dir", None)
-        data["masker"]["sam"].pop("compile_mode", None)  # kernel choice; outputs within bf16
+        for section, info in MaskerConfig.model_fields.items():  # each masker's own exclusions
+            for name in getattr(info.annotation, "FINGERPRINT_EXCLUDE", ()):
+                data["masker"].get(section, {}).pop(name, None)
         if self.prompts.component == "largest":  # as rounds from before the choice existed
             data["prompts"].pop("component", None)
             data["prompts"].pop("component_prior", None)
         return data
+
+    def with_overrides(self, overrides: dict[str, object]) -> RoundConfig:
+        """A new config: this one with ``overrides`` (dotted field path -> value; None values
+        are left alone) applied and validated again.
+
+        Fields this config left unset that some masker defaults (`MASKER_DEFAULTS`) are dropped
+        first, so that they take the default of the masker the overrides choose: a
+        ``masker.kind random_walker`` on a default config must not keep LiteMedSAM's
+        ``positive_points 0``. Every other field keeps its value.
+
+        Raises:
+            ConfigError: ``option: <first bad field>``.
+        """
+        data = self.model_dump(mode="json")
+        for defaults in MASKER_DEFAULTS.values():
+            for section, values in defaults.items():
+                model = getattr(self, section)
+                for name in values:
+                    if name not in model.model_fields_set:
+                        data.get(section, {}).pop(name, None)
+        for dotted, value in overrides.items():
+            if value is None:
+                continue
+            node = data
+            *parents, leaf = dotted.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value.value if isinstance(value, Enum) else value
+        try:
+            return RoundConfig.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(f"option: {first_validation_error(exc)}") from None
 
     @model_validator(mode="after")
     def _masker_defaults(self) -> RoundConfig:

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from pydantic import ValidationError
 
 from semisam.schemas import (
     ConfigError,
@@ -14,51 +13,18 @@ from semisam.schemas import (
     RoundConfig,
     SamFamily,
     SamType,
-    first_validation_error,
     load_round_config,
 )
-from semisam.schemas.config import MASKER_DEFAULTS
+from semisam.workers.maskers.registry import masker_spec
 
 from .. import render
 from ..cli_app import app, guard
 
 
 def round_config(config: Optional[Path], overrides: dict) -> RoundConfig:
-    """The config file (or defaults) with the command-line options applied on top.
-
-    Args:
-        overrides: dotted field path -> value; None values are left alone.
-    """
-    loaded = load_round_config(config)
-    data = loaded.model_dump(mode="json")
-    _drop_masker_defaults(loaded, data)
-    for dotted, value in overrides.items():
-        if value is None:
-            continue
-        node = data
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value.value if hasattr(value, "value") else value
-    try:
-        return RoundConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"option: {first_validation_error(exc)}") from None
-
-
-def _drop_masker_defaults(loaded: RoundConfig, data: dict) -> None:
-    """Remove from ``data`` the fields the file left unset that some masker defaults.
-
-    Re-validation then gives them the default of the masker the options choose: a
-    ``--masker random_walker`` on a default config must not keep LiteMedSAM's
-    ``positive_points 0``. Every other field keeps its dumped value.
-    """
-    for defaults in MASKER_DEFAULTS.values():
-        for section, values in defaults.items():
-            model = getattr(loaded, section)
-            for name in values:
-                if name not in model.model_fields_set:
-                    data.get(section, {}).pop(name, None)
+    """The config file (or defaults) with the command-line options applied on top
+    (`RoundConfig.with_overrides`; dotted field path -> value, None values left alone)."""
+    return load_round_config(config).with_overrides(overrides)
 
 
 @app.command("run-round")
@@ -98,13 +64,10 @@ def run_round_cmd(
         "runtime.workers": workers, "runtime.gpus_per_worker": gpus_per_worker,
         "masker.litemedsam.embedding_cache": str(embedding_cache) if embedding_cache else None,
     })
+    spec = masker_spec(cfg.masker.kind)
     if sam_checkpoint is not None:
-        if cfg.masker.kind == MaskerKind.random_walker:
-            raise ConfigError("--sam-checkpoint: the random_walker masker takes no checkpoint")
-        section = cfg.masker.sam if cfg.masker.kind == MaskerKind.sam else cfg.masker.litemedsam
-        section.checkpoint = sam_checkpoint
-    ckpt = {MaskerKind.sam: cfg.masker.sam.checkpoint,
-            MaskerKind.litemedsam: cfg.masker.litemedsam.checkpoint}.get(cfg.masker.kind)
+        spec.set_checkpoint(cfg.masker, sam_checkpoint)
+    ckpt = spec.given_checkpoint(cfg.masker)
     if ckpt is not None and not Path(ckpt).is_file():
         raise ConfigError(f"{ckpt}: {cfg.masker.kind.value} checkpoint file not found")
     if not student.is_file():

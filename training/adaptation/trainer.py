@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from semisam.schemas import AdaptationMeta, AdaptConfig, ConfigError, RoundConfig, utcnow
-from semisam.workers.maskers import build_masker
+from semisam.workers.maskers import build_masker, masker_spec
 from semisam.workers.maskers.adaptable import Adaptable
 
 from .data import AdaptationData, load_adaptation_data
@@ -121,9 +121,11 @@ def adapt_masker(store: str | Path, out: Path, config: AdaptConfig | None = None
     """
     config = config or AdaptConfig()
     round_config = round_config or RoundConfig()
-    if config.embedding_cache is not None and round_config.masker.kind.value == "litemedsam":
-        round_config = round_config.model_copy(deep=True)
-        round_config.masker.litemedsam.embedding_cache = config.embedding_cache
+    section = masker_spec(round_config.masker.kind).section
+    if (config.embedding_cache is not None
+            and "embedding_cache" in type(getattr(round_config.masker, section)).model_fields):
+        round_config = round_config.model_copy(deep=True)  # the kind keeps an embedding cache
+        getattr(round_config.masker, section).embedding_cache = config.embedding_cache
     start = time.perf_counter()
     if config.threads:
         torch.set_num_threads(config.threads)
