@@ -162,12 +162,44 @@ def store_fingerprint(root: zarr.Group, metas: list[VolumeMeta], round_index: in
 
 
 def _attach_round(root: zarr.Group, source: VolumeSource, round_index: int) -> bool:
-    record = read_record(root, round_index, source.meta.volume_id)
+    """Attach the round's pseudo-label and confidence of an unlabeled volume with a done record,
+    after checking each array's content (read once, sha256 of its C-order bytes) against the
+    record's checksums; a volume whose arrays changed since the round, or cannot be read, is
+    left out (no SAM term) with a one-line warning naming it and why."""
+    vid = source.meta.volume_id
+    record = read_record(root, round_index, vid)
     if record is None or record.status != VolumeStatus.done:
         return False
-    source.target = root[output_path(round_index, "pseudo_label", source.meta.volume_id)]
-    source.confidence = root[output_path(round_index, "confidence", source.meta.volume_id)]
+    arrays = {}
+    for kind in ("pseudo_label", "confidence"):
+        path = output_path(round_index, kind, vid)
+        problem = _round_array_problem(root, path, kind, vid, record.checksums.get(kind))
+        if problem:
+            log.warning("round %d: volume '%s' left out of training: its %s %s (`semisam "
+                        "inspect --verify` shows it; rerun the round for it)", round_index, vid,
+                        kind, problem)
+            return False
+        arrays[kind] = root[path]
+    source.target, source.confidence = arrays["pseudo_label"], arrays["confidence"]
     return True
+
+
+def _round_array_problem(root: zarr.Group, path: str, kind: str, volume_id: str,
+                         expected: str | None) -> str | None:
+    """Why the round array at ``path`` cannot be trained on (None when its sha256 matches)."""
+    if path not in root or not isinstance(root[path], zarr.Array):
+        return "is missing (the record says done)"
+    if expected is None:
+        return "has no checksum in the round record"
+    try:
+        with reading(volume_id, kind):
+            data = np.asarray(root[path][...])
+    except InputError as exc:
+        return f"cannot be read ({str(exc).split('(', 1)[-1].split(')')[0]})"
+    actual = hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
+    if actual != expected:
+        return f"content changed since the round: sha256 {actual[:12]} != recorded {expected[:12]}"
+    return None
 
 
 @contextmanager

@@ -10,6 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import zarr
 
 from semisam.pipeline.ingest import read_volume
 from semisam.schemas import InputError
@@ -163,3 +164,24 @@ def test_nrrd_detached_data_change_is_seen(tmp_path):
     assert again.status.value != "unchanged", again
     replaced = ingest(store, [header], overwrite=True).volumes[0]
     assert replaced.status.value == "replaced"
+
+
+# -- 1: a round's pseudo-label replaced after the round ------------------------------------------
+def test_train_leaves_out_a_pseudo_label_changed_since_the_round(phantom_store, caplog):
+    from semisam.schemas import output_path
+    from semisam.store import list_metas, open_store
+    from semisam.training.dataset import open_training_data
+    from tests.training.test_train import _config, fake_round
+
+    fake_round(phantom_store, 1)
+    root = open_store(phantom_store)
+    unlabeled = [m.volume_id for m in list_metas(root) if not m.labeled]
+    changed = unlabeled[0]
+    arr = zarr.open_array(phantom_store / output_path(1, "pseudo_label", changed), mode="r+")
+    arr[:4] = 1 - np.asarray(arr[:4])  # another valid label in the same chunks
+    with caplog.at_level(logging.WARNING):
+        data = open_training_data(open_store(phantom_store), _config(), 1)
+    attached = {s.meta.volume_id for s in data.unlabeled if s.target is not None}
+    assert attached == set(unlabeled) - {changed}
+    lines = [r.getMessage() for r in caplog.records if changed in r.getMessage()]
+    assert len(lines) == 1 and "pseudo_label content changed since the round" in lines[0]
