@@ -189,10 +189,10 @@ def with_store_priors(config: RoundConfig, root) -> RoundConfig:
         return config
     priors = store_priors(root)
     if not priors:
-        logger.warning("prompts.component is 'prior' but no labeled volume holds a structure: "
-                       "the largest component is kept")
+        logger.debug("prompts.component is 'prior' but no labeled volume holds a structure: "
+                     "the largest component is kept")
     for value, prior in priors.items():
-        logger.info("class %d prior from %d labeled volumes: centroid %s +- %s, volume %.0f ml",
+        logger.debug("class %d prior from %d labeled volumes: centroid %s +- %s, volume %.0f ml",
                     value, prior.volumes, [round(c, 2) for c in prior.centroid],
                     [round(c, 2) for c in prior.centroid_std], np.exp(prior.log_volume) / 1000)
     return config.model_copy(update={"prompts": prompts.model_copy(
