@@ -24,6 +24,8 @@ from scipy import ndimage
 from semisam.schemas import RoundConfig
 from semisam.schemas.prior import CENTROID_STD_FLOOR, LOG_VOLUME_STD_FLOOR, StructurePrior
 
+from .metrics import largest_component
+
 __all__ = ["COMPONENT_PRIOR_META_KEY", "PLAUSIBLE_SCORE", "choose_component", "fit_prior", "keep_component", "normalised_centroid", "prior_score",
            "checkpoint_priors", "keep_prior_components", "store_priors", "with_store_priors"]
 
@@ -92,12 +94,12 @@ def choose_component(mask: np.ndarray, spacing: Sequence[float],
     with a prior also the largest unless its `prior_score` is below `PLAUSIBLE_SCORE`, then the
     best-scoring component (ties likewise).
     """
+    if prior is None:
+        return largest_component(mask)
     labels, count = ndimage.label(mask, structure=_CONNECTIVITY)
     if count <= 1:
         return labels > 0
     sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    if prior is None:
-        return labels == int(np.argmax(sizes)) + 1
     shape = np.asarray(mask.shape, dtype=np.float64)
     sums = [ndimage.sum_labels(_axis_coords(mask.shape, a), labels, index=np.arange(1, count + 1))
             for a in range(3)]
