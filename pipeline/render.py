@@ -145,19 +145,6 @@ def predict_report(report) -> None:
 
 
 @contextlib.contextmanager
-def step_bar(label: str, total: int) -> Iterator:
-    """Progress bar for an iterative step; yields ``callback(step, loss)``."""
-    with Progress(TextColumn(f"[bold]{label}[/bold]"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn()) as progress:
-        task = progress.add_task(label, total=total, loss="-")
-
-        def callback(step: int, loss: float) -> None:
-            progress.update(task, completed=step + 1, loss=f"{loss:.4f}")
-
-        yield callback
-
-
-@contextlib.contextmanager
 def count_bar(label: str, total: int, enabled: bool = True) -> Iterator:
     """Progress bar over ``total`` items; yields ``callback(item_id, status)``."""
     if not enabled or total == 0:
