@@ -132,7 +132,9 @@ def adapt_and_diagnose(work: Path, key: str, stores: dict[str, Path],
         overrides = json.loads(args.adapt_config.read_text()) if args.adapt_config else {}
         config = AdaptConfig.model_validate({"seed": seed, "embedding_cache": cache,
                                              "encoder_batch_size": 2, **overrides})
-        result = adapt_masker(stores["train"], adapted, config, resume=True)
+        # round r-1's pseudo-labels live in the loop's store (round 1 of the frozen masker)
+        source = work / "loop.zarr" if config.pseudo_labels else stores["train"]
+        result = adapt_masker(source, adapted, config, resume=True)
         results[f"adapt{tag}/{key}"] = {
             **result.meta.model_dump(mode="json", exclude={"config"}), "overrides": overrides}
     if tag:  # a variant: its diagnostic only, against the frozen masker's
