@@ -8,8 +8,9 @@ PYRIGHT ?= pyright[nodejs]==1.1.414
 
 # The project is installed in setuptools' strict editable mode: a link tree under build/ with one
 # symlink per module, which static tools (pyright, editors) can follow, unlike the default mode's
-# import hook (docs/developing.md). A link tree only holds the modules that existed when it was
-# built, so the install is redone when the list of modules (or the link tree itself) changes.
+# import hook (README.md, "How imports resolve, and why"). A link tree only holds the modules
+# that existed when it was built, so the install is redone when the list of modules (or the link
+# tree itself) changes.
 MODULES := $(VENV)/.semisam-modules
 LIST_MODULES = { find semisam schemas store workers pipeline training -name '*.py' \
 	-not -path '*/__pycache__/*'; ls build/__editable__.semisam-*/semisam/__init__.py 2>/dev/null; \

@@ -160,7 +160,6 @@ class Dispatcher:
         self.pings: dict[ray.ObjectRef, int] = {}
         self.ping_at: dict[int, float] = {}
         self.records: dict[str, VolumeRecord] = {}
-        self.duplicates = 0
         self._seq = itertools.count()
         self._replaced = 0
         self._up_since = self._started = time.monotonic()
@@ -233,7 +232,6 @@ class Dispatcher:
 
     def _finish(self, record: VolumeRecord) -> None:
         if record.volume_id in self.records:  # cannot happen by design; never count twice
-            self.duplicates += 1
             log.warning("volume %s: a second result was ignored", record.volume_id)
             return
         self.records[record.volume_id] = record

@@ -19,7 +19,6 @@ from semisam.schemas import (
     RoundMeta,
     StoreError,
     StrictModel,
-    VolumeMeta,
 )
 from semisam.store import (
     list_metas,
@@ -58,12 +57,6 @@ def store_overview(root: zarr.Group, store: str) -> StoreOverview:
     return StoreOverview(store=store, schema_version=int(root.attrs["schema_version"]),
                          volumes=len(metas), labeled=labeled, unlabeled=len(metas) - labeled,
                          rounds=rounds)
-
-
-class VolumeDetail(StrictModel):
-    meta: VolumeMeta
-    round: RoundMeta | None = None
-    record: dict | None = None
 
 
 def _middle_slice(mask: np.ndarray | None, axis: int) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import Field, ValidationError, field_validator
@@ -75,14 +74,6 @@ class ClassMap(StrictModel):
 
     def name(self, value: int) -> str:
         return self.names.get(value, default_name(value))
-
-    def with_values(self, values: Iterable[int]) -> ClassMap:
-        """This map plus a default-named class for every new value in ``values`` (0 ignored)."""
-        names = dict(self.names)
-        for v in values:
-            if int(v) != 0:
-                names.setdefault(int(v), default_name(int(v)))
-        return ClassMap(names=names)
 
     def to_attrs(self) -> dict[str, str]:
         """JSON attribute form (string keys)."""

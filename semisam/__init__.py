@@ -2,7 +2,7 @@
 
 The code lives in the repository folders ``schemas/``, ``store/``, ``workers/``,
 ``pipeline/`` and ``training/``, installed as ``semisam.schemas`` etc. (the package-dir
-mapping in pyproject.toml; see docs/developing.md).
+mapping in pyproject.toml; see README.md, "How imports resolve, and why").
 
 When this file is imported from a checkout rather than from the installed link tree, i.e. the
 repository root is on ``sys.path`` before site-packages (pytest, ``python -c`` in the root,
