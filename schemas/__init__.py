@@ -98,3 +98,6 @@ from .adaptation import (  # noqa: E402  (kept apart: masker adaptation)
 
 __all__ += ["AdaptationMeta", "AdaptBoxConfig", "AdaptConfig", "AdaptTarget",
             "PseudoLabelSelection", "load_adapt_config"]
+from .round_work import VolumeWork, left_to_do, volume_work  # noqa: E402  (what a round has left)
+
+__all__ += ["VolumeWork", "left_to_do", "volume_work"]
