@@ -42,14 +42,13 @@ from semisam.schemas import (
     PromptConfig,
     StudentInferenceConfig,
 )
-from semisam.store import list_metas, open_store, read_image, read_reference
+from semisam.store import list_metas, open_store, read_image, read_reference, sha256_file
 from semisam.training.metrics import dice, hd95, largest_component
 from semisam.workers.fusion import confidence_from_uint8, fuse
 from semisam.workers.intensity import window_volume
 from semisam.workers.localization import foreground_mask, slice_prompts
 from semisam.workers.maskers import MaskerSession, SlicePrompt
 from semisam.workers.maskers.litemedsam import LiteMedSamMasker
-from semisam.workers.maskers.sam.checkpoint import sha256_file
 from semisam.workers.propagation import (
     choose_start,
     choose_starts,

@@ -45,12 +45,11 @@ from semisam.store import (
     read_record,
     read_reference,
     read_round_meta,
+    sha256_file,
 )
 from semisam.training.metrics import METRICS, case_metrics, largest_component
 from semisam.workers.devices import resolve_device
 from semisam.workers.student_model import Student
-
-from .round_state import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -342,6 +341,8 @@ def evaluate_round(store: str | Path, round_index: int, student: Path | None = N
     if not ids:
         raise ConfigError(f"round {round_index}: no done volume with a reference to evaluate")
     checkpoint = Path(student or meta.student_checkpoint)
+    if not checkpoint.is_file():
+        raise CheckpointError(f"{checkpoint}: checkpoint file not found")
     if sha256_file(checkpoint) != meta.student_sha256:
         raise CheckpointError(f"{checkpoint}: sha256 differs from round {round_index}'s student "
                               f"({meta.student_sha256[:12]})")

@@ -83,9 +83,8 @@ def _overlay(rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) ->
 def round_student(meta: RoundMeta) -> Student | None:
     """The round's student (on the CPU) if its checkpoint is still there, unchanged (same
     sha256 as the round recorded); None when it is gone or changed."""
+    from semisam.store import sha256_file
     from semisam.workers.student_model import Student
-
-    from .round_state import sha256_file
 
     path = Path(meta.student_checkpoint)
     if not path.is_file() or sha256_file(path) != meta.student_sha256:

@@ -19,33 +19,21 @@ from semisam.schemas import (
     RoundError,
     RoundMeta,
     RoundStatus,
-    VolumeStatus,
+    VolumeWork,
     utcnow,
+    volume_work,
 )
 from semisam.store import (
     clear_record,
     list_metas,
     read_record,
     read_round_meta,
+    sha256_file,
     write_round_meta,
 )
 from semisam.workers.maskers.registry import masker_spec
 
 log = logging.getLogger(__name__)
-
-
-def sha256_file(path: Path, block: int = 1 << 20) -> str:
-    """sha256 of a file's bytes. Raises `CheckpointError` if it cannot be read."""
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(block):
-                h.update(chunk)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: checkpoint file not found") from None
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read checkpoint ({exc.strerror})") from None
-    return h.hexdigest()
 
 
 def masker_checkpoint(config: RoundConfig) -> Path | None:
@@ -67,9 +55,14 @@ def current_fingerprint(config: RoundConfig, student_checkpoint: Path) -> tuple[
     Raises:
         CheckpointError: a checkpoint file cannot be read.
     """
-    student_sha = sha256_file(student_checkpoint)
     sam_ckpt = masker_checkpoint(config)
-    sam_sha = sha256_file(sam_ckpt) if sam_ckpt else None
+    try:
+        student_sha = sha256_file(student_checkpoint)
+        sam_sha = sha256_file(sam_ckpt) if sam_ckpt else None
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{exc.filename}: checkpoint file not found") from None
+    except OSError as exc:
+        raise CheckpointError(f"{exc.filename}: cannot read checkpoint ({exc.strerror})") from None
     return round_fingerprint(config, student_sha, sam_sha), student_sha, sam_sha
 
 
@@ -150,9 +143,11 @@ def plan_round(
 ) -> RoundPlan:
     """Create or resume round ``round_index`` and list the volumes still to process.
 
-    Done volumes are skipped; failed ones are skipped unless ``retry_failed``; everything
-    else (never started, or started without a done record) is to do. A different fingerprint
-    than the stored one is refused unless ``force``, which restarts the round from scratch.
+    Which volumes are left to do is the one rule, `schemas.volume_work`: done volumes are
+    skipped; final failures are skipped unless ``retry_failed``; everything else (never
+    started, started without a done record, or cut short by a retryable failure) is to do. A
+    different fingerprint than the stored one is refused unless ``force``, which restarts the
+    round from scratch.
     ``hashes``: `current_fingerprint`'s result when the caller has it (checkpoints are hashed
     once per run: a vit_h checkpoint is 2.5 GB).
 
@@ -197,14 +192,13 @@ def plan_round(
     write_round_meta(root, meta)
     plan = RoundPlan(meta=meta, todo=[], resumed=resumed)
     for vid in volumes:
-        record = read_record(root, round_index, vid)
-        if record is not None and record.status == VolumeStatus.done:
+        work = volume_work(read_record(root, round_index, vid))
+        if work.left_to_do(retry_failed):
+            plan.todo.append(vid)  # not started, cut short (retryable), or --retry-failed
+        elif work is VolumeWork.done:
             plan.done.append(vid)
-        elif (record is not None and record.status == VolumeStatus.failed
-              and not record.retryable and not retry_failed):
-            plan.failed.append(vid)  # final failure; a retryable one was cut short: redo it
         else:
-            plan.todo.append(vid)
+            plan.failed.append(vid)  # a final failure
     if plan.done:
         log.info("round %d: skipping %d volumes already done", round_index, len(plan.done))
     if plan.failed:

@@ -10,7 +10,6 @@ array's checksum does not match, and then it is named ("missing chunk c/0/0/3").
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 
@@ -20,7 +19,7 @@ from pydantic import Field
 from zarr.core.sync import sync
 
 from semisam.schemas import StoreError, StrictModel, VolumeMeta, VolumeStatus, output_path
-from semisam.store import list_metas, read_record, read_round_meta
+from semisam.store import array_sha256, list_metas, read_record, read_round_meta
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +108,7 @@ def verify_array(root: zarr.Group, round_index: int, kind: str, meta: VolumeMeta
     if expected_sha is None:
         problems.append("no checksum in the record")
     elif not unreadable:
-        actual = hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
+        actual = array_sha256(data)
         if actual != expected_sha:
             cause = f"missing chunk(s) {', '.join(absent[:8])}" if absent else "content changed"
             problems.append(f"{cause}: sha256 {actual[:12]} != recorded {expected_sha[:12]}")

@@ -6,8 +6,6 @@ A volume's outputs are written by exactly one worker, whole arrays at a time; it
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import zarr
 
@@ -19,12 +17,8 @@ from semisam.schemas import (
     round_path,
 )
 
+from .digest import array_sha256
 from .volumes import DIMENSION_NAMES, slice_chunks
-
-
-def array_sha256(data: np.ndarray) -> str:
-    """sha256 of an array's C-order bytes (dtype and shape are not hashed)."""
-    return hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
 
 
 def list_rounds(root: zarr.Group) -> list[int]:

@@ -35,7 +35,7 @@ from semisam.schemas import (
     output_path,
     volume_path,
 )
-from semisam.store import list_metas, read_class_map, read_record, read_round_meta
+from semisam.store import array_sha256, list_metas, read_class_map, read_record, read_round_meta
 
 from .augmentation import augmentation_plan
 from .patches import crop_start, read_region, read_size, rot_flip, rot_flip_choice
@@ -196,7 +196,7 @@ def _round_array_problem(root: zarr.Group, path: str, kind: str, volume_id: str,
             data = np.asarray(root[path][...])
     except InputError as exc:
         return f"cannot be read ({str(exc).split('(', 1)[-1].split(')')[0]})"
-    actual = hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
+    actual = array_sha256(data)
     if actual != expected:
         return f"content changed since the round: sha256 {actual[:12]} != recorded {expected[:12]}"
     return None

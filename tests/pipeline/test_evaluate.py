@@ -16,7 +16,6 @@ from semisam.pipeline.evaluate import (
     evaluate_student_both,
     read_volume_list,
 )
-from semisam.pipeline.round_state import sha256_file
 from semisam.schemas import (
     CheckpointError,
     ConfigError,
@@ -30,6 +29,7 @@ from semisam.store import (
     list_metas,
     open_store,
     read_reference,
+    sha256_file,
     write_outputs,
     write_record,
     write_round_meta,

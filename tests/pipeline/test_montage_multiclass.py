@@ -27,7 +27,6 @@ from semisam.pipeline.inspect import (
 from semisam.pipeline.phantoms import write_phantom_set
 from semisam.pipeline.report import build_report, round_reference_dice, volume_rows
 from semisam.pipeline.review import rank_round, review_score, worst_volumes
-from semisam.pipeline.round_state import sha256_file
 from semisam.schemas import (
     ClassMap,
     InputError,
@@ -42,6 +41,7 @@ from semisam.store import (
     read_image,
     read_output,
     read_reference,
+    sha256_file,
     write_outputs,
     write_record,
     write_round_meta,

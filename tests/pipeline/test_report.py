@@ -17,9 +17,8 @@ import pytest
 from PIL import Image
 
 from semisam.pipeline.report import CONFIDENCE_COLOUR, DICE_COLOUR, build_report
-from semisam.pipeline.round_state import sha256_file
 from semisam.schemas import RoundConfig, RoundMeta, VolumeRecord, VolumeStats, VolumeStatus
-from semisam.store import open_store, write_outputs, write_record, write_round_meta
+from semisam.store import open_store, sha256_file, write_outputs, write_record, write_round_meta
 from tests.conftest import build_phantom_store
 from tests.pipeline.cli_invoke import invoke
 

@@ -12,13 +12,13 @@ import torch
 from segment_anything import sam_model_registry
 
 from semisam.schemas import CheckpointError, MaskerConfig, MaskerKind, SamConfig, SamType
+from semisam.store import sha256_file
 from semisam.workers.maskers import build_masker
 from semisam.workers.maskers.sam import (
     SamMasker,
     expected_shapes,
     load_sam,
     read_state_dict,
-    sha256_file,
 )
 
 torch.set_num_threads(2)

@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from semisam.schemas import LITEMEDSAM_SHA256, CheckpointError, bundled_litemedsam_checkpoint
+from semisam.store import sha256_file
 
-from ..sam.checkpoint import read_state_dict, sha256_file
+from ..sam.checkpoint import read_state_dict
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,6 @@ _EXPORTS = {
     "read_state_dict": "checkpoint",
     "check_state_dict": "checkpoint",
     "expected_shapes": "checkpoint",
-    "sha256_file": "checkpoint",
     "preprocess_slices": "preprocess",
     "scale_coords": "preprocess",
     "resized_shape": "preprocess",
@@ -54,7 +53,6 @@ __all__ = [
     "scale_coords",
     "sdpa_attention",
     "select_masks",
-    "sha256_file",
     "upsample_logits",
 ]
 

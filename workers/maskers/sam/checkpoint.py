@@ -7,7 +7,6 @@ arbitrary unpickling (code execution) is refused, never loaded. Every failure is
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import pickle
 import warnings
@@ -22,19 +21,10 @@ from semisam.schemas import CheckpointError, SamType
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["check_state_dict", "expected_shapes", "load_sam", "read_state_dict", "sha256_file"]
+__all__ = ["check_state_dict", "expected_shapes", "load_sam", "read_state_dict"]
 
 RANDOM_WEIGHTS_SEED = 0
 _WRAPPER_KEYS = ("model", "state_dict")
-
-
-def sha256_file(path: Path | str, chunk_bytes: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in ``chunk_bytes`` chunks (checkpoints are GBs)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def expected_shapes(model_type: SamType) -> dict[str, tuple[int, ...]]:

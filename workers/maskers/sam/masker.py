@@ -10,9 +10,10 @@ import torch
 from segment_anything.modeling import Sam
 
 from semisam.schemas import CheckpointError, SamConfig, no_sam_checkpoint
+from semisam.store import sha256_file
 
 from ..base import Masker, SlicePrompt, check_batch
-from .checkpoint import load_sam, sha256_file
+from .checkpoint import load_sam
 from .decoder import InputPrompt, decode_slices
 from .encoder import SliceEncoder
 from .preprocess import (
