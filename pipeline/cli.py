@@ -8,6 +8,7 @@ from __future__ import annotations
 from .cli_app import app
 from .commands import (  # noqa: F401  (registers commands)
     adapt,
+    config,
     correct,
     demo,
     evaluate,

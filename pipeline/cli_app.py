@@ -15,7 +15,9 @@ from semisam.schemas import SemisamError
 from .interrupt import sigterm_as_interrupt
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="SAM-assisted pseudo-labels for semi-supervised 3D segmentation.")
+                  help="SAM-assisted pseudo-labels for semi-supervised 3D segmentation. "
+                  "Settings come from SEMISAM_* environment variables: `semisam config` lists "
+                  "them with their values, defaults and meaning.")
 _state = {"debug": False}
 
 
@@ -106,3 +108,17 @@ def _main(
     quiet_ray_notices()
     if not debug:
         quiet_orphaned_store_errors()
+    check_settings()
+
+
+def check_settings() -> None:
+    """Refuse an invalid ``SEMISAM_*`` variable before any command runs: one line, exit 2."""
+    from semisam.schemas.settings import load_settings
+
+    try:
+        load_settings()
+    except SemisamError as exc:
+        if _state["debug"]:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,11 +14,10 @@ from semisam.schemas import (
     MaskerKind,
     OptimizerKind,
     RoundConfig,
-    SamFamily,
-    SamType,
     StudentSpec,
     TrainConfig,
 )
+from semisam.schemas.settings import load_settings
 from semisam.store import open_store, read_output
 from semisam.workers.maskers.registry import masker_spec
 
@@ -46,16 +44,17 @@ class DemoResult:
 def demo_config(workers: int) -> tuple[RoundConfig, str]:
     """LiteMedSAM with its bundled trained weights; SAM when ``SEMISAM_SAM_CHECKPOINT`` names a
     SAM/MedSAM checkpoint; the weight-free random walker when ``SEMISAM_MASKER=random_walker``."""
-    ckpt = os.environ.get("SEMISAM_SAM_CHECKPOINT")
-    weight_free = os.environ.get("SEMISAM_MASKER") == MaskerKind.random_walker.value
+    settings = load_settings()
+    ckpt = settings.sam_checkpoint
+    weight_free = settings.masker == MaskerKind.random_walker
     kind = MaskerKind.sam if ckpt else MaskerKind.random_walker if weight_free else MaskerKind.litemedsam
     cfg = RoundConfig(masker={"kind": kind})  # the masker's own prompt defaults apply
     cfg.runtime.workers = workers
     spec = masker_spec(kind)
     if ckpt:
-        spec.set_checkpoint(cfg.masker, Path(ckpt))
-        cfg.masker.sam.model_type = SamType(os.environ.get("SEMISAM_SAM_TYPE", "vit_b"))
-        cfg.masker.sam.family = SamFamily(os.environ.get("SEMISAM_SAM_FAMILY", "sam"))
+        spec.set_checkpoint(cfg.masker, ckpt)
+        cfg.masker.sam.model_type = settings.sam_type
+        cfg.masker.sam.family = settings.sam_family
         note = f"SAM {cfg.masker.sam.model_type.value} ({cfg.masker.sam.family.value}) from {ckpt}"
     elif weight_free:
         cfg.fusion.mode = FusionMode.average

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Iterator, Sequence
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from semisam.schemas.settings import TableStyle, load_settings
 
 _console = Console(stderr=False)
 
@@ -34,9 +35,9 @@ def _json(model) -> None:
 
 def markdown_tables() -> bool:
     """True when tables go out as Markdown: stdout is not a terminal (or ``SEMISAM_TABLES``)."""
-    forced = os.environ.get("SEMISAM_TABLES", "").lower()
-    if forced in ("rich", "markdown"):
-        return forced == "markdown"
+    forced = load_settings().tables
+    if forced is not None:
+        return forced == TableStyle.markdown
     return not _console.is_terminal
 
 

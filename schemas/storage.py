@@ -11,15 +11,12 @@ or the path of a JSON file) gives defaults for every command, e.g.
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from .base import StrictModel
-from .errors import ConfigError
 
 STORAGE_ENV = "SEMISAM_STORAGE"
 # option names that would carry a secret into a stored config
@@ -76,24 +73,16 @@ class StorageConfig(StrictModel):
 
     @classmethod
     def from_env(cls) -> StorageConfig:
-        """Defaults from ``SEMISAM_STORAGE`` (inline JSON or a JSON file); empty when unset.
+        """Defaults from ``SEMISAM_STORAGE`` (inline JSON or a JSON file, read through
+        `semisam.schemas.settings.Settings`); empty when unset.
 
         Raises:
             ConfigError: the variable is neither valid JSON nor a readable JSON file, or a field
-                is invalid.
+                is invalid (or another ``SEMISAM_*`` variable is invalid).
         """
-        raw = os.environ.get(STORAGE_ENV, "").strip()
-        if not raw:
-            return cls()
-        try:
-            text = raw if raw.startswith("{") else Path(raw).read_text(encoding="utf-8")
-            return cls.model_validate(json.loads(text))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{STORAGE_ENV}: not JSON nor a readable JSON file ({exc})") from None
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-            raise ConfigError(f"{STORAGE_ENV}: field '{loc}': {err['msg']}") from None
+        from .settings import load_settings
+
+        return load_settings().storage or cls()
 
     def resolved_endpoint(self) -> str | None:
         """The endpoint: this config's, else the environment's S3 endpoint variables."""

@@ -13,13 +13,14 @@ import uuid
 from typing import Any
 
 from semisam.schemas import STORAGE_ENV, StorageConfig, StoreError
+from semisam.schemas.settings import load_settings
 
 log = logging.getLogger(__name__)
 
 S3_PROTOCOLS = ("s3", "s3a")
 # environment variables a worker needs to reach the same store as the driver (no secrets)
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
-                 "AWS_PROFILE", STORAGE_ENV)
+                 "AWS_PROFILE")
 CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
@@ -124,8 +125,13 @@ def probe_writable(url: str, options: dict[str, Any]) -> None:
 
 def worker_env(storage: StorageConfig | None = None) -> dict[str, str]:
     """Environment variables to hand to Ray workers so that they open the store as the driver
-    does: endpoint, region, profile and ``SEMISAM_STORAGE`` when set; the credentials too when
+    does: endpoint, region, profile and ``SEMISAM_STORAGE`` when set (as inline JSON, so that a
+    worker on another node needs no copy of a settings file); the credentials too when
     ``storage.forward_credentials``."""
+    defaults = load_settings().storage
     forward = effective_storage(storage).forward_credentials
     names = FORWARDED_ENV + (CREDENTIAL_ENV if forward else ())
-    return {name: os.environ[name] for name in names if os.environ.get(name)}
+    env = {name: os.environ[name] for name in names if os.environ.get(name)}
+    if defaults is not None:
+        env[STORAGE_ENV] = defaults.model_dump_json(exclude_defaults=True)
+    return env

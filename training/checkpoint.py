@@ -17,7 +17,6 @@ only, so both load with ``torch.load(weights_only=True)``::
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from semisam.schemas import CheckpointError, TrainConfig
+from semisam.schemas.settings import env_name, load_settings
 from semisam.workers.student import read_checkpoint
 from semisam.workers.student_model import (  # noqa: F401 - re-exported for training
     CLASSES_META_KEY,
@@ -92,9 +92,9 @@ def save_state(path: Path, *, model: torch.nn.Module, ema: torch.nn.Module,
     tmp.replace(path)
 
 
-HOLD_ENV = "SEMISAM_HOLD_AFTER_CHECKPOINT"
+HOLD_ENV = env_name("hold_after_checkpoint")
 """Environment variable naming a file: while that file exists, a training run waits after each
-resume checkpoint it writes (a pause point that a test or an operator controls)."""
+resume checkpoint it writes (a pause point for tests; `Settings.hold_after_checkpoint`)."""
 
 
 def hold_after_checkpoint(state: Path) -> None:
@@ -104,11 +104,11 @@ def hold_after_checkpoint(state: Path) -> None:
     A signal (Ctrl-C, SIGTERM) interrupts the wait like it interrupts training, so a test can stop
     a run at a known checkpoint whatever the machine's speed; deleting the file lets it go on.
     """
-    hold = os.environ.get(HOLD_ENV, "").strip()
-    if not hold or not Path(hold).exists():
+    hold = load_settings().hold_after_checkpoint
+    if hold is None or not hold.exists():
         return
     log.info("%s written; holding while %s exists", state, hold)
-    while Path(hold).exists():
+    while hold.exists():
         time.sleep(0.02)
 
 
