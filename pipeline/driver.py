@@ -35,7 +35,6 @@ from semisam.schemas import (
 from semisam.store import (
     open_store,
     read_class_map,
-    read_record,
     store_full_error,
     store_write_failure,
     write_record,
@@ -339,19 +338,11 @@ class Dispatcher:
 
 
 def _left_to_do(root, round_index: int) -> str:
-    """``2 volume(s) done, 3 left to do (none marked failed for it);`` from the records."""
+    """``2 volume(s) done, 3 left to do (retryable, not bad data);`` from the round's summary
+    (`schemas.volume_work`: what a rerun of the same command processes)."""
     try:
-        from semisam.store import list_metas
-
-        done = todo = 0
-        for meta in list_metas(root):
-            if meta.labeled:
-                continue
-            record = read_record(root, round_index, meta.volume_id)
-            if record is not None and record.status == VolumeStatus.done:
-                done += 1
-            elif record is None or record.retryable:
-                todo += 1
+        summary = summarize_round(root, round_index)
+        done, todo = summary.done, summary.left_to_do
         return f"{done} volume(s) done, {todo} left to do (retryable, not bad data);"
     except Exception:  # noqa: BLE001 - the message matters more than the counts
         return ""
@@ -424,7 +415,7 @@ def run_round(
                 lock.confirm()  # taken over, or the store deleted, since the last heartbeat?
             summary = summarize_round(root, round_index, time.perf_counter() - started,
                                       skipped=len(plan.done) + len(plan.failed))
-            if summary.pending == 0:
+            if summary.left_to_do == 0:
                 lock.check()
                 any_failed = summary.failed > 0
                 summary.status = finish_round(root, store, plan.meta, any_failed).status.value

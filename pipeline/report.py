@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from semisam.schemas import ClassMap, ConfigError, VolumeStatus
+from semisam.schemas import ClassMap, ConfigError, VolumeWork, volume_work
 from semisam.store import (
     list_metas,
     list_rounds,
@@ -92,7 +92,8 @@ def reference_dice(label: np.ndarray, ref: np.ndarray, classes: ClassMap | None 
 
 
 def volume_rows(root: zarr.Group, round_index: int) -> tuple[list[dict], list[str]]:
-    """One dict per unlabeled volume of the round, and the timing stages seen (in order)."""
+    """One dict per unlabeled volume of the round, and the timing stages seen (in order); a
+    volume's status is the one rule's (`schemas.volume_work`)."""
     classes = read_class_map(root)
     rows, stages = [], []
     for meta in list_metas(root):
@@ -100,12 +101,13 @@ def volume_rows(root: zarr.Group, round_index: int) -> tuple[list[dict], list[st
             continue
         vid = meta.volume_id
         record = read_record(root, round_index, vid)
-        row = {"volume": vid, "status": "pending", "attempt": None, "reason": None, "node": None,
+        work = volume_work(record)
+        row = {"volume": vid, "status": work.status.value, "attempt": None, "reason": None, "node": None,
                "prompted": None, "slices": None, "fg_fraction": None, "mean_confidence": None,
                "student_masker_dice": None, "reference_dice": None, "timings": {},
                "seconds": None, "peak_rss_mb": None}
         if record is not None:
-            row.update(status=record.status.value, attempt=record.attempt, reason=record.error,
+            row.update(attempt=record.attempt, reason=record.error,
                        node=record.node, timings=dict(record.timings_s),
                        seconds=round(sum(record.timings_s.values()), 3) if record.timings_s else None,
                        peak_rss_mb=record.peak_rss_mb)
@@ -117,7 +119,7 @@ def volume_rows(root: zarr.Group, round_index: int) -> tuple[list[dict], list[st
                 row.update(prompted=s.slices_prompted, slices=s.slices_total,
                            fg_fraction=s.foreground_fraction, mean_confidence=s.mean_confidence,
                            student_masker_dice=s.student_sam_dice)
-            if record.status == VolumeStatus.done:
+            if work is VolumeWork.done:
                 ref = _reference(root, vid)
                 if ref is not None:
                     label = read_output(root, round_index, "pseudo_label", vid)
@@ -140,7 +142,7 @@ def round_reference_dice(root: zarr.Group) -> dict[int, float]:
         scores = []
         for vid, ref in refs.items():
             record = read_record(root, r, vid)
-            if record is None or record.status != VolumeStatus.done:
+            if volume_work(record) is not VolumeWork.done:
                 continue
             label = read_output(root, r, "pseudo_label", vid)
             if label is not None and label.shape == ref.shape:
