@@ -138,7 +138,7 @@ class ActorKiller(threading.Thread):
 def test_worker_killed_three_times(fault_template, reference, tmp_path, trained_student, caplog):
     store = tmp_path / "store.zarr"
     shutil.copytree(fault_template, store)
-    caplog.set_level(logging.WARNING, logger="semisam.pipeline.driver")
+    caplog.set_level(logging.WARNING, logger="semisam.pipeline.dispatch")
     killer = ActorKiller(kills=3)
     killer.start()
     try:
