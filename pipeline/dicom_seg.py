@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from semisam.schemas import ConfigError, InputError, StrictModel
+from semisam.schemas import ConfigError, InputError, StrictModel, VolumeMeta
 
 if TYPE_CHECKING:
     import numpy as np
@@ -195,31 +195,37 @@ def check_dicom_volumes(root: zarr.Group, ids: list[str]) -> None:
         meta = read_meta(root, vid)
         if meta.source_format != "dicom":
             raise InputError(
-                f"volume '{vid}': ingested from {meta.source_format} ({Path(meta.source).name}), "
+                f"volume '{vid}': ingested from {meta.source_format} ({meta.source_name}), "
                 "not from a DICOM series: DICOM-SEG must reference its source series; export "
                 "it with --format nifti or ome-zarr")
 
 
-def find_source(volume_id: str, source: str, sha256: str, where: Path | None) -> Path:
-    """The DICOM folder of a stored volume: ``where`` (the series folder or its parent) or
-    the recorded ``source``, holding the very series ingested (same sha256).
+def find_source(meta: VolumeMeta, where: Path | None) -> Path:
+    """The DICOM folder of a stored volume, holding the very series ingested (same sha256):
+    ``where`` (the series folder, or its parent holding a folder of the recorded name), else
+    the absolute path the store records (ingest --record-paths, or an older store).
 
     Raises:
-        InputError: no such folder, or its series is not the ingested one.
+        InputError: no folder given nor recorded, no such folder, or its series is not the
+            ingested one (one line naming the volume).
     """
     from .ingest.dicom import is_dicom_dir, series_sha256
 
-    name = Path(source).name
-    candidates = [where, where / name] if where is not None else [Path(source)]
-    found = [c for c in candidates if c is not None and is_dicom_dir(c)]
+    vid, name, recorded = meta.volume_id, meta.source_name, meta.recorded_path
+    if where is None and recorded is None:
+        raise InputError(f"volume '{vid}': the store records the source series by name "
+                         f"({name}) and sha256 only; pass --dicom-source FOLDER (the series "
+                         "folder or its parent)")
+    candidates = [where, where / name] if where is not None else [Path(recorded)]
+    found = [c for c in candidates if is_dicom_dir(c)]
     if not found:
         hint = "" if where is not None else "; pass --dicom-source FOLDER if it moved"
         shown = where if where is not None else name
-        raise InputError(f"volume '{volume_id}': source DICOM series not found at {shown}{hint}")
+        raise InputError(f"volume '{vid}': source DICOM series not found at {shown}{hint}")
     for folder in found:
-        if series_sha256(folder) == sha256:
+        if series_sha256(folder) == meta.sha256:
             return folder
-    raise InputError(f"volume '{volume_id}': the DICOM series in {found[-1].name} is not the one "
+    raise InputError(f"volume '{vid}': the DICOM series in {found[-1].name} is not the one "
                      "ingested (its files' sha256 differs)")
 
 
@@ -237,7 +243,7 @@ def export_volume_seg(root: zarr.Group, round_index: int, volume_id: str, out: s
         return ExportedVolume(volume_id=volume_id, written=False,
                               reason=reason or "pseudo_label array missing")
     meta = read_meta(root, volume_id)
-    folder = find_source(volume_id, meta.source, meta.sha256, options.source)
+    folder = find_source(meta, options.source)
     classes = read_class_map(root)
     names = {v: classes.name(v) for v in classes.values}
     path = Path(out) / f"{volume_id}.seg.dcm"

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from semisam.schemas import CONFIDENCE_SCALE, StrictModel, VolumeStatus, volume_path
+from semisam.schemas import CONFIDENCE_SCALE, StrictModel, VolumeMeta, VolumeStatus, volume_path
 
 from .ngff import (
     NGFF_VERSION,
@@ -58,7 +58,8 @@ class OmeExportOptions(StrictModel):
     oblique: Literal["scale-only", "refuse"] = Field(
         OBLIQUE_SCALE_ONLY, description="affines NGFF 0.5 cannot express: voxel frame or refuse")
     levels: int | None = Field(None, ge=1, le=8, description="pyramid levels (None: automatic)")
-    record_paths: bool = Field(False, description="record the source's absolute path")
+    record_paths: bool = Field(False, description="record the source's absolute path (the one "
+                               "the store records: ingest --record-paths)")
 
 
 class OmeVolumeAttrs(StrictModel):
@@ -156,6 +157,17 @@ def _write_image(location: str, data: Any, attrs: OmeVolumeAttrs, *, scale: list
     return group
 
 
+def recorded_path(meta: VolumeMeta, wanted: bool) -> str | None:
+    """The source's absolute path for the export's attributes: only when ``wanted``, and only
+    the one the store records (a warning when it records none: ingest --record-paths)."""
+    if not wanted:
+        return None
+    if meta.recorded_path is None:
+        log.warning("volume '%s': the store records no source path (ingest --record-paths "
+                    "records one); source_path left empty", meta.volume_id)
+    return meta.recorded_path
+
+
 def skip_reason(root: zarr.Group, round_index: int, volume_id: str) -> str | None:
     from semisam.store import read_record
 
@@ -194,9 +206,8 @@ def export_volume_ome(root: zarr.Group, round_index: int, volume_id: str, out: s
         volume_id=volume_id, kind="image", round=round_index, fingerprint=fingerprint,
         affine=affine.tolist(), geometry=geometry,
         spacing=tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0)),
-        source_file=Path(meta.source).name, source_format=meta.source_format,
-        source_sha256=meta.sha256,
-        source_path=str(Path(meta.source).resolve()) if options.record_paths else None,
+        source_file=meta.source_name, source_format=meta.source_format,
+        source_sha256=meta.sha256, source_path=recorded_path(meta, options.record_paths),
         labels={f"round{round_index}": names})
     image = np.asarray(root[f"{volume_path(volume_id)}/image"][...])
     where = join(out, f"{volume_id}.ome.zarr")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from enum import Enum
+from pathlib import PurePath
 
 from pydantic import Field
 
@@ -20,10 +21,19 @@ class VolumeMeta(StrictModel):
 
     ``affine`` maps voxel indices (i, j, k) to world millimetres (4x4, RAS as nibabel reports it);
     ``spacing`` is the voxel size in mm along the array axes.
+
+    The source is identified by its file name and sha256; its absolute path (hospital paths name
+    people and sites) only when the ingest was asked to record it (``source_path``). Stores
+    ingested before that hold the absolute path in ``source``: `source_name` and
+    `recorded_path` read both kinds alike.
     """
 
     volume_id: str
-    source: str = Field(description="path of the file it was ingested from")
+    source: str = Field(description="file name of the source (a DICOM series: its folder's "
+                        "name); stores ingested before names were recorded: its absolute path")
+    source_path: str | None = Field(
+        None, description="absolute path of the source, only when the ingest was asked to "
+        "record it (ingest --record-paths)", exclude_if=lambda v: v is None)
     source_format: str = Field(description="nifti | nrrd | h5 | npy")
     sha256: str = Field(description="sha256 of the source file bytes (image file)")
     label_sha256: str | None = None
@@ -33,6 +43,19 @@ class VolumeMeta(StrictModel):
     image_dtype: str
     labeled: bool = False
     ingested_at: str = Field(default_factory=utcnow)
+
+    @property
+    def source_name(self) -> str:
+        """The source's file (or DICOM folder) name, whatever kind of store holds it."""
+        return PurePath(self.source).name or self.source
+
+    @property
+    def recorded_path(self) -> str | None:
+        """The source's absolute path when the store records one (``source_path``, or an older
+        store's absolute ``source``); None otherwise."""
+        if self.source_path:
+            return self.source_path
+        return self.source if PurePath(self.source).is_absolute() else None
 
 
 class VolumeStatus(str, Enum):

@@ -25,6 +25,9 @@ def ingest(
     classes: Annotated[Optional[str], typer.Option(
         help="keep label values as classes: VALUE=NAME pairs (1=anterior,2=posterior), a JSON "
         "file {\"1\": \"anterior\"}, or 'auto' (names class_<v>)")] = None,
+    record_paths: Annotated[bool, typer.Option(
+        help="record each source's absolute path in the store (default: its file name and "
+        "sha256 only; hospital paths name people and sites)")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable report")] = False,
 ) -> None:
     """Ingest volumes (and labels) into a store; re-ingesting the same file is a no-op."""
@@ -38,7 +41,7 @@ def ingest(
     with render.count_bar("ingest", total, enabled=not as_json) as tick:
         report = ingest_fn(store, sources, labels_dir=labels, labeled=labeled, overwrite=overwrite,
                            binarize=binarize, on_volume=tick, classes=class_map,
-                           allow_missing_labeled=allow_missing_labeled)
+                           allow_missing_labeled=allow_missing_labeled, record_paths=record_paths)
     render.ingest_report(report, as_json)
     if report.failed:
         raise typer.Exit(1)

@@ -231,7 +231,8 @@ def _existing_status(root: zarr.Group, plan: _Plan, overwrite: bool) -> IngestSt
     if overwrite:
         return IngestStatus.replaced
     if not same_files:
-        problem = f"already exists from {old.source} with a different sha256; use --overwrite"
+        problem = (f"already exists from {old.source_name} with a different sha256; "
+                   "use --overwrite")
     else:
         problem = f"already exists with labeled={old.labeled}; changing it needs --overwrite"
     raise input_error(plan.path, f"volume '{plan.volume_id}' {problem}")
@@ -317,7 +318,29 @@ def _load(plan: _Plan, binarize: bool, keep_classes: bool = False
     return volume, label
 
 
-def _write(root: zarr.Group, plan: _Plan, volume: LoadedVolume, label: np.ndarray | None) -> bool:
+def source_fields(path: Path, record_paths: bool) -> dict[str, str | None]:
+    """`VolumeMeta`'s ``source`` (the file or DICOM folder name) and ``source_path`` (its
+    absolute path, only with ``record_paths``) for ``path``."""
+    resolved = path.resolve()
+    return {"source": resolved.name, "source_path": str(resolved) if record_paths else None}
+
+
+def _update_source(root: zarr.Group, plan: _Plan, record_paths: bool) -> None:
+    """An unchanged volume whose stored source path differs from what this ingest records (a
+    path asked for and absent, or a path stored and not asked for, as in stores ingested before
+    names only were recorded): rewrite its metadata's source fields, nothing else."""
+    old = read_meta(root, plan.volume_id)
+    fields = source_fields(plan.path, record_paths)
+    if old.source == fields["source"] and old.source_path == fields["source_path"]:
+        return
+    new = old.model_copy(update=fields)
+    root[volume_path(plan.volume_id)].attrs["meta"] = new.model_dump(mode="json")
+    what = "recorded" if record_paths else "removed"
+    log.info("%s: source path %s in its metadata", plan.volume_id, what)
+
+
+def _write(root: zarr.Group, plan: _Plan, volume: LoadedVolume, label: np.ndarray | None,
+           record_paths: bool = False) -> bool:
     """Write one volume in the module docstring's order; True if a reference was kept."""
     group = root.require_group(volume_path(plan.volume_id))
     if "meta" in group.attrs:
@@ -332,7 +355,7 @@ def _write(root: zarr.Group, plan: _Plan, volume: LoadedVolume, label: np.ndarra
         del group[REFERENCE_ARRAY]
     meta = VolumeMeta(
         volume_id=plan.volume_id,
-        source=str(plan.path.resolve()),
+        **source_fields(plan.path, record_paths),
         source_format=volume.source_format,
         sha256=plan.sha256,
         label_sha256=plan.label_sha256,
@@ -356,6 +379,7 @@ def _ingest_checked(
     overwrite: bool,
     binarize: bool,
     policy: _ClassPolicy,
+    record_paths: bool = False,
 ) -> VolumeIngest:
     """Ingest one file; raises `SemisamError` (one line) if it cannot be."""
     plan = _Plan(path, labels_dir, labeled_ids)
@@ -370,10 +394,11 @@ def _ingest_checked(
     has_reference = False
     if status == IngestStatus.unchanged:
         has_reference = f"{volume_path(plan.volume_id)}/{REFERENCE_ARRAY}" in root
+        _update_source(root, plan, record_paths)
     else:
         volume, label = _load(plan, binarize, policy.keep)
         policy.check(label, plan.label_file if plan.label_file is not None else plan.path)
-        has_reference = _write(root, plan, volume, label)
+        has_reference = _write(root, plan, volume, label, record_paths)
     return VolumeIngest(
         volume_id=plan.volume_id,
         source=str(path),
@@ -411,6 +436,7 @@ def ingest(
     on_volume: Callable[[str, str], None] | None = None,
     classes: ClassMap | str | None = None,
     allow_missing_labeled: bool = False,
+    record_paths: bool = False,
 ) -> IngestReport:
     """Ingest image files into the store, one volume per file.
 
@@ -430,6 +456,9 @@ def ingest(
         allow_missing_labeled: ingest even when the labeled list names ids no source has
             (they are only listed in ``missing_labeled``); by default that is refused before
             anything is read: a mistyped id would leave its volume unlabeled.
+        record_paths: record each source's absolute path in its metadata (``source_path``);
+            by default only its file name and sha256 (paths name people and sites). A rerun
+            updates an unchanged volume's recorded path either way, nothing else.
 
     Returns:
         An `IngestReport`; a bad file is recorded as ``failed`` with a one-line reason and does
@@ -471,6 +500,7 @@ def ingest(
                 overwrite=overwrite,
                 binarize=binarize,
                 policy=policy,
+                record_paths=record_paths,
             )
         except Exception as exc:
             failure = store_write_failure(exc)

@@ -86,7 +86,7 @@ def test_pseudo_labels_round_trip_exactly(dicom_round, tmp_path):
     store, sources, affines = dicom_round
     out = tmp_path / "seg"
     invoke("export", str(store), "--round", "1", "--to", str(out), "--format", "dicom-seg",
-           "--volume", "ct_a", "--volume", "ct_b")
+           "--volume", "ct_a", "--volume", "ct_b", "--dicom-source", str(sources))
     root = open_store(store, read_only=True)
     for name, affine in affines.items():
         uids = _source_uids_by_k(sources / name, affine)
@@ -144,6 +144,28 @@ def test_moved_or_changed_source_series(dicom_round, tmp_path):
                     "--format", "dicom-seg", "--volume", "ct_b", "--dicom-source",
                     str(moved / "ct_b"), code=2)
     assert "not the one ingested" in result.output and len(result.output.splitlines()) == 1
+
+
+def test_source_series_by_name_hash_or_recorded_path(dicom_round, tmp_path):
+    """The store records the series' folder name and hash only: without --dicom-source the
+    export is refused in one line; a store ingested with --record-paths finds it alone."""
+    import shutil
+
+    store, sources, _ = dicom_round
+    result = invoke("export", str(store), "--round", "1", "--to", str(tmp_path / "no"),
+                    "--format", "dicom-seg", "--volume", "ct_a", code=2)
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert lines == ["error: volume 'ct_a': the store records the source series by name (ct_a) "
+                     "and sha256 only; pass --dicom-source FOLDER (the series folder or its "
+                     "parent)"], lines
+    assert str(sources) not in "".join(p.read_text() for p in store.rglob("zarr.json"))
+    copy = tmp_path / "paths.zarr"
+    shutil.copytree(store, copy)
+    report = ingest(copy, [sources], labeled=set(), record_paths=True)  # records, nothing else
+    assert {v.status.value for v in report.volumes} == {"unchanged"}
+    invoke("export", str(copy), "--round", "1", "--to", str(tmp_path / "ok"), "--format",
+           "dicom-seg", "--volume", "ct_a")
+    assert (tmp_path / "ok" / "ct_a.seg.dcm").is_file()
 
 
 def test_series_without_frame_of_reference_refused_in_one_line(tmp_path):

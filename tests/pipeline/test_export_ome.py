@@ -38,7 +38,8 @@ def ome_round(local_ray, trained_student, tmp_path_factory):
     nib.save(nib.Nifti1Image(image, oblique_affine()), images / "oblique.nii.gz")
     nib.save(nib.Nifti1Image(label, oblique_affine()), labels / "oblique.nii.gz")
     store = tmp / "s.zarr"
-    assert ingest(store, [images], labels_dir=labels, labeled=set()).ok
+    # paths recorded (ingest --record-paths): export --record-paths copies them
+    assert ingest(store, [images], labels_dir=labels, labeled=set(), record_paths=True).ok
     summary = run_round(store, 1, trained_student, RoundConfig(masker={"kind": "random_walker"}),
                         show_progress=False)
     assert summary.done == len(DEMO_IDS) + 1
