@@ -264,6 +264,32 @@ def _captioned(row: np.ndarray, widths: list[int], captions: list[str],
     return canvas
 
 
+def _panels(image: np.ndarray, label: np.ndarray, conf: np.ndarray, student: np.ndarray | None,
+            i: int, axis: int, classes: ClassMap,
+            colours: dict[int, tuple[int, int, int]]) -> tuple[list[np.ndarray], list[str]]:
+    """`montage_image`'s panels of slice ``i`` along ``axis`` (each ``HxWx3`` uint8) and their
+    captions: image, student (when ``student`` is given), pseudo-label, confidence."""
+    img = _to_rgb(np.take(image, i, axis))
+    label_slice = np.take(label, i, axis)
+    panels, captions = [img], [PANEL_CAPTIONS["image"]]
+    if student is not None:
+        if classes.multiclass:
+            panels.append(_overlay_classes(img, student_class_slice(student, i, axis, classes),
+                                           colours))
+            captions.append(MULTICLASS_STUDENT_CAPTION)
+        else:
+            panels.append(_overlay(img, np.take(student, i, axis) > 0.5, STUDENT_COLOUR))
+            captions.append(PANEL_CAPTIONS["student"])
+    if classes.multiclass:
+        panels.append(_overlay_classes(img, label_slice, colours))
+    else:
+        panels.append(_overlay(img, label_slice, PSEUDO_LABEL_COLOUR))
+    captions.append(PANEL_CAPTIONS["pseudo_label"])
+    panels.append(confidence_colours(np.take(conf, i, axis).astype(np.float32) / CONFIDENCE_SCALE))
+    captions.append(PANEL_CAPTIONS["confidence"])
+    return panels, captions
+
+
 def montage_image(root: zarr.Group, round_index: int, volume_id: str, scale: int = 3,
                   student: np.ndarray | None | bool = True) -> Image.Image:
     """Panels image | student | pseudo-label | confidence on the slice with the most
@@ -306,25 +332,8 @@ def montage_image(root: zarr.Group, round_index: int, volume_id: str, scale: int
     elif student is False:
         student = None
     i = _middle_slice(label > 0, axis)
-    img = _to_rgb(np.take(image, i, axis))
-    label_slice = np.take(label, i, axis)
-    colours = class_colours(classes, np.unique(label_slice)) if multi else {}
-    panels, captions = [img], [PANEL_CAPTIONS["image"]]
-    if student is not None:
-        if multi:
-            panels.append(_overlay_classes(img, student_class_slice(student, i, axis, classes),
-                                           colours))
-            captions.append(MULTICLASS_STUDENT_CAPTION)
-        else:
-            panels.append(_overlay(img, np.take(student, i, axis) > 0.5, STUDENT_COLOUR))
-            captions.append(PANEL_CAPTIONS["student"])
-    if multi:
-        panels.append(_overlay_classes(img, label_slice, colours))
-    else:
-        panels.append(_overlay(img, label_slice, PSEUDO_LABEL_COLOUR))
-    captions.append(PANEL_CAPTIONS["pseudo_label"])
-    panels.append(confidence_colours(np.take(conf, i, axis).astype(np.float32) / CONFIDENCE_SCALE))
-    captions.append(PANEL_CAPTIONS["confidence"])
+    colours = class_colours(classes, np.unique(np.take(label, i, axis))) if multi else {}
+    panels, captions = _panels(image, label, conf, student, i, axis, classes, colours)
     big = [np.repeat(np.repeat(p, scale, axis=0), scale, axis=1) for p in panels]
     sep = np.full((big[0].shape[0], 2, 3), 255, np.uint8)
     row = np.concatenate([p for pair in zip(big, [sep] * len(big)) for p in pair][:-1], axis=1)

@@ -132,6 +132,35 @@ class RoundPlan:
     resumed: bool = False
 
 
+def _resumes(root: zarr.Group, r: int, existing: RoundMeta, config: RoundConfig,
+             hashes: tuple[str, str, str | None], volumes: list[str], force: bool) -> bool:
+    """Whether the stored round ``r`` (``existing``) is resumed by a run with ``config`` and
+    ``hashes`` (`current_fingerprint`'s): yes when its fingerprint is this run's, or differs
+    only because an older semisam wrote it (`same_settings`); with ``force`` a changed round is
+    cleared of every volume's record and begun anew (no).
+
+    Raises:
+        RoundError: the fingerprint differs and ``force`` is off.
+    """
+    fingerprint, student_sha, sam_sha = hashes
+    if existing.fingerprint == fingerprint:
+        return True
+    if same_settings(existing, config, student_sha, sam_sha):
+        log.warning("round %d was begun by an older semisam (fingerprint %s); its stored "
+                    "config, with the fields added since at their defaults, and its "
+                    "checkpoints are this run's: resuming it", r, existing.fingerprint[:12])
+        return True
+    if not force:
+        raise RoundError(
+            f"round {r} exists with another config/checkpoints (fingerprint "
+            f"{existing.fingerprint[:12]} != {fingerprint[:12]}); use --force to redo it"
+        )
+    log.warning("round %d: --force, fingerprint changed: redoing every volume", r)
+    for vid in volumes:
+        clear_record(root, r, vid)
+    return False
+
+
 def plan_round(
     root: zarr.Group,
     round_index: int,
@@ -161,24 +190,8 @@ def plan_round(
         raise RoundError("store has no unlabeled volumes: nothing to pseudo-label")
 
     existing = read_round_meta(root, round_index)
-    resumed = existing is not None
-    if existing is not None and existing.fingerprint != fingerprint:
-        if same_settings(existing, config, student_sha, sam_sha):
-            log.warning("round %d was begun by an older semisam (fingerprint %s); its stored "
-                        "config, with the fields added since at their defaults, and its "
-                        "checkpoints are this run's: resuming it", round_index,
-                        existing.fingerprint[:12])
-        elif not force:
-            raise RoundError(
-                f"round {round_index} exists with another config/checkpoints (fingerprint "
-                f"{existing.fingerprint[:12]} != {fingerprint[:12]}); use --force to redo it"
-            )
-        else:
-            log.warning("round %d: --force, fingerprint changed: redoing every volume",
-                        round_index)
-            for vid in volumes:
-                clear_record(root, round_index, vid)
-            resumed = False
+    resumed = existing is not None and _resumes(
+        root, round_index, existing, config, (fingerprint, student_sha, sam_sha), volumes, force)
     meta = RoundMeta(
         round=round_index,
         config=config.model_dump(mode="json"),
@@ -191,14 +204,12 @@ def plan_round(
     )
     write_round_meta(root, meta)
     plan = RoundPlan(meta=meta, todo=[], resumed=resumed)
-    for vid in volumes:
+    for vid in volumes:  # the one rule: schemas.volume_work
         work = volume_work(read_record(root, round_index, vid))
         if work.left_to_do(retry_failed):
             plan.todo.append(vid)  # not started, cut short (retryable), or --retry-failed
-        elif work is VolumeWork.done:
-            plan.done.append(vid)
         else:
-            plan.failed.append(vid)  # a final failure
+            (plan.done if work is VolumeWork.done else plan.failed).append(vid)
     if plan.done:
         log.info("round %d: skipping %d volumes already done", round_index, len(plan.done))
     if plan.failed:
