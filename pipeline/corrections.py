@@ -6,7 +6,7 @@ back. For each file named ``<id>.nii.gz`` (also ``.nii``, ``.nrrd``):
 
 - the volume must be in the store; the file is read like an ingest label (integer values,
   class values of the store only) and placed on the stored image by world geometry
-  (`ingest.validate.align_label`: identical grids pass, another axis order/direction of the same
+  (`image_io.validate.align_label`: identical grids pass, another axis order/direction of the same
   grid is reoriented, anything else is refused in one line);
 - ``volumes/<id>/label`` is written and then the volume's metadata is marked labeled with
   ``label_sha256`` = the file's sha256, and a `LabelCorrection` goes beside it in the volume's
@@ -40,8 +40,8 @@ from semisam.store import (
     slice_chunks,
 )
 
-from .ingest.readers import file_sha256, read_label_file
-from .ingest.validate import align_label, display_path
+from .image_io import read_label_file, source_sha256
+from .image_io.validate import align_label, display_path
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def load_correction(root: zarr.Group, path: Path) -> tuple[str, np.ndarray, str]
     if extra:
         raise InputError(f"{display_path(path)}: label values {extra} are not classes of the store "
                          f"(allowed {sorted(allowed)})")
-    return volume_id, np.ascontiguousarray(label, dtype=np.uint8), file_sha256(path)
+    return volume_id, np.ascontiguousarray(label, dtype=np.uint8), source_sha256(path)
 
 
 def check_correctable(root: zarr.Group, path: Path, volume_id: str, round_index: int | None

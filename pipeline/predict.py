@@ -157,7 +157,7 @@ def collect_inputs(inputs: list[Path | str]) -> list[Path]:
     plain: list[Path] = []
     for source in map(Path, inputs):
         if source.is_dir() and _is_dicom_dir(source):
-            from .ingest import dicom
+            from .image_io import dicom
 
             series = dicom.series_volume_ids(source)  # several series: one input each
             files += [source if uid is None else Path(f"{source}{_SERIES}{uid}")
@@ -182,19 +182,19 @@ def _dicom_input(source: Path) -> tuple[Path, str | None] | None:
 
 def _volume_id(source: Path) -> str:
     """The output name of an input: ingest's volume id (a series: ``<folder>_s<number>``)."""
-    from .ingest import volume_id_for
+    from .image_io import volume_id_for
 
     found = _dicom_input(source)
     if found is None:
         return volume_id_for(source)
-    from .ingest import dicom
+    from .image_io import dicom
 
     folder, uid = found
     if uid is None:
         return dicom.dicom_volume_id(folder)
     ids = {u: vid for vid, u in dicom.series_volume_ids(folder)}
     if uid not in ids:
-        from .ingest.validate import input_error
+        from .image_io.validate import input_error
 
         raise input_error(folder, f"no DICOM image series {uid} in the folder")
     return ids[uid]
@@ -226,7 +226,7 @@ def check_unique_ids(sources: list[Path]) -> None:
 
 def _is_dicom_dir(path: Path) -> bool:
     try:
-        from .ingest import dicom
+        from .image_io import dicom
     except ImportError:  # DICOM support not installed
         return False
     return dicom.is_dicom_dir(path)
@@ -234,11 +234,11 @@ def _is_dicom_dir(path: Path) -> bool:
 
 def _read(source: Path):
     """The `LoadedVolume` of one input (a file, a DICOM folder or one series of one)."""
-    from .ingest import read_volume
+    from .image_io import read_volume
 
     found = _dicom_input(source)
     if found is not None:
-        from .ingest import dicom
+        from .image_io import dicom
 
         return dicom.read_dicom_series(*found)
     return read_volume(source)

@@ -1,5 +1,6 @@
 """Ingest: read NIfTI / NRRD / h5 / npy volumes, validate them and write them into the store."""
 
+from ..image_io import LoadedVolume, read_label, read_volume, volume_id_for
 from .ingest import (
     IngestReport,
     IngestStatus,
@@ -8,7 +9,6 @@ from .ingest import (
     ingest,
     load_labeled_ids,
 )
-from .readers import LoadedVolume, read_label, read_volume, volume_id_for
 
 __all__ = [
     "IngestReport",

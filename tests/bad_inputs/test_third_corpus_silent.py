@@ -112,7 +112,7 @@ def test_predict_refuses_nii_and_nii_gz_of_one_name(trained_student, tmp_path):
 
 
 def test_dicom_series_sharing_a_number_get_unique_ids(tmp_path):
-    from semisam.pipeline.ingest.dicom import read_dicom_dir, series_volume_ids
+    from semisam.pipeline.image_io.dicom import read_dicom_dir, series_volume_ids
     from semisam.pipeline.predict import check_unique_ids, collect_inputs
     from tests.pipeline.test_dicom import write_series
 

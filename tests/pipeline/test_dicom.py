@@ -14,7 +14,7 @@ pydicom = pytest.importorskip("pydicom")
 from pydicom.dataset import FileDataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
-from semisam.pipeline.ingest import dicom  # noqa: E402
+from semisam.pipeline.image_io import dicom  # noqa: E402
 from semisam.pipeline.phantoms import make_phantom  # noqa: E402
 from semisam.schemas import InputError  # noqa: E402
 

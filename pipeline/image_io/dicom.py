@@ -33,8 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from semisam.schemas import InputError, validate_volume_id
+from semisam.store import update_from_file
 
 from .validate import check_geometry, check_image, display_path, input_error
+from .volume import LoadedVolume
 
 log = logging.getLogger(__name__)
 
@@ -247,10 +249,11 @@ class DicomVolume:
 
 
 def _series_sha(files) -> str:
+    """Hex sha256 over the slice files' names and bytes, in name order."""
     digest = hashlib.sha256()
     for f in sorted(files, key=lambda p: p.name):
         digest.update(f.name.encode())
-        digest.update(Path(f).read_bytes())
+        update_from_file(digest, f)
     return digest.hexdigest()
 
 
@@ -337,17 +340,15 @@ def series_volume_ids(path: Path) -> list[tuple[str, str | None]]:
     return [(ids[info.uid], info.uid) for info in infos]
 
 
-def read_dicom_series(path: Path, uid: str | None = None):
-    """A single-series DICOM folder, or series ``uid`` of a folder, as a `readers.LoadedVolume`
-    (what `read_volume` returns).
+def read_dicom_series(path: Path, uid: str | None = None) -> LoadedVolume:
+    """A single-series DICOM folder, or series ``uid`` of a folder, as a `LoadedVolume`
+    (what `readers.read_volume` returns).
 
     Raises:
         InputError: see `read_dicom_dir`; also when no ``uid`` is given and the folder holds
             several series (it names them: read them with `read_dicom_dir`, or give each
             series its own folder).
     """
-    from .readers import LoadedVolume
-
     volumes = read_dicom_dir(path, only=uid)
     if len(volumes) > 1:
         names = ", ".join(f"{v.series.uid} ({v.series.description or 'no description'}, "
