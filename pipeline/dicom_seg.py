@@ -1,7 +1,7 @@
 """DICOM-SEG (highdicom) of label maps on volumes that came from a DICOM series.
 
 A label map ``XxYxZ`` uint8 (class values, 0 = background) of a volume read from a DICOM folder
-(`semisam.pipeline.ingest.dicom`: ``image[i, j, k]`` = column ``i``, row ``j`` of the ``k``-th
+(`semisam.pipeline.image_io.dicom`: ``image[i, j, k]`` = column ``i``, row ``j`` of the ``k``-th
 slice along the slice normal) becomes one Segmentation object:
 
 * it references the source series (its Study, Series and SOP Instance UIDs, frame by frame)
@@ -67,8 +67,8 @@ def ordered_slices(folder: Path, uid: str | None = None) -> list[Any]:
     stored slice order (by position along the slice normal ``row x column``, as ingest)."""
     import numpy as np
 
-    from .ingest.dicom import scan_dicom_dir
-    from .ingest.validate import input_error
+    from .image_io.dicom import scan_dicom_dir
+    from .image_io.validate import input_error
 
     series, _ = scan_dicom_dir(folder)
     if uid is not None:
@@ -209,7 +209,7 @@ def find_source(meta: VolumeMeta, where: Path | None) -> Path:
         InputError: no folder given nor recorded, no such folder, or its series is not the
             ingested one (one line naming the volume).
     """
-    from .ingest.dicom import is_dicom_dir, series_sha256
+    from .image_io.dicom import is_dicom_dir, series_sha256
 
     vid, name, recorded = meta.volume_id, meta.source_name, meta.recorded_path
     if where is None and recorded is None:
@@ -263,7 +263,7 @@ def split_series(source: str) -> tuple[Path, str | None]:
 
 def check_dicom_inputs(inputs: list[Path]) -> None:
     """`InputError` for the first predict input that is not a DICOM series."""
-    from .ingest.dicom import is_dicom_dir
+    from .image_io.dicom import is_dicom_dir
 
     for source in inputs:
         folder, _ = split_series(str(source))

@@ -48,9 +48,9 @@ from semisam.store import (
 )
 from semisam.store.volumes import DIMENSION_NAMES
 
-from .dicom import is_dicom_dir
-from .readers import LoadedVolume, file_sha256, read_label_file, read_volume, volume_id_for
-from .validate import (
+from ..image_io import LoadedVolume, is_dicom_dir, read_label_file, read_volume, volume_id_for
+from ..image_io import source_sha256 as file_sha256
+from ..image_io.validate import (
     align_label,
     check_file,
     check_label_shape,

@@ -12,8 +12,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from semisam.pipeline.image_io.validate import display_path
 from semisam.pipeline.ingest import IngestReport, IngestStatus, ingest
-from semisam.pipeline.ingest.validate import display_path
 from semisam.schemas import InputError
 from semisam.store import list_metas, open_store, read_image, read_meta
 from semisam.store import read_label as store_read_label
