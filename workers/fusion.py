@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -52,18 +52,8 @@ from semisam.schemas import CONFIDENCE_SCALE, FusionConfig, FusionMode, VolumeSt
 
 from .metrics import dice, largest_component
 
-__all__ = [
-    "STUDENT_THRESHOLD",
-    "FusionResult",
-    "MaskerView",
-    "masker_volume",
-    "confidence_from_uint8",
-    "confidence_to_uint8",
-    "fuse",
-    "gate_view",
-    "margin",
-    "volume_stats",
-]
+__all__ = ["STUDENT_THRESHOLD", "FusionResult", "MaskerView", "masker_volume", "confidence_from_uint8",
+           "confidence_to_uint8", "fuse", "fuse_views", "gate_view", "margin", "volume_stats"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +65,7 @@ class FusionResult:
     """One volume's fused outputs.
 
     Attributes:
-        pseudo_label: ``XxYxZ`` uint8 {0, 1}.
+        pseudo_label: ``XxYxZ`` uint8 {0, 1} (a volume of several structures: class values).
         confidence: ``XxYxZ`` uint8, ``v / CONFIDENCE_SCALE`` is the confidence in [0, 1].
         stats: per-volume statistics (see `volume_stats`).
     """
@@ -93,12 +83,15 @@ class MaskerView:
         axis: the slice axis of the volume.
         indices: N unique slice indices along ``axis``.
         prob: ``NxHxW`` float masker probabilities in [0, 1], in the frame of
-            `semisam.workers.localization.stack_slices`.
+            `semisam.workers.localization.stack_slices` (None: no slices).
+        scores: ``N`` float masker quality scores of the slices (SAM-family: the decoder's
+            predicted IoU), or None when the masker has none.
     """
 
     axis: int
     indices: list[int]
-    prob: np.ndarray
+    prob: np.ndarray | None
+    scores: np.ndarray | None = None
 
 
 def masker_volume(shape: tuple[int, int, int], views: Sequence[MaskerView]) -> tuple[np.ndarray, np.ndarray]:
@@ -231,17 +224,11 @@ def _fuse_prompted(
     return label, np.multiply(confidence, agreement, out=confidence)
 
 
-def fuse(
-    student_prob: np.ndarray,
-    masker_prob: np.ndarray | None,
-    prompted: Sequence[int],
-    config: FusionConfig,
-    slice_axis: int,
-    extra_views: Sequence[MaskerView] = (),
-    scores: np.ndarray | None = None,
-    extra_scores: Sequence[np.ndarray | None] = (),
-) -> FusionResult:
-    """Fuse the student's and the masker's probabilities into a pseudo-label and confidence.
+def fuse(student_prob: np.ndarray, masker_prob: np.ndarray | None, prompted: Sequence[int],
+         config: FusionConfig, slice_axis: int, extra_views: Sequence[MaskerView] = (),
+         scores: np.ndarray | None = None, extra_scores: Sequence[np.ndarray | None] = ()
+         ) -> FusionResult:
+    """`fuse_views` with the main axis's answer given as arrays.
 
     Args:
         student_prob: ``XxYxZ`` float student foreground probability in [0, 1].
@@ -251,76 +238,116 @@ def fuse(
         config: fusion mode and masker threshold.
         slice_axis: the axis the slices were taken along.
         extra_views: the masker's answers along further axes (multi-planar rounds).
-        scores: ``N`` masker quality scores of the prompted slices (SAM-family: the decoder's
-            predicted IoU), or None. Slices scoring below ``config.min_masker_score`` are
-            left to the student (`gate_view`); the mean score goes into the statistics.
-        extra_scores: the same for each of ``extra_views`` (None entries: no scores).
-
-    Returns:
-        The pseudo-label, the uint8 confidence and the volume's statistics (formulas in the
-        module docstring).
+        scores: ``N`` masker quality scores of the prompted slices, or None.
+        extra_scores: the same for each of ``extra_views`` (None entries, or none given: the
+            view's own ``scores``).
 
     Raises:
         ValueError: shapes disagree, indices repeat or values are not finite.
     """
-    student, masker, indices = _check_inputs(student_prob, masker_prob, prompted, slice_axis)
-    main = gate_view(MaskerView(slice_axis, indices, masker), scores, config.min_masker_score)
-    masker, indices = main.prob, main.indices
-    extra = []
-    all_scores = [s for s in (scores, *extra_scores) if s is not None and len(s)]
-    for i, view in enumerate(extra_views):
+    extra = [replace(v, scores=extra_scores[i]) if i < len(extra_scores) else v
+             for i, v in enumerate(extra_views)]
+    return fuse_views(student_prob, MaskerView(slice_axis, list(prompted), masker_prob, scores),
+                      extra, config)
+
+
+def fuse_views(student_prob: np.ndarray, main: MaskerView, extra: Sequence[MaskerView],
+               config: FusionConfig) -> FusionResult:
+    """Fuse the student's and the masker's probabilities into a pseudo-label and confidence.
+
+    Args:
+        student_prob: ``XxYxZ`` float student foreground probability in [0, 1].
+        main: the masker's answer along the round's slice axis (``main.axis``; no indices and
+            ``prob`` None when it prompted nothing there).
+        extra: its answers along further axes (multi-planar rounds).
+        config: fusion mode, masker threshold, score gate, component and student guards.
+
+    Views' ``scores`` (SAM-family: the decoder's predicted IoU): slices scoring below
+    ``config.min_masker_score`` are left to the student (`gate_view`); the mean score of every
+    masked slice goes into the statistics.
+
+    Returns:
+        The pseudo-label, the uint8 confidence and the volume's statistics (formulas in the
+        module docstring; ``slices_total`` counts ``main``'s axis and each of ``extra``'s).
+
+    Raises:
+        ValueError: shapes disagree, indices repeat or values are not finite.
+    """
+    student, main, extra = _checked_views(student_prob, main, extra)
+    all_scores = [v.scores for v in (main, *extra) if v.scores is not None and len(v.scores)]
+    main = gate_view(main, main.scores, config.min_masker_score)
+    extra = [gate_view(v, v.scores, config.min_masker_score) for v in extra]
+    m, covered = masker_volume(student.shape, [main, *extra])
+    label, confidence = _vote(student, m, covered, config)
+    agreement, rejected = None, False
+    if covered.any():
+        label, confidence, agreement, rejected = _student_guard(student, label, confidence, config)
+    pseudo_label = label.view(np.uint8)  # bool is one byte, 0 or 1
+    stats = volume_stats(pseudo_label, confidence, student, main.prob, main.indices, config,
+                         main.axis, extra, combined=(m, covered))
+    stats.fused_student_dice, stats.masker_rejected = agreement, rejected
+    if all_scores:
+        stats.masker_score = float(np.mean(np.concatenate(all_scores), dtype=np.float64))
+    logger.debug("fused %d prompted slices: %s", len(main.indices), stats)
+    return FusionResult(pseudo_label, _encode(confidence), stats)  # finite: inputs are checked
+
+
+def _checked_views(student_prob: np.ndarray, main: MaskerView, extra: Sequence[MaskerView]
+                   ) -> tuple[np.ndarray, MaskerView, list[MaskerView]]:
+    """The clipped float32 student and the validated, clipped views (`_check_inputs`)."""
+    student, prob, indices = _check_inputs(student_prob, main.prob, main.indices, main.axis)
+    checked = []
+    for view in extra:
         _, view_prob, view_indices = _check_inputs(student, view.prob, view.indices, view.axis)
-        view_scores = extra_scores[i] if i < len(extra_scores) else None
-        extra.append(gate_view(MaskerView(view.axis, view_indices, view_prob), view_scores,
-                               config.min_masker_score))
+        checked.append(MaskerView(view.axis, view_indices, view_prob, view.scores))
+    return student, MaskerView(main.axis, indices, prob, main.scores), checked
+
+
+def _vote(student: np.ndarray, masker: np.ndarray, covered: np.ndarray, config: FusionConfig
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """(``XxYxZ`` bool label, float32 confidence): `_fuse_prompted` where ``covered`` (the
+    view-averaged masker ``masker``), the student's own answer elsewhere; with
+    ``config.largest_component`` only the largest component, removed voxels at confidence 0."""
     label = student > STUDENT_THRESHOLD
     confidence = margin(student, STUDENT_THRESHOLD)
-    m, covered = masker_volume(student.shape, [MaskerView(slice_axis, indices, masker), *extra])
     if covered.any():
         # whole-volume elementwise passes, then a masked copy: cheaper than gathering the
         # covered voxels and scattering them back, and the same values voxel by voxel
-        prompted_label, prompted_confidence = _fuse_prompted(student, m, config)
+        prompted_label, prompted_confidence = _fuse_prompted(student, masker, config)
         np.copyto(label, prompted_label, where=covered)
         np.copyto(confidence, prompted_confidence, where=covered)
     if config.largest_component:
         keep = largest_component(label)
         np.copyto(confidence, 0.0, where=label & ~keep)
         label = keep
-    agreement, rejected = None, False
-    if covered.any():
-        student_fg = student > STUDENT_THRESHOLD
-        structure = largest_component(student_fg)
-        agreement = dice(label, structure)
-        if agreement < config.min_student_agreement:  # the masker left the student's structure
-            rejected = True
-            confidence = margin(student, STUDENT_THRESHOLD)
-            label = student_fg
-            if config.largest_component:
-                np.copyto(confidence, 0.0, where=student_fg & ~structure)
-                label = structure
-            logger.info("fused label agrees with the student's structure at Dice %.3f < %.3f: "
-                        "the student's answer is kept", agreement, config.min_student_agreement)
-    pseudo_label = label.view(np.uint8)  # bool is one byte, 0 or 1
-    stats = volume_stats(pseudo_label, confidence, student, masker, indices, config, slice_axis, extra,
-                         combined=(m, covered))
-    stats.fused_student_dice, stats.masker_rejected = agreement, rejected
-    if all_scores:
-        stats.masker_score = float(np.mean(np.concatenate(all_scores), dtype=np.float64))
-    logger.debug("fused %d prompted slices: %s", len(indices), stats)
-    return FusionResult(pseudo_label, _encode(confidence), stats)  # finite: inputs are checked
+    return label, confidence
 
 
-def volume_stats(
-    pseudo_label: np.ndarray,
-    confidence: np.ndarray,
-    student_prob: np.ndarray,
-    masker_prob: np.ndarray | None,
-    prompted: Sequence[int],
-    config: FusionConfig,
-    slice_axis: int,
-    extra_views: Sequence[MaskerView] = (),
-    combined: tuple[np.ndarray, np.ndarray] | None = None,
-) -> VolumeStats:
+def _student_guard(student: np.ndarray, label: np.ndarray, confidence: np.ndarray,
+                   config: FusionConfig) -> tuple[np.ndarray, np.ndarray, float, bool]:
+    """``(label, confidence, Dice with the student's largest component, rejected)``: the
+    student's answer (its largest component with ``config.largest_component``) in place of a
+    fused label whose Dice with the student's largest component is below
+    ``config.min_student_agreement`` (the masker left the student's structure)."""
+    student_fg = student > STUDENT_THRESHOLD
+    structure = largest_component(student_fg)
+    agreement = dice(label, structure)
+    if not agreement < config.min_student_agreement:
+        return label, confidence, agreement, False
+    confidence = margin(student, STUDENT_THRESHOLD)
+    label = student_fg
+    if config.largest_component:
+        np.copyto(confidence, 0.0, where=student_fg & ~structure)
+        label = structure
+    logger.info("fused label agrees with the student's structure at Dice %.3f < %.3f: "
+                "the student's answer is kept", agreement, config.min_student_agreement)
+    return label, confidence, agreement, True
+
+
+def volume_stats(pseudo_label: np.ndarray, confidence: np.ndarray, student_prob: np.ndarray,
+                 masker_prob: np.ndarray | None, prompted: Sequence[int], config: FusionConfig,
+                 slice_axis: int, extra_views: Sequence[MaskerView] = (),
+                 combined: tuple[np.ndarray, np.ndarray] | None = None) -> VolumeStats:
     """Per-volume statistics of a fused result.
 
     Args:

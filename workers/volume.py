@@ -1,4 +1,10 @@
-"""One volume, end to end, inside a worker: student -> prompts -> masker -> fusion -> store.
+"""One volume, end to end, inside a worker: the README's per-volume steps.
+
+`VolumeProcessor._run` is the steps, one call each: read the volume, run the student (1), keep
+each structure's component and build its prompts (2), window the image and run the masker on
+the prompted slices (3), fuse (4), write the arrays and the record (5). A store of one
+structure is the case ``K = 1``: the same calls, with the combination of classes left out.
+Stage times go into the record through a `StageClock`.
 
 No Ray here: `VolumeProcessor` is what a Ray actor wraps, and what unit tests call directly.
 """
@@ -10,7 +16,7 @@ import os
 import resource
 import socket
 import threading
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +27,7 @@ from semisam.schemas import (
     InputError,
     RoundConfig,
     SemisamError,
+    VolumeMeta,
     VolumeRecord,
     VolumeStats,
     VolumeStatus,
@@ -39,15 +46,49 @@ from semisam.store import (
 from .class_fusion import combine_classes
 from .components import keep_component
 from .devices import check_device, resolve_device  # noqa: F401 - check_device: re-exported
-from .fusion import FusionResult, MaskerView, confidence_from_uint8, confidence_to_uint8, fuse
+from .fusion import (
+    FusionResult,
+    MaskerView,
+    confidence_from_uint8,
+    confidence_to_uint8,
+    fuse_views,
+)
 from .intensity import window_volume
-from .localization import foreground_mask, slice_prompts, stack_slices
-from .maskers import Masker, MaskerSession, SlicePrompt, build_masker
-from .propagation import choose_starts, largest_starts, propagate_chains
+from .localization import foreground_mask, slice_prompts
+from .maskers import Masker, build_masker
+from .masking import AxisStack, ClassPrompts, axis_stacks, class_slices, mask_axis, share_stacks
+from .stage_clock import StageClock
 from .student import safe_flip_axes
 from .student_model import Student
 
 log = logging.getLogger(__name__)
+
+STAGES = ("read", "student", "prompts", "masker", "fuse", "write")
+"""The stages of `VolumeRecord.timings_s`, seconds each (every record holds all six)."""
+
+
+@dataclass(frozen=True)
+class VolumeInput:
+    """A volume as read: its id, meta and ``XxYxZ`` float image (finite, `check_image`)."""
+
+    volume_id: str
+    meta: VolumeMeta
+    image: np.ndarray
+
+
+@dataclass(frozen=True)
+class StudentMaps:
+    """The student's answer for one volume of ``K`` structures.
+
+    Attributes:
+        foreground: K ``XxYxZ`` float32 probability maps in [0, 1], ``foreground[k]`` the
+            class value ``classes.values[k]`` (with ``K > 1`` views of ``softmax``).
+        softmax: the ``(K+1)xXxYxZ`` softmax (channel 0 the background) when ``K > 1``: it
+            breaks ties between classes that claim one voxel; None for one structure.
+    """
+
+    foreground: list[np.ndarray]
+    softmax: np.ndarray | None
 
 
 def peak_memory_mb(device: torch.device) -> tuple[float, float | None]:
@@ -67,18 +108,6 @@ def check_image(volume_id: str, image: np.ndarray) -> None:
     bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
     if bad:
         raise InputError(f"volume '{volume_id}': image has {bad} NaN/Inf voxels")
-
-
-class _StackView(MaskerSession):
-    """One class's prompted slices inside the stack of every class's prompted slices of an
-    axis, so that the stack is encoded once for all classes (SAM-family sessions)."""
-
-    def __init__(self, parent: MaskerSession, positions: list[int]) -> None:
-        super().__init__(parent.masker, parent.slices[positions])
-        self.parent, self.positions = parent, positions
-
-    def mask(self, positions, prompts):
-        return self.parent.mask([self.positions[p] for p in positions], prompts)
 
 
 class VolumeProcessor:
@@ -154,162 +183,117 @@ class VolumeProcessor:
         return VolumeRecord(volume_id=volume_id, status=VolumeStatus.failed, attempt=attempt,
                             error=reason, node=self.node, worker_pid=os.getpid())
 
-    def _mask_axis(self, slices: np.ndarray, prompts: list[SlicePrompt], mask: np.ndarray,
-                   axis: int, shared: MaskerSession | None = None
-                   ) -> tuple[list[int], np.ndarray, np.ndarray | None]:
-        """The masker on one axis's prompted slices: all of them with the student's boxes, or
-        (``prompts.propagate``) the ones reached by box propagation from ``propagate_chains``
-        starts (the chains' soft vote): with ``propagate_start`` 'agreement' the slices where
-        masker and student agree best, with 'largest' the student's largest slices. ``shared``:
-        a session over exactly ``slices`` that several classes share (multi-class rounds). Returns the slice indices masked,
-        their probabilities and scores."""
-        cfg = self.config.prompts
-        if not cfg.propagate:
-            probs, score = (shared.mask(list(range(len(prompts))), prompts) if shared is not None
-                            else self.masker.mask_slices_scored(slices, prompts))
-            return [p.index for p in prompts], probs, score
-        student = stack_slices(mask, [p.index for p in prompts], axis)
-        areas = student.reshape(len(prompts), -1).sum(axis=1)
-        session = shared if shared is not None else self.masker.session(slices)
-        if cfg.propagate_start == "agreement":
-            starts = choose_starts(session, prompts, student, cfg.propagate_chains,
-                                   cfg.propagate_chain_spacing)
-        else:
-            starts = largest_starts(prompts, areas, cfg.propagate_chains,
-                                    cfg.propagate_chain_spacing)
-        positions, probs, score = propagate_chains(session, prompts, areas, cfg.propagate_margin,
-                                                   starts,
-                                                   within_student=cfg.propagate_within_student)
-        return [prompts[i].index for i in positions], probs, score
-
     def _run(self, volume_id: str, attempt: int) -> VolumeRecord:
-        cfg = self.config
-        axis = cfg.prompts.slice_axis
-        timings: dict[str, float] = {}
-        t = time.perf_counter()
+        """The README's per-volume steps, each one call; raises for a bad volume."""
+        clock = StageClock(*STAGES)
+        with clock("read"):
+            volume = self._read(volume_id)
+        # model stages take turns under the device lock; CPU stages of other volumes overlap
+        with self._device_lock, clock("student"):
+            maps = self._student(volume.image)
+        with clock("prompts"):
+            self._localize(maps, volume.meta.spacing)
+            classes = [self._prompts(prob) for prob in maps.foreground]
+            stacks = axis_stacks(self._window(volume.image, classes), classes)
+        answers = self._mask(stacks, classes, clock)
+        with clock("fuse"):
+            result = self._fuse(classes, answers, maps)
+        with clock("write"):
+            checksums = self._write(volume, result)
+        rss_mb, device_mb = peak_memory_mb(self.device)
+        return VolumeRecord(
+            volume_id=volume_id, status=VolumeStatus.done, attempt=attempt,
+            timings_s=clock.seconds, stats=result.stats, checksums=checksums, node=self.node,
+            worker_pid=os.getpid(), peak_rss_mb=rss_mb, peak_device_mb=device_mb,
+        )
+
+    def _read(self, volume_id: str) -> VolumeInput:
+        """Step 0: the volume's meta and image, checked (`check_image`)."""
         meta = read_meta(self.root, volume_id)
         image = read_image(self.root, volume_id)
         check_image(volume_id, image)
-        timings["read"] = time.perf_counter() - t
+        return VolumeInput(volume_id, meta, image)
 
-        with self._device_lock:  # model stages take turns; CPU stages of other volumes overlap
-            t = time.perf_counter()
-            if self.classes.count == 1:
-                prob = self.student.probabilities(image, self.student_inference)
-            else:
-                probs = self.student.probabilities(image, self.student_inference, self.classes)
-            timings["student"] = time.perf_counter() - t
-
-        if cfg.prompts.component == "prior":  # the structure by the labeled volumes' prior
-            priors = cfg.prompts.component_prior or {}
-            if self.classes.count == 1:
-                prob = keep_component(prob, cfg.prompts.threshold, meta.spacing,
-                                      priors.get(self.classes.values[0]))
-            else:
-                for c, value in enumerate(self.classes.values, 1):
-                    probs[c] = keep_component(probs[c], cfg.prompts.threshold, meta.spacing,
-                                              priors.get(value))
-
+    def _student(self, image: np.ndarray) -> StudentMaps:
+        """Step 1: the student's probability map of each structure (`StudentMaps`)."""
         if self.classes.count == 1:
-            t = time.perf_counter()
-            mask, per_axis = self._class_prompts(prob)
-            fused = self._fuse_class(image, prob, mask, per_axis, timings, t)
-            label, confidence, stats = fused.pseudo_label, fused.confidence, fused.stats
-        else:
-            label, confidence, stats = self._fuse_classes(image, probs, timings)
-        t = time.perf_counter()
-        geometry = {"volume_id": volume_id, "spacing": list(meta.spacing), "affine": meta.affine,
-                    "source": meta.source, "round": self.round}
-        checksums = write_outputs(self.root, self.round, volume_id, label, confidence, axis,
-                                  attrs=geometry)
-        timings["write"] = time.perf_counter() - t
-        rss_mb, device_mb = peak_memory_mb(self.device)
-        return VolumeRecord(
-            volume_id=volume_id, status=VolumeStatus.done, attempt=attempt, timings_s=timings,
-            stats=stats, checksums=checksums, node=self.node, worker_pid=os.getpid(),
-            peak_rss_mb=rss_mb, peak_device_mb=device_mb,
-        )
+            return StudentMaps([self.student.probabilities(image, self.student_inference)], None)
+        softmax = self.student.probabilities(image, self.student_inference, self.classes)
+        return StudentMaps(list(softmax[1:]), softmax)
 
-    def _class_prompts(self, prob: np.ndarray) -> tuple[np.ndarray, dict[int, list[SlicePrompt]]]:
-        """The student's foreground (``XxYxZ`` bool) of one class probability map and its
-        prompts per slice axis (``prompts.slice_axis`` and ``extra_axes``)."""
+    def _localize(self, maps: StudentMaps, spacing: tuple[float, ...]) -> None:
+        """Step 2a (``prompts.component`` 'prior'): in each structure's map, in place, every
+        foreground component but the one its prior picks lowered to the threshold
+        (`keep_component`; the largest for a class without a prior)."""
+        cfg = self.config.prompts
+        if cfg.component != "prior":
+            return
+        priors = cfg.component_prior or {}
+        for value, prob in zip(self.classes.values, maps.foreground):
+            kept = keep_component(prob, cfg.threshold, spacing, priors.get(value))
+            if kept is not prob:
+                prob[...] = kept
+
+    def _prompts(self, prob: np.ndarray) -> ClassPrompts:
+        """Step 2b: a structure's foreground (``XxYxZ`` bool, `foreground_mask`) of its map
+        ``prob`` and its prompts per slice axis (``prompts.slice_axis``, then ``extra_axes``)."""
         cfg = self.config.prompts
         mask = foreground_mask(prob, cfg)
-        return mask, {a: slice_prompts(mask, prob, cfg.model_copy(update={"slice_axis": a}))
-                      for a in (cfg.slice_axis, *cfg.extra_axes)}
+        return ClassPrompts(prob, mask, {
+            a: slice_prompts(mask, prob, cfg.model_copy(update={"slice_axis": a}))
+            for a in (cfg.slice_axis, *cfg.extra_axes)})
 
-    def _fuse_class(self, image: np.ndarray, prob: np.ndarray, mask: np.ndarray,
-                    per_axis: dict[int, list[SlicePrompt]], timings: dict[str, float],
-                    t_prompts: float, windowed: np.ndarray | None = None,
-                    shared: dict[int, tuple[MaskerSession, list[int]]] | None = None
-                    ) -> FusionResult:
-        """Masker and fusion of one structure: ``prob`` (``XxYxZ`` student probability of it),
-        its foreground ``mask`` and prompts. ``shared``: per axis a session over every class's
-        prompted slices and their indices (multi-class rounds encode each slice once)."""
-        cfg = self.config
-        axis = cfg.prompts.slice_axis
-        if windowed is None and any(per_axis.values()):
-            windowed = window_volume(image, cfg.intensity)
-        indices = {a: [p.index for p in prompts] for a, prompts in per_axis.items() if prompts}
-        views: dict[int, MaskerView] = {}
-        scores: dict[int, np.ndarray] = {}
-        sessions: dict[int, MaskerSession | None] = {}
-        stacks: dict[int, np.ndarray] = {}
-        for a, idx in indices.items():
-            if shared is None:
-                assert windowed is not None
-                stacks[a], sessions[a] = stack_slices(windowed, idx, a), None
-            else:
-                session, union = shared[a]
-                view = _StackView(session, [union.index(i) for i in idx])
-                stacks[a], sessions[a] = view.slices, view
-        timings["prompts"] = timings.get("prompts", 0.0) + time.perf_counter() - t_prompts
-        timings.setdefault("masker", 0.0)
-        for a, slices in stacks.items():
-            with self._device_lock:
-                t = time.perf_counter()
-                kept, probs, score = self._mask_axis(slices, per_axis[a], mask, a, sessions[a])
-                timings["masker"] += time.perf_counter() - t
-            views[a] = MaskerView(a, kept, probs)
-            if score is not None:
-                scores[a] = score
-        t = time.perf_counter()
-        main = views.get(axis)
-        fused = fuse(prob, main.prob if main else None, main.indices if main else [], cfg.fusion,
-                     axis, extra_views=[v for a, v in views.items() if a != axis],
-                     scores=scores.get(axis), extra_scores=[scores.get(a) for a in views if a != axis])
-        timings["fuse"] = timings.get("fuse", 0.0) + time.perf_counter() - t
-        return fused
+    def _window(self, image: np.ndarray, classes: list[ClassPrompts]) -> np.ndarray | None:
+        """Step 3a: the image windowed to uint8 (`window_volume`); None when nothing is
+        prompted (the masker does not run)."""
+        if not any(prompts for c in classes for prompts in c.per_axis.values()):
+            return None
+        return window_volume(image, self.config.intensity)
 
-    def _fuse_classes(self, image: np.ndarray, probs: np.ndarray, timings: dict[str, float]
-                      ) -> tuple[np.ndarray, np.ndarray, VolumeStats]:
-        """A K-class volume: the one-structure pipeline per class on the student's softmax
-        channels (``probs``: ``(K+1)xXxYxZ``), each axis's union of prompted slices encoded
-        once, then `combine_classes`. Returns the uint8 label map (class values), the uint8
-        confidence and the statistics (per class in ``stats.classes``)."""
-        cfg = self.config
-        t = time.perf_counter()
-        per_class = [self._class_prompts(probs[c]) for c in range(1, self.classes.count + 1)]
-        union = {a: sorted({p.index for _, pa in per_class for p in pa[a]})
-                 for a in (cfg.prompts.slice_axis, *cfg.prompts.extra_axes)}
-        union = {a: idx for a, idx in union.items() if idx}
-        windowed = window_volume(image, cfg.intensity) if union else None
-        shared: dict[int, tuple[MaskerSession, list[int]]] = {}
-        for a, idx in union.items():
-            assert windowed is not None
-            with self._device_lock:
-                t_enc = time.perf_counter()
-                shared[a] = (self.masker.session(stack_slices(windowed, idx, a)), idx)
-                timings["masker"] = timings.get("masker", 0.0) + time.perf_counter() - t_enc
-        results = []
-        for c, (mask, per_axis) in enumerate(per_class, 1):
-            results.append(self._fuse_class(image, probs[c], mask, per_axis, timings, t,
-                                            windowed, shared))
-            t = time.perf_counter()
+    def _mask(self, stacks: list[AxisStack], classes: list[ClassPrompts], clock: StageClock
+              ) -> list[dict[int, MaskerView]]:
+        """Step 3b: per structure, per prompted axis, the masker's answer (`mask_axis`). With
+        several structures each axis's stack is encoded once for all (`share_stacks`)."""
+        if len(classes) > 1:
+            with self._device_lock, clock("masker"):
+                stacks = share_stacks(stacks, self.masker)
+        by_axis = {s.axis: s for s in stacks}
+        answers = []
+        for c in classes:
+            views: dict[int, MaskerView] = {}
+            for axis, prompts in c.per_axis.items():
+                if prompts:
+                    target = class_slices(by_axis[axis], c.prompted(axis), self.masker)
+                    with self._device_lock, clock("masker"):
+                        views[axis] = mask_axis(target, prompts, c.mask, axis, self.config.prompts)
+            answers.append(views)
+        return answers
+
+    def _fuse(self, classes: list[ClassPrompts], answers: list[dict[int, MaskerView]],
+              maps: StudentMaps) -> FusionResult:
+        """Step 4: each structure's student and masker answers fused (`fuse_views`); with
+        several structures the results combined into one label map in the store's class
+        values (`combine_classes`) with per-class statistics."""
+        axis = self.config.prompts.slice_axis
+        results = [fuse_views(c.prob, views.get(axis, MaskerView(axis, [], None)),
+                              [v for a, v in views.items() if a != axis], self.config.fusion)
+                   for c, views in zip(classes, answers)]
+        if len(results) == 1:
+            return results[0]
+        assert maps.softmax is not None
         label, confidence = combine_classes(
             [r.pseudo_label for r in results], [confidence_from_uint8(r.confidence) for r in results],
-            probs, self.classes.values)
-        return label, confidence_to_uint8(confidence), self._class_stats(label, confidence, results)
+            maps.softmax, self.classes.values)
+        return FusionResult(label, confidence_to_uint8(confidence),
+                            self._class_stats(label, confidence, results))
+
+    def _write(self, volume: VolumeInput, result: FusionResult) -> dict[str, str]:
+        """Step 5: the pseudo-label and confidence with the volume's geometry; their checksums."""
+        meta = volume.meta
+        geometry = {"volume_id": volume.volume_id, "spacing": list(meta.spacing),
+                    "affine": meta.affine, "source": meta.source, "round": self.round}
+        return write_outputs(self.root, self.round, volume.volume_id, result.pseudo_label,
+                             result.confidence, self.config.prompts.slice_axis, attrs=geometry)
 
     def _class_stats(self, label: np.ndarray, confidence: np.ndarray,
                      results: list[FusionResult]) -> VolumeStats:
