@@ -138,9 +138,8 @@ def list_series(path: Path) -> list[DicomSeries]:
     return sorted(out, key=lambda s: (s.number is None, s.number or 0, s.uid))
 
 
-def _stack(folder: Path, uid: str, slices: list[_Slice]) -> tuple[np.ndarray, np.ndarray, str]:
-    """``(image XxYxZ float32, RAS affine, stored pixel dtype)`` of one series; one-line `InputError` on problems."""
-    where = f"series {uid}"
+def _check_alike(folder: Path, where: str, slices: list[_Slice]) -> None:
+    """Every slice shares the first one's orientation, rows x columns and pixel spacing."""
     first = slices[0]
     for s in slices[1:]:
         if not np.allclose(s.orientation, first.orientation, atol=_ORIENTATION_TOL):
@@ -153,11 +152,12 @@ def _stack(folder: Path, uid: str, slices: list[_Slice]) -> tuple[np.ndarray, np
         if not np.allclose(s.spacing, first.spacing, rtol=1e-4):
             raise input_error(folder, f"{where}: slices with different pixel spacing "
                                       f"({first.path.name} {first.spacing}, {s.path.name} {s.spacing})")
-    row, col = first.orientation[:3], first.orientation[3:]
-    normal = np.cross(row, col)
-    if not np.isclose(np.linalg.norm(normal), 1.0, atol=1e-3):
-        raise input_error(folder, f"{where}: ImageOrientationPatient {first.orientation.tolist()} "
-                                  "is not two orthogonal unit vectors")
+
+
+def _order(folder: Path, where: str, slices: list[_Slice], normal: np.ndarray
+           ) -> tuple[list[_Slice], float]:
+    """The slices sorted along ``normal`` and their step in mm; duplicated, missing, unevenly
+    spaced or in-plane shifted slices are refused (one line naming the files)."""
     depth = np.array([float(s.position @ normal) for s in slices])
     order = np.argsort(depth, kind="stable")
     slices, depth = [slices[i] for i in order], depth[order]
@@ -185,6 +185,20 @@ def _stack(folder: Path, uid: str, slices: list[_Slice]) -> tuple[np.ndarray, np
         if np.linalg.norm(offset - (offset @ normal) * normal) > max(1e-2, 0.01 * step):
             raise input_error(folder, f"{where}: {s.path.name} is shifted within its plane "
                                       "(not one stack)")
+    return slices, step
+
+
+def _stack(folder: Path, uid: str, slices: list[_Slice]) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(image XxYxZ float32, RAS affine, stored pixel dtype)`` of one series; one-line `InputError` on problems."""
+    where = f"series {uid}"
+    _check_alike(folder, where, slices)
+    first = slices[0]
+    row, col = first.orientation[:3], first.orientation[3:]
+    normal = np.cross(row, col)
+    if not np.isclose(np.linalg.norm(normal), 1.0, atol=1e-3):
+        raise input_error(folder, f"{where}: ImageOrientationPatient {first.orientation.tolist()} "
+                                  "is not two orthogonal unit vectors")
+    slices, step = _order(folder, where, slices, normal)
     planes, dtype = [], "?"
     for s in slices:
         raw = _pixels(folder, s)

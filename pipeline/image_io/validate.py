@@ -243,15 +243,9 @@ def align_label(
         to_label = np.linalg.inv(lab_aff) @ img_aff
     except np.linalg.LinAlgError:
         raise input_error(path, "label affine is singular: cannot place the label") from None
-    linear, offset = to_label[:3, :3], to_label[:3, 3]
-    perm = np.round(linear)
-    signed_perm = (
-        np.allclose(linear, perm, atol=tol)
-        and (np.abs(perm).sum(axis=0) == 1).all()
-        and (np.abs(perm).sum(axis=1) == 1).all()
-    )
-    source_axis = [int(np.argmax(np.abs(perm[:, a]))) for a in range(3)] if signed_perm else []
-    sign = [int(perm[source_axis[a], a]) for a in range(3)] if signed_perm else []
+    offset = to_label[:3, 3]
+    source_axis, sign = _axis_mapping(to_label[:3, :3], tol)
+    signed_perm = bool(source_axis)
     if signed_perm:  # the same axes up to order/direction: a shape mismatch says just that
         check_label_shape(tuple(label.shape[a] for a in source_axis), image_shape, path)
     fits = signed_perm and all(
@@ -269,6 +263,28 @@ def align_label(
         )
     if source_axis == [0, 1, 2] and sign == [1, 1, 1]:
         return label
+    return _reorient(label, source_axis, sign, path)
+
+
+def _axis_mapping(linear: np.ndarray, tol: float) -> tuple[list[int], list[int]]:
+    """``(source axis, sign)`` per image axis when the 3x3 image-voxel -> label-voxel matrix
+    ``linear`` is a signed permutation (within ``tol`` voxels), else ``([], [])``."""
+    perm = np.round(linear)
+    signed_perm = (
+        np.allclose(linear, perm, atol=tol)
+        and (np.abs(perm).sum(axis=0) == 1).all()
+        and (np.abs(perm).sum(axis=1) == 1).all()
+    )
+    if not signed_perm:
+        return [], []
+    source_axis = [int(np.argmax(np.abs(perm[:, a]))) for a in range(3)]
+    return source_axis, [int(perm[source_axis[a], a]) for a in range(3)]
+
+
+def _reorient(label: np.ndarray, source_axis: list[int], sign: list[int], path: Path
+              ) -> np.ndarray:
+    """``label`` transposed to ``source_axis`` and reversed where ``sign`` is -1, with a warning
+    naming the change (the same world grid in another axis order/direction)."""
     aligned = np.transpose(label, source_axis)
     flips = tuple(a for a in range(3) if sign[a] < 0)
     if flips:
