@@ -1,7 +1,7 @@
 """The training loop: supervised CE + Dice, Mean Teacher consistency, confidence-weighted SAM
 consistency with a round's pseudo-labels (SemiSAM, with its public code's defects fixed).
 
-One iteration (``t`` of ``T``)::
+One iteration (``t`` of ``T``; `step.py`)::
 
     batch   = L labeled + U unlabeled patches (z-scored, rot90/flip augmented)
     logits  = student(batch);  p = softmax(logits)
@@ -23,7 +23,6 @@ the end; the student checkpoint is written at the end.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable
@@ -32,27 +31,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import zarr
 
 from semisam.schemas import (
     CheckpointError,
     ClassMap,
     ConfigError,
-    OptimizerKind,
     TrainConfig,
     binary_classes,
 )
 from semisam.store import open_store, read_class_map
 from semisam.workers.components import COMPONENT_PRIOR_META_KEY, store_priors
 from semisam.workers.devices import resolve_device
-from semisam.workers.student import (
-    ORDERED_AXES_META_KEY,
-    build_student,
-    load_student,
-    read_checkpoint,
-    save_student,
-)
+from semisam.workers.student import ORDERED_AXES_META_KEY, read_checkpoint, save_student
 
-from . import schedules
 from .checkpoint import (
     CLASSES_META_KEY,
     capture_rng,
@@ -63,8 +55,8 @@ from .checkpoint import (
     save_state,
     state_path,
 )
-from .dataset import Batch, PatchSampler, open_training_data
-from .losses import sam_consistency, softmax_mse, supervised_terms
+from .dataset import PatchSampler, TrainingData, open_training_data
+from .step import Nets, build_nets, train_step
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +73,6 @@ class TrainResult:
     started_at: int = 0
     seconds: float = 0.0
     last: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class Nets:
-    """Student, EMA teacher and the student's optimizer."""
-
-    model: torch.nn.Module
-    ema: torch.nn.Module
-    optimizer: torch.optim.Optimizer
 
 
 DEFAULT_OUT_CHANNELS = 2  # StudentSpec.out_channels' default: one structure + background
@@ -138,100 +121,6 @@ def augmentation_warning(config: TrainConfig, classes: ClassMap) -> str | None:
             f"or rot90 and flip off, unless the classes are symmetric")
 
 
-def build_nets(config: TrainConfig, device: torch.device, init: Path | None = None) -> Nets:
-    """Student initialised from ``config.seed`` (or the weights of ``init``), its EMA copy and
-    the optimizer (SGD or Adam as configured)."""
-    torch.manual_seed(config.seed)
-    model = build_student(config.student)
-    if init is not None:
-        warm, spec, _ = load_student(init)
-        if spec != config.student:
-            log.warning("%s: spec differs from the config's student; not warm-starting", init)
-        else:
-            model.load_state_dict(warm.state_dict())
-    model = model.to(device).train()
-    ema = copy.deepcopy(model)
-    for param in ema.parameters():
-        param.requires_grad_(False)
-    opt = config.optimizer
-    if opt.kind == OptimizerKind.sgd:
-        optimizer = torch.optim.SGD(model.parameters(), lr=opt.lr, momentum=opt.momentum,
-                                    weight_decay=opt.weight_decay)
-    else:
-        optimizer = torch.optim.Adam(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
-    return Nets(model, ema, optimizer)
-
-
-@torch.no_grad()
-def update_ema(model: torch.nn.Module, ema: torch.nn.Module, decay: float, iteration: int) -> None:
-    """``ema <- a * ema + (1 - a) * model`` with ``a = min(1 - 1/(t + 1), decay)``; buffers copied."""
-    alpha = schedules.ema_decay(decay, iteration)
-    for ema_param, param in zip(ema.parameters(), model.parameters()):
-        ema_param.mul_(alpha).add_(param.detach(), alpha=1.0 - alpha)
-    for ema_buf, buf in zip(ema.buffers(), model.buffers()):
-        ema_buf.copy_(buf)
-
-
-def teacher_noise(shape: torch.Size, config: TrainConfig, gen: torch.Generator,
-                  device: torch.device) -> torch.Tensor:
-    """``clamp(N(0, noise_std), -noise_clip, noise_clip)`` drawn from the run's noise generator."""
-    mt = config.mean_teacher
-    noise = torch.randn(shape, generator=gen, device=gen.device) * mt.noise_std
-    return noise.clamp(-mt.noise_clip, mt.noise_clip).to(device)
-
-
-def autocast(config: TrainConfig, device: torch.device) -> torch.autocast:
-    """bfloat16 autocast of forward passes when ``config.amp`` and on CUDA; a no-op otherwise."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda")
-
-
-def loss_terms(nets: Nets, batch: Batch, config: TrainConfig, iteration: int,
-               gen: torch.Generator, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
-    """The weighted total loss of one batch and every term's value (for the progress bar)."""
-    total_iters = config.iterations
-    x = torch.from_numpy(batch.image).to(device)
-    with autocast(config, device):
-        logits = nets.model(x).float()
-    n_lab = batch.labeled
-    sup = supervised_terms(logits[:n_lab], torch.from_numpy(batch.label).to(device), config.supervised)
-    loss = sum((getattr(config.supervised, f"{name}_weight") * value for name, value in sup.items()),
-               torch.zeros((), device=device))
-    info = {name: float(value.detach()) for name, value in sup.items()}
-    w_mt = schedules.consistency_weight(config.mean_teacher, iteration, total_iters)
-    if config.mean_teacher.enabled and (config.mean_teacher.include_labeled or x.shape[0] > n_lab):
-        first = 0 if config.mean_teacher.include_labeled else n_lab
-        inputs = x[first:]
-        noisy = inputs + teacher_noise(inputs.shape, config, gen, device)
-        with torch.no_grad(), autocast(config, device):
-            teacher = torch.softmax(nets.ema(noisy).float(), dim=1)
-        mt = softmax_mse(torch.softmax(logits[first:], dim=1), teacher)
-        loss = loss + w_mt * mt
-        info.update(mt=float(mt.detach()), w_mt=w_mt)
-    if config.sam.enabled and batch.pseudo_label is not None:
-        w_sam = schedules.sam_weight(config.sam, iteration, total_iters)
-        sam = sam_consistency(logits[n_lab:], torch.from_numpy(batch.pseudo_label).to(device),
-                              torch.from_numpy(batch.confidence).to(device), config.sam)
-        loss = loss + w_sam * sam
-        info.update(sam=float(sam.detach()), w_sam=w_sam)
-    info["loss"] = float(loss.detach())
-    return loss, info
-
-
-def train_step(nets: Nets, batch: Batch, config: TrainConfig, iteration: int,
-               gen: torch.Generator, device: torch.device) -> dict[str, float]:
-    """One optimizer update at ``iteration`` (0-based) and the EMA update after it."""
-    lr = schedules.learning_rate(config.optimizer, iteration, config.iterations)
-    for group in nets.optimizer.param_groups:
-        group["lr"] = lr
-    loss, info = loss_terms(nets, batch, config, iteration, gen, device)
-    nets.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    nets.optimizer.step()
-    update_ema(nets.model, nets.ema, config.mean_teacher.ema_decay, iteration)
-    info["lr"] = lr
-    return info
-
-
 @dataclass
 class _Session:
     """One training run's moving parts (so the loop functions stay short)."""
@@ -263,6 +152,15 @@ class _Session:
                  self.config.iterations)
         return int(payload["iteration"]), float(payload.get("elapsed_s", 0.0))
 
+    def begin(self, resume: bool) -> tuple[int, float]:
+        """Where the run starts, ``(iteration, elapsed seconds)``: the resume state's when
+        ``resume`` and ``state`` exists (`resume`), else ``(0, 0.0)``."""
+        if resume and self.state.is_file():
+            return self.resume()
+        if resume:
+            log.info("no training state at %s: starting from iteration 0", self.state)
+        return 0, 0.0
+
     def checkpoint(self, iteration: int, elapsed: float) -> None:
         save_state(self.state, model=self.nets.model, ema=self.nets.ema,
                    optimizer=self.nets.optimizer, iteration=iteration, config=self.config,
@@ -290,6 +188,20 @@ class _Session:
         return TrainResult(checkpoint=Path(), state=self.state, iterations=config.iterations,
                            started_at=start, seconds=elapsed + time.perf_counter() - t0, last=info)
 
+    def export(self, out: Path, meta: dict, result: TrainResult) -> None:
+        """Write the exported network (the EMA teacher or the student, ``config.export``) to
+        ``out`` with ``meta``, unless ``result`` is a resumed finished run that finds its own
+        export there already (`_exported_already`: the file is then left as it is)."""
+        config = self.config
+        if result.started_at >= config.iterations and _exported_already(out, meta, config):
+            log.info("%s: already exported by this finished run (same config, store and round); "
+                     "left as it is", out)
+            return
+        exported = self.nets.ema if config.export.value == "teacher" else self.nets.model
+        save_student(out, exported.eval(), config.student, meta)
+        log.info("student written to %s (%d iterations, %.1f s)", out, config.iterations,
+                 result.seconds)
+
 
 def _exported_already(out: Path, meta: dict, config: TrainConfig) -> bool:
     """Whether ``out`` is the student a finished run exported: its spec and meta (but the last
@@ -305,6 +217,67 @@ def _exported_already(out: Path, meta: dict, config: TrainConfig) -> bool:
     written.pop("final_terms", None)
     expected = {k: v for k, v in meta.items() if k != "final_terms"}
     return written == expected and payload.get("spec") == config.student.model_dump(mode="json")
+
+
+def student_meta(root: zarr.Group, data: TrainingData, sampler: PatchSampler,
+                 config: TrainConfig, round_index: int | None, last: dict[str, float]) -> dict:
+    """The student checkpoint's ``meta``: stage, iteration count, config, store fingerprint,
+    round, export choice, labeled volume ids and the last step's loss terms (``last``); plus the
+    class map (any store but one ``foreground`` structure), the axes class-aware augmentation
+    keeps ordered (K > 1) and where the labeled structures lie (`store_priors`, read by
+    ``predict --component prior``) when the store has them."""
+    meta = {
+        "stage": "semisam-train", "iteration": config.iterations,
+        "config": config.model_dump(mode="json"), "store_fingerprint": data.fingerprint,
+        "round": round_index, "export": config.export.value,
+        "labeled": [s.meta.volume_id for s in data.labeled], "final_terms": last}
+    if data.classes != binary_classes():
+        meta[CLASSES_META_KEY] = data.classes.to_attrs()
+    if data.classes.count > 1:
+        meta[ORDERED_AXES_META_KEY] = list(sampler.augment.ordered_axes)
+    priors = store_priors(root)
+    if priors:
+        meta[COMPONENT_PRIOR_META_KEY] = {str(v): p.model_dump(mode="json")
+                                          for v, p in priors.items()}
+    return meta
+
+
+def _check_out(out: Path) -> None:
+    """Refuse, before any work, an ``out`` or resume state path that exists and is not a file.
+
+    Raises:
+        ConfigError: one line naming ``--out`` and the offending path.
+    """
+    for path in (out, state_path(out)):
+        if path.exists() and not path.is_file():
+            raise ConfigError(f"--out {out}: {path} exists and is not a file")
+
+
+def _fit_config(config: TrainConfig, classes: ClassMap, store: str | Path) -> TrainConfig:
+    """`fit_out_channels` for the store's class map, logging the `augmentation_warning` if any."""
+    config = fit_out_channels(config, classes, store)
+    warning = augmentation_warning(config, classes)
+    if warning is not None:
+        log.warning("%s", warning)
+    return config
+
+
+def _device(config: TrainConfig) -> torch.device:
+    """The training device (`resolve_device`); on CPU, ``config.threads`` threads when set."""
+    device = resolve_device(config.device)
+    if device.type == "cpu" and config.threads:
+        torch.set_num_threads(config.threads)
+    return device
+
+
+def _sampler(data: TrainingData, config: TrainConfig, round_index: int | None) -> PatchSampler:
+    """Patches of the labeled volumes, and of the unlabeled ones when a consistency term uses
+    them (Mean Teacher, or the SAM term with a round)."""
+    use_unlabeled = config.mean_teacher.enabled or (config.sam.enabled and round_index is not None)
+    sampler = PatchSampler(data, config, use_unlabeled)
+    if sampler.augment.reason:
+        log.info("%s", sampler.augment.reason)
+    return sampler
 
 
 def train_student(
@@ -336,51 +309,16 @@ def train_student(
             (`fit_out_channels`).
     """
     out = Path(out)
-    for path in (out, state_path(out)):  # before the work, not when the student is written
-        if path.exists() and not path.is_file():
-            raise ConfigError(f"--out {out}: {path} exists and is not a file")
+    _check_out(out)  # before the work, not when the student is written
     root = open_store(store, read_only=True)
-    classes = read_class_map(root)
-    config = fit_out_channels(config or TrainConfig(), classes, store)
-    warning = augmentation_warning(config, classes)
-    if warning is not None:
-        log.warning("%s", warning)
-    device = resolve_device(config.device)
-    if device.type == "cpu" and config.threads:
-        torch.set_num_threads(config.threads)
+    config = _fit_config(config or TrainConfig(), read_class_map(root), store)
+    device = _device(config)
     data = open_training_data(root, config, round_index)
-    use_unlabeled = config.mean_teacher.enabled or (config.sam.enabled and round_index is not None)
-    sampler = PatchSampler(data, config, use_unlabeled)
-    if sampler.augment.reason:
-        log.info("%s", sampler.augment.reason)
+    sampler = _sampler(data, config, round_index)
     session = _Session(build_nets(config, device, init), sampler,
                        config, data.fingerprint, round_index, device, state_path(out))
-    start, elapsed = 0, 0.0
-    if resume and session.state.is_file():
-        start, elapsed = session.resume()
-    elif resume:
-        log.info("no training state at %s: starting from iteration 0", session.state)
+    start, elapsed = session.begin(resume)
     result = session.run(start, elapsed, on_step)
-    nets = session.nets
-    exported = nets.ema if config.export.value == "teacher" else nets.model
-    meta = {
-        "stage": "semisam-train", "iteration": config.iterations,
-        "config": config.model_dump(mode="json"), "store_fingerprint": data.fingerprint,
-        "round": round_index, "export": config.export.value,
-        "labeled": [s.meta.volume_id for s in data.labeled], "final_terms": result.last}
-    if data.classes != binary_classes():
-        meta[CLASSES_META_KEY] = data.classes.to_attrs()
-    if data.classes.count > 1:
-        meta[ORDERED_AXES_META_KEY] = list(sampler.augment.ordered_axes)
-    priors = store_priors(root)  # where the labeled structures lie: `predict --component prior`
-    if priors:
-        meta[COMPONENT_PRIOR_META_KEY] = {str(v): p.model_dump(mode="json")
-                                          for v, p in priors.items()}
     result.checkpoint = out
-    if start >= config.iterations and _exported_already(out, meta, config):
-        log.info("%s: already exported by this finished run (same config, store and round); "
-                 "left as it is", out)
-        return result
-    save_student(out, exported.eval(), config.student, meta)
-    log.info("student written to %s (%d iterations, %.1f s)", out, config.iterations, result.seconds)
+    session.export(out, student_meta(root, data, sampler, config, round_index, result.last), result)
     return result

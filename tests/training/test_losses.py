@@ -22,7 +22,7 @@ from semisam.training.losses import (
     soft_dice_loss,
     supervised_terms,
 )
-from semisam.training.mean_teacher import build_nets, loss_terms
+from semisam.training.step import build_nets, loss_terms
 
 TINY = StudentSpec(channels=(4, 8), strides=(2,), num_res_units=0, patch_size=(16, 16, 8))
 
