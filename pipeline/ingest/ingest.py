@@ -17,11 +17,10 @@ which is updated before a volume with a new value is written.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 
-import h5py
 import numpy as np
 import zarr
 from pydantic import Field
@@ -33,7 +32,6 @@ from semisam.schemas import (
     StrictModel,
     VolumeMeta,
     default_name,
-    validate_volume_id,
     volume_path,
 )
 from semisam.store import (
@@ -48,15 +46,23 @@ from semisam.store import (
 )
 from semisam.store.volumes import DIMENSION_NAMES
 
-from ..image_io import LoadedVolume, is_dicom_dir, read_label_file, read_volume, volume_id_for
+from ..image_io import LoadedVolume, read_label_file, read_volume
 from ..image_io import source_sha256 as file_sha256
 from ..image_io.validate import (
     align_label,
-    check_file,
     check_label_shape,
     display_path,
     input_error,
     split_suffix,
+)
+from .sources import (
+    SourcePlan,
+    check_unchanged,
+    collect_sources,
+    load_labeled_ids,
+    source_fields,
+    source_ids,
+    update_source_fields,
 )
 
 log = logging.getLogger(__name__)
@@ -105,121 +111,7 @@ class IngestReport(StrictModel):
         return not self.failed
 
 
-def collect_sources(sources: Iterable[Path | str]) -> list[Path]:
-    """Expand directories (every non-hidden entry directly inside named like a supported file,
-    or a sub-folder of DICOM slices, sorted by name; entries that are not files fail later, one
-    line each). A folder of DICOM slices named as a source is one volume.
-
-    Files named explicitly are kept whatever their suffix (an unsupported one fails later, on its
-    own); duplicates (same resolved path) are dropped.
-    """
-    files: list[Path] = []
-    seen: set[Path] = set()
-    for source in sources:
-        source = Path(source)
-        if source.is_dir() and is_dicom_dir(source):
-            found = [source]  # a folder of DICOM slices is one volume (one series)
-        elif source.is_dir():
-            # anything named like a volume: a directory or a broken link named so fails on its
-            # own (one line), instead of vanishing from the ingest unnoticed; sub-folders of
-            # DICOM slices are volumes too
-            found = sorted(
-                p
-                for p in source.iterdir()
-                if not p.name.startswith(".")
-                and (split_suffix(p) is not None or (p.is_dir() and is_dicom_dir(p)))
-            )
-            if not found:
-                log.warning("%s: directory holds no supported volume files", display_path(source))
-        else:
-            found = [source]
-        for path in found:
-            key = path.resolve()
-            if key not in seen:
-                seen.add(key)
-                files.append(path)
-    return files
-
-
-def load_labeled_ids(labeled: set[str] | Iterable[str] | Path | str | None) -> set[str] | None:
-    """The labeled ids: a collection of ids, or a text file with one id per line ('#' comments).
-
-    Raises:
-        InputError: unreadable list file, or an id that is not a safe path segment.
-    """
-    if labeled is None:
-        return None
-    if isinstance(labeled, (str, Path)):
-        path = Path(labeled)
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise input_error(path, f"cannot read the labeled-ids list ({exc})") from None
-        ids = [ln.split("#", 1)[0].strip() for ln in lines]
-        where = display_path(path)
-    else:
-        ids, where = [str(i) for i in labeled], "labeled ids"
-    result = set()
-    for vid in filter(None, ids):
-        try:
-            result.add(validate_volume_id(vid))
-        except InputError as exc:
-            raise InputError(f"{where}: {exc}") from None
-    return result
-
-
-def _label_path(path: Path, labels_dir: Path | None) -> Path | None:
-    """The separate label file of ``path`` (``labels_dir/<same name>``), if there is one."""
-    if labels_dir is None:
-        return None
-    candidate = labels_dir / path.name
-    return candidate if candidate.is_file() else None
-
-
-def _h5_has_label(path: Path) -> bool:
-    try:
-        with h5py.File(path, "r") as fh:
-            return isinstance(fh.get("label"), h5py.Dataset)
-    except (OSError, ValueError, RuntimeError):
-        return False  # the full read reports the problem
-
-
-class _Plan:
-    """What one source will become: id, hashes, label source and labeled flag."""
-
-    def __init__(self, path: Path, labels_dir: Path | None, labeled_ids: set[str] | None) -> None:
-        self.path = path
-        self.volume_id = volume_id_for(path)
-        series = is_dicom_dir(path)  # a folder of DICOM slices; any other folder fails below
-        if not series:
-            check_file(path)
-        self.sha256 = file_sha256(path)
-        self.label_file = _label_path(path, labels_dir)
-        embedded = not series and split_suffix(path)[1] == "h5" and _h5_has_label(path)  # type: ignore[index]
-        if self.label_file is not None:
-            if embedded:
-                log.warning(
-                    "%s: label from %s used instead of the file's own 'label'",
-                    display_path(path),
-                    display_path(self.label_file),
-                )
-            self.label_sha256: str | None = file_sha256(self.label_file)
-        else:
-            self.label_sha256 = self.sha256 if embedded else None
-        has_label = self.label_sha256 is not None
-        self.labeled = has_label if labeled_ids is None else self.volume_id in labeled_ids
-        if self.labeled and not has_label:
-            where = (
-                f"no {display_path(labels_dir / path.name)}" if labels_dir else "no --labels dir"
-            )
-            raise input_error(
-                path,
-                f"volume '{self.volume_id}' is in the labeled list but has no label "
-                f"(no 'label' dataset in the file, {where})",
-            )
-
-
-def _existing_status(root: zarr.Group, plan: _Plan, overwrite: bool) -> IngestStatus:
+def _existing_status(root: zarr.Group, plan: SourcePlan, overwrite: bool) -> IngestStatus:
     """``added`` (new id), ``unchanged`` (same files and flag) or ``replaced`` (``overwrite``)."""
     group_path = volume_path(plan.volume_id)
     if group_path not in root or "meta" not in root[group_path].attrs:
@@ -236,16 +128,6 @@ def _existing_status(root: zarr.Group, plan: _Plan, overwrite: bool) -> IngestSt
     else:
         problem = f"already exists with labeled={old.labeled}; changing it needs --overwrite"
     raise input_error(plan.path, f"volume '{plan.volume_id}' {problem}")
-
-
-def _changed(path: Path, before: str | None, after: str) -> None:
-    """Refuse a file whose bytes changed between planning (hash) and reading."""
-    if before is not None and before != after:
-        raise input_error(
-            path,
-            f"file changed while being ingested (sha256 {before[:12]} before reading, "
-            f"{after[:12]} after): is it still being written? rerun when it is complete",
-        )
 
 
 class _ClassPolicy:
@@ -293,15 +175,15 @@ class _ClassPolicy:
         log.info("class map: %s", ", ".join(f"{v}={n}" for v, n in self.names.items()))
 
 
-def _load(plan: _Plan, binarize: bool, keep_classes: bool = False
+def _load(plan: SourcePlan, binarize: bool, keep_classes: bool = False
           ) -> tuple[LoadedVolume, np.ndarray | None]:
     """Read the image and its label (``XxYxZ`` uint8 or None), on the image's voxel grid."""
     volume = read_volume(plan.path, binarize=binarize, keep_classes=keep_classes)
-    _changed(plan.path, plan.sha256, volume.sha256)
+    check_unchanged(plan.path, plan.sha256, volume.sha256)
     label = volume.label
     if plan.label_file is not None:
         loaded = read_label_file(plan.label_file, binarize=binarize, keep_classes=keep_classes)
-        _changed(plan.label_file, plan.label_sha256, file_sha256(plan.label_file))
+        check_unchanged(plan.label_file, plan.label_sha256, file_sha256(plan.label_file))
         label = loaded.label
         if volume.has_geometry and loaded.has_geometry:
             label = align_label(label, loaded.affine, volume.image.shape, volume.affine,
@@ -318,28 +200,7 @@ def _load(plan: _Plan, binarize: bool, keep_classes: bool = False
     return volume, label
 
 
-def source_fields(path: Path, record_paths: bool) -> dict[str, str | None]:
-    """`VolumeMeta`'s ``source`` (the file or DICOM folder name) and ``source_path`` (its
-    absolute path, only with ``record_paths``) for ``path``."""
-    resolved = path.resolve()
-    return {"source": resolved.name, "source_path": str(resolved) if record_paths else None}
-
-
-def _update_source(root: zarr.Group, plan: _Plan, record_paths: bool) -> None:
-    """An unchanged volume whose stored source path differs from what this ingest records (a
-    path asked for and absent, or a path stored and not asked for, as in stores ingested before
-    names only were recorded): rewrite its metadata's source fields, nothing else."""
-    old = read_meta(root, plan.volume_id)
-    fields = source_fields(plan.path, record_paths)
-    if old.source == fields["source"] and old.source_path == fields["source_path"]:
-        return
-    new = old.model_copy(update=fields)
-    root[volume_path(plan.volume_id)].attrs["meta"] = new.model_dump(mode="json")
-    what = "recorded" if record_paths else "removed"
-    log.info("%s: source path %s in its metadata", plan.volume_id, what)
-
-
-def _write(root: zarr.Group, plan: _Plan, volume: LoadedVolume, label: np.ndarray | None,
+def _write(root: zarr.Group, plan: SourcePlan, volume: LoadedVolume, label: np.ndarray | None,
            record_paths: bool = False) -> bool:
     """Write one volume in the module docstring's order; True if a reference was kept."""
     group = root.require_group(volume_path(plan.volume_id))
@@ -382,7 +243,7 @@ def _ingest_checked(
     record_paths: bool = False,
 ) -> VolumeIngest:
     """Ingest one file; raises `SemisamError` (one line) if it cannot be."""
-    plan = _Plan(path, labels_dir, labeled_ids)
+    plan = SourcePlan(path, labels_dir, labeled_ids)
     if plan.volume_id in claimed:
         raise input_error(
             path,
@@ -394,7 +255,7 @@ def _ingest_checked(
     has_reference = False
     if status == IngestStatus.unchanged:
         has_reference = f"{volume_path(plan.volume_id)}/{REFERENCE_ARRAY}" in root
-        _update_source(root, plan, record_paths)
+        update_source_fields(root, plan, record_paths)
     else:
         volume, label = _load(plan, binarize, policy.keep)
         policy.check(label, plan.label_file if plan.label_file is not None else plan.path)
@@ -476,7 +337,7 @@ def ingest(
         raise input_error(labels_dir, "labels directory does not exist")
     labeled_ids = load_labeled_ids(labeled)
     paths = collect_sources(sources)
-    named = _source_ids(paths)  # every id the sources name, ingested or not
+    named = source_ids(paths)  # every id the sources name, ingested or not
     missing = sorted(labeled_ids - named) if labeled_ids is not None else []
     if missing and not allow_missing_labeled:
         where = display_path(labeled) if isinstance(labeled, (str, Path)) else "labeled ids"
@@ -522,20 +383,6 @@ def ingest(
         "ingest into %s: %s", store, ", ".join(f"{s.value} {report.count(s)}" for s in IngestStatus)
     )
     return report
-
-
-def _source_ids(paths: list[Path]) -> set[str]:
-    """The ids ``paths`` would be ingested as (file name without its suffix, and the id a
-    DICOM series folder gets); a path whose id cannot be made is left to fail when ingested."""
-    ids: set[str] = set()
-    for path in paths:
-        split = split_suffix(path)
-        ids.add(split[0] if split else path.name)
-        try:
-            ids.add(volume_id_for(path))
-        except InputError:
-            pass
-    return ids
 
 
 def _failed(path: Path, reason: str) -> VolumeIngest:
