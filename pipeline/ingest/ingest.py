@@ -46,8 +46,7 @@ from semisam.store import (
 )
 from semisam.store.volumes import DIMENSION_NAMES
 
-from ..image_io import LoadedVolume, read_label_file, read_volume
-from ..image_io import source_sha256 as file_sha256
+from ..image_io import LoadedVolume, read_label_file, read_volume, source_sha256
 from ..image_io.validate import (
     align_label,
     check_label_shape,
@@ -183,7 +182,7 @@ def _load(plan: SourcePlan, binarize: bool, keep_classes: bool = False
     label = volume.label
     if plan.label_file is not None:
         loaded = read_label_file(plan.label_file, binarize=binarize, keep_classes=keep_classes)
-        check_unchanged(plan.label_file, plan.label_sha256, file_sha256(plan.label_file))
+        check_unchanged(plan.label_file, plan.label_sha256, source_sha256(plan.label_file))
         label = loaded.label
         if volume.has_geometry and loaded.has_geometry:
             label = align_label(label, loaded.affine, volume.image.shape, volume.affine,

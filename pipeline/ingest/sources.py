@@ -15,8 +15,7 @@ import zarr
 from semisam.schemas import InputError, validate_volume_id, volume_path
 from semisam.store import read_meta
 
-from ..image_io import is_dicom_dir, volume_id_for
-from ..image_io import source_sha256 as file_sha256
+from ..image_io import is_dicom_dir, source_sha256, volume_id_for
 from ..image_io.validate import check_file, display_path, input_error, split_suffix
 
 log = logging.getLogger(__name__)
@@ -110,7 +109,7 @@ class SourcePlan:
         series = is_dicom_dir(path)  # a folder of DICOM slices; any other folder fails below
         if not series:
             check_file(path)
-        self.sha256 = file_sha256(path)
+        self.sha256 = source_sha256(path)
         self.label_file = _label_path(path, labels_dir)
         embedded = not series and split_suffix(path)[1] == "h5" and _h5_has_label(path)  # type: ignore[index]
         if self.label_file is not None:
@@ -120,7 +119,7 @@ class SourcePlan:
                     display_path(path),
                     display_path(self.label_file),
                 )
-            self.label_sha256: str | None = file_sha256(self.label_file)
+            self.label_sha256: str | None = source_sha256(self.label_file)
         else:
             self.label_sha256 = self.sha256 if embedded else None
         has_label = self.label_sha256 is not None
