@@ -99,6 +99,84 @@ def _trainable_copy(masker: Adaptable) -> dict[str, torch.Tensor]:
             if not k.startswith("image_encoder.")}
 
 
+def _with_cache(config: AdaptConfig, round_config: RoundConfig) -> RoundConfig:
+    """``round_config`` with ``config.embedding_cache`` set in its masker's section when the
+    adaptation names a cache and the masker kind keeps one (a copy; else ``round_config``)."""
+    section = masker_spec(round_config.masker.kind).section
+    if (config.embedding_cache is None
+            or "embedding_cache" not in type(getattr(round_config.masker, section)).model_fields):
+        return round_config
+    round_config = round_config.model_copy(deep=True)
+    getattr(round_config.masker, section).embedding_cache = config.embedding_cache
+    return round_config
+
+
+def _optimizer(masker: Adaptable, config: AdaptConfig) -> torch.optim.Optimizer:
+    """AdamW over the parameters ``config.target`` trains; every other parameter frozen."""
+    params = masker.trainable_parameters(config.target.value)
+    for p in masker.model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _initial_state(masker: Adaptable, data: AdaptationData, config: AdaptConfig,
+                   base: float | None, start: float) -> dict:
+    """A fresh run's state: step 0, the frozen masker as the best so far (its held-out Dice
+    ``base``, -1 without held-out slices), the seeded generator; ``start`` from perf_counter."""
+    return {"iteration": 0, "stale": 0, "best_iteration": 0, "elapsed": 0.0, "start": start,
+            "config": config, "fingerprint": data.fingerprint,
+            "best_dice": base if base is not None else -1.0,
+            "best_state": _trainable_copy(masker), "rng": np.random.default_rng(config.seed)}
+
+
+def _resume_if_asked(resume: bool, out: Path, masker: Adaptable,
+                     optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """With ``resume`` and a resume state at ``OUT.state.pt``, load it into the masker, the
+    optimizer and ``state`` (its config and store must match: `load_resume_state`)."""
+    path = resume_path(out)
+    if resume and path.is_file():
+        load_resume_state(path, masker, optimizer, state)
+        logger.info("resumed adaptation at step %d from %s", state["iteration"], path)
+
+
+def _train(masker: Adaptable, data: AdaptationData, config: AdaptConfig,
+           optimizer: torch.optim.Optimizer, state: dict, out: Path,
+           on_step: StepCallback | None) -> None:
+    """`_train_steps`, writing the resume state before an interruption propagates."""
+    try:
+        _train_steps(masker, data, config, optimizer, state, out, on_step)
+    except KeyboardInterrupt:
+        save_resume_state(resume_path(out), masker, optimizer, state)
+        raise
+
+
+def _meta(store: str | Path, kind: str, masker: Adaptable, data: AdaptationData,
+          config: AdaptConfig, state: dict, base: float | None, start: float) -> AdaptationMeta:
+    """The adapted checkpoint's record: base weights, store, examples, steps, held-out Dice
+    before (``base``) and after, seconds (resumed runs included) since ``start``."""
+    base_path, base_sha = masker.base_checkpoint()
+    return AdaptationMeta(
+        kind=kind, base_checkpoint=base_path.name, base_sha256=base_sha,
+        store=str(store), store_fingerprint=data.fingerprint, labeled=data.labeled,
+        pseudo_labeled=data.pseudo_labeled, examples=data.train_count,
+        held_out=data.held_out_count, iterations=state["iteration"],
+        best_iteration=state["best_iteration"] if data.has_validation else state["iteration"],
+        held_out_dice_base=base, held_out_dice=state["best_dice"] if base is not None else None,
+        seconds=round(state["elapsed"] + time.perf_counter() - start, 1), config=config,
+        created_at=utcnow())
+
+
+def _export(masker: Adaptable, out: Path, meta: AdaptationMeta) -> None:
+    """Write the adapted checkpoint with ``meta`` and remove the resume state."""
+    masker.export(out, meta.model_dump(mode="json"))
+    resume_path(out).unlink(missing_ok=True)
+    logger.info("adapted %s on %d labeled volume(s) in %.0f s: held-out Dice %s -> %s (step %d); "
+                "wrote %s", meta.kind, len(meta.labeled), meta.seconds,
+                _fmt(meta.held_out_dice_base), _fmt(meta.held_out_dice), meta.best_iteration, out)
+
+
 def adapt_masker(store: str | Path, out: Path, config: AdaptConfig | None = None,
                  round_config: RoundConfig | None = None, resume: bool = False,
                  on_step: StepCallback | None = None, device: str | torch.device = "cpu"
@@ -120,55 +198,23 @@ def adapt_masker(store: str | Path, out: Path, config: AdaptConfig | None = None
         CheckpointError: the resume state does not fit this run.
     """
     config = config or AdaptConfig()
-    round_config = round_config or RoundConfig()
-    section = masker_spec(round_config.masker.kind).section
-    if (config.embedding_cache is not None
-            and "embedding_cache" in type(getattr(round_config.masker, section)).model_fields):
-        round_config = round_config.model_copy(deep=True)  # the kind keeps an embedding cache
-        getattr(round_config.masker, section).embedding_cache = config.embedding_cache
+    round_config = _with_cache(config, round_config or RoundConfig())
     start = time.perf_counter()
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     masker = _masker(round_config, torch.device(device))
     data = load_adaptation_data(store, masker, config, round_config)
-    params = masker.trainable_parameters(config.target.value)
-    for p in masker.model.parameters():
-        p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = _optimizer(masker, config)
     base = data.validate(masker) if data.has_validation else None
-    state = {"iteration": 0, "stale": 0, "best_iteration": 0, "elapsed": 0.0, "start": start,
-             "config": config, "fingerprint": data.fingerprint,
-             "best_dice": base if base is not None else -1.0,
-             "best_state": _trainable_copy(masker), "rng": np.random.default_rng(config.seed)}
-    if resume and resume_path(out).is_file():
-        load_resume_state(resume_path(out), masker, optimizer, state)
-        logger.info("resumed adaptation at step %d from %s", state["iteration"], resume_path(out))
-    try:
-        _train_steps(masker, data, config, optimizer, state, out, on_step)
-    except KeyboardInterrupt:
-        save_resume_state(resume_path(out), masker, optimizer, state)
-        raise
+    state = _initial_state(masker, data, config, base, start)
+    _resume_if_asked(resume, out, masker, optimizer, state)
+    _train(masker, data, config, optimizer, state, out, on_step)
     if data.has_validation:
         masker.model.load_state_dict(state["best_state"], strict=False)
     masker.model.eval()
-    base_path, base_sha = masker.base_checkpoint()
-    meta = AdaptationMeta(
-        kind=round_config.masker.kind.value, base_checkpoint=base_path.name, base_sha256=base_sha,
-        store=str(store), store_fingerprint=data.fingerprint, labeled=data.labeled,
-        pseudo_labeled=data.pseudo_labeled, examples=data.train_count,
-        held_out=data.held_out_count, iterations=state["iteration"],
-        best_iteration=state["best_iteration"] if data.has_validation else state["iteration"],
-        held_out_dice_base=base, held_out_dice=state["best_dice"] if base is not None else None,
-        seconds=round(state["elapsed"] + time.perf_counter() - start, 1), config=config,
-        created_at=utcnow())
-    masker.export(out, meta.model_dump(mode="json"))
-    resume_path(out).unlink(missing_ok=True)
-    logger.info("adapted %s on %d labeled volume(s) in %.0f s: held-out Dice %s -> %s (step %d); "
-                "wrote %s", meta.kind, len(meta.labeled), meta.seconds, _fmt(base),
-                _fmt(meta.held_out_dice), meta.best_iteration, out)
+    meta = _meta(store, round_config.masker.kind.value, masker, data, config, state, base, start)
+    _export(masker, out, meta)
     return AdaptResult(Path(out), meta)
 
 
