@@ -33,7 +33,7 @@ def ingest(
     """Ingest volumes (and labels) into a store; re-ingesting the same file is a no-op."""
     from semisam.schemas import parse_classes
 
-    from ..ingest import collect_sources
+    from ..image_io import collect_sources
     from ..ingest import ingest as ingest_fn
 
     class_map = None if classes is None else "auto" if classes == "auto" else parse_classes(classes)

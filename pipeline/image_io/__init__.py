@@ -4,16 +4,25 @@ content hash.
 
 Modules, lowest first (none imports a module above it): `volume` (the returned types),
 `validate` (the checks and one-line errors), the formats `nifti`, `nrrd_format`, `h5_npy` and
-`dicom`, and `readers` (the dispatch by suffix or folder).
+`dicom`, and `readers` (the dispatch by suffix or folder, and which
+sources a command line names).
 """
 
 from .dicom import is_dicom_dir, read_dicom_dir, read_dicom_series, series_volume_ids
-from .readers import read_label, read_label_file, read_volume, source_sha256, volume_id_for
+from .readers import (
+    collect_sources,
+    read_label,
+    read_label_file,
+    read_volume,
+    source_sha256,
+    volume_id_for,
+)
 from .volume import LoadedLabel, LoadedVolume
 
 __all__ = [
     "LoadedLabel",
     "LoadedVolume",
+    "collect_sources",
     "is_dicom_dir",
     "read_dicom_dir",
     "read_dicom_series",

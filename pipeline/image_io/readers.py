@@ -1,6 +1,7 @@
-"""The format dispatch of image input: one entry point for a volume, a label and a volume id,
-whatever the source (NIfTI ``.nii``/``.nii.gz``, NRRD, UA-MT style h5, ``.npy``, a folder of
-DICOM slices), shared by ingest and predict.
+"""The format dispatch of image input: one entry point for a volume, a label, a volume id and
+the sources a command line names (`collect_sources`), whatever the source (NIfTI
+``.nii``/``.nii.gz``, NRRD, UA-MT style h5, ``.npy``, a folder of DICOM slices), shared by
+ingest and predict.
 
 Every reader keeps the axis order of the file (NIfTI and NRRD: the file's fastest axis first,
 as nibabel and pynrrd return it) and reports geometry as a 4x4 affine mapping voxel indices
@@ -12,6 +13,8 @@ rules live in `nifti`, `nrrd_format`, `h5_npy` and `dicom`; the checks in `valid
 from __future__ import annotations
 
 import hashlib
+import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 import nrrd
@@ -31,12 +34,58 @@ from .validate import (
     check_label,
     check_label_shape,
     check_suffix,
+    display_path,
     input_error,
     split_suffix,
 )
 from .volume import READ_ERRORS, LoadedLabel, LoadedVolume, RawVolume
 
-__all__ = ["read_label", "read_label_file", "read_volume", "source_sha256", "volume_id_for"]
+__all__ = [
+    "collect_sources",
+    "read_label",
+    "read_label_file",
+    "read_volume",
+    "source_sha256",
+    "volume_id_for",
+]
+
+log = logging.getLogger(__name__)
+
+
+def collect_sources(sources: Iterable[Path | str]) -> list[Path]:
+    """Expand directories (every non-hidden entry directly inside named like a supported file,
+    or a sub-folder of DICOM slices, sorted by name; entries that are not files fail later, one
+    line each). A folder of DICOM slices named as a source is one volume.
+
+    Files named explicitly are kept whatever their suffix (an unsupported one fails later, on its
+    own); duplicates (same resolved path) are dropped.
+    """
+    files: list[Path] = []
+    seen: set[Path] = set()
+    for source in sources:
+        source = Path(source)
+        if source.is_dir() and is_dicom_dir(source):
+            found = [source]  # a folder of DICOM slices is one volume (one series)
+        elif source.is_dir():
+            # anything named like a volume: a directory or a broken link named so fails on its
+            # own (one line), instead of vanishing from the ingest unnoticed; sub-folders of
+            # DICOM slices are volumes too
+            found = sorted(
+                p
+                for p in source.iterdir()
+                if not p.name.startswith(".")
+                and (split_suffix(p) is not None or (p.is_dir() and is_dicom_dir(p)))
+            )
+            if not found:
+                log.warning("%s: directory holds no supported volume files", display_path(source))
+        else:
+            found = [source]
+        for path in found:
+            key = path.resolve()
+            if key not in seen:
+                seen.add(key)
+                files.append(path)
+    return files
 
 
 def source_sha256(path: Path) -> str:

@@ -2,14 +2,13 @@
 
 from ..image_io import LoadedVolume, read_label, read_volume, volume_id_for
 from .ingest import IngestReport, IngestStatus, VolumeIngest, ingest
-from .sources import collect_sources, load_labeled_ids
+from .sources import load_labeled_ids
 
 __all__ = [
     "IngestReport",
     "IngestStatus",
     "LoadedVolume",
     "VolumeIngest",
-    "collect_sources",
     "ingest",
     "load_labeled_ids",
     "read_label",

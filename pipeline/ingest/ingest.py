@@ -46,7 +46,13 @@ from semisam.store import (
 )
 from semisam.store.volumes import DIMENSION_NAMES
 
-from ..image_io import LoadedVolume, read_label_file, read_volume, source_sha256
+from ..image_io import (
+    LoadedVolume,
+    collect_sources,
+    read_label_file,
+    read_volume,
+    source_sha256,
+)
 from ..image_io.validate import (
     align_label,
     check_label_shape,
@@ -57,7 +63,6 @@ from ..image_io.validate import (
 from .sources import (
     SourcePlan,
     check_unchanged,
-    collect_sources,
     load_labeled_ids,
     source_fields,
     source_ids,

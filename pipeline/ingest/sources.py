@@ -1,6 +1,5 @@
-"""What ``semisam ingest`` will do with its sources, before anything is read: the files and
-DICOM folders named (`collect_sources`), the ids that count as labeled (`load_labeled_ids`),
-per source its id, sha256, label file and labeled flag (`SourcePlan`), and how the store names
+"""What ``semisam ingest`` will do with its sources (`image_io.collect_sources` lists them),
+before anything is read: the ids that count as labeled (`load_labeled_ids`), per source its id, sha256, label file and labeled flag (`SourcePlan`), and how the store names
 it (`source_fields`: file name and sha256, the absolute path only when asked)."""
 
 from __future__ import annotations
@@ -19,42 +18,6 @@ from ..image_io import is_dicom_dir, source_sha256, volume_id_for
 from ..image_io.validate import check_file, display_path, input_error, split_suffix
 
 log = logging.getLogger(__name__)
-
-
-def collect_sources(sources: Iterable[Path | str]) -> list[Path]:
-    """Expand directories (every non-hidden entry directly inside named like a supported file,
-    or a sub-folder of DICOM slices, sorted by name; entries that are not files fail later, one
-    line each). A folder of DICOM slices named as a source is one volume.
-
-    Files named explicitly are kept whatever their suffix (an unsupported one fails later, on its
-    own); duplicates (same resolved path) are dropped.
-    """
-    files: list[Path] = []
-    seen: set[Path] = set()
-    for source in sources:
-        source = Path(source)
-        if source.is_dir() and is_dicom_dir(source):
-            found = [source]  # a folder of DICOM slices is one volume (one series)
-        elif source.is_dir():
-            # anything named like a volume: a directory or a broken link named so fails on its
-            # own (one line), instead of vanishing from the ingest unnoticed; sub-folders of
-            # DICOM slices are volumes too
-            found = sorted(
-                p
-                for p in source.iterdir()
-                if not p.name.startswith(".")
-                and (split_suffix(p) is not None or (p.is_dir() and is_dicom_dir(p)))
-            )
-            if not found:
-                log.warning("%s: directory holds no supported volume files", display_path(source))
-        else:
-            found = [source]
-        for path in found:
-            key = path.resolve()
-            if key not in seen:
-                seen.add(key)
-                files.append(path)
-    return files
 
 
 def load_labeled_ids(labeled: set[str] | Iterable[str] | Path | str | None) -> set[str] | None:

@@ -8,7 +8,14 @@ from pathlib import Path
 
 from semisam.schemas import ConfigError, InputError
 
-from ..image_io import LoadedVolume, is_dicom_dir, read_dicom_series, read_volume, volume_id_for
+from ..image_io import (
+    LoadedVolume,
+    collect_sources,
+    is_dicom_dir,
+    read_dicom_series,
+    read_volume,
+    volume_id_for,
+)
 from ..image_io.dicom import dicom_volume_id, series_volume_ids
 from ..image_io.validate import input_error
 
@@ -21,8 +28,6 @@ _SERIES = "#series="
 def collect_inputs(inputs: list[Path | str]) -> list[Path]:
     """Files named, the supported files directly inside folders named (ingest's rule), and
     folders of DICOM slices as one input each (one per series when a folder holds several)."""
-    from ..ingest import collect_sources
-
     files: list[Path] = []
     plain: list[Path] = []
     for source in map(Path, inputs):
