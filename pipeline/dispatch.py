@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import re
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -29,18 +28,12 @@ from semisam.store import store_write_failure, write_record
 from .actor import actor_class
 from .lock import RoundLock
 from .progress import RoundProgress
+from .ray_start import ray_error_line
 
 log = logging.getLogger(__name__)
 
 _PING_RETRY_S = 1.0  # a restarting worker is pinged again after this long
 _FENCE_WAIT_S = 30.0  # how long the other volumes of a dead worker get to report
-
-
-def _last_line(exc: BaseException) -> str:
-    """The last line of a (Ray) error, e.g. ``CheckpointError: x.pt: not a ...`` (no module)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    line = lines[-1] if lines else type(exc).__name__
-    return re.sub(r"^(?:\w+\.)+(\w+: )", r"\1", line)[:300]
 
 
 def _outcome(ref: ray.ObjectRef) -> object:
@@ -120,7 +113,7 @@ class Dispatcher:
             where = ray.get(ref)
         except RayActorError as exc:
             if exc.actor_init_failed:
-                raise RoundError(f"worker failed to start: {_last_line(exc)}") from None
+                raise RoundError(f"worker failed to start: {ray_error_line(exc)}") from None
             if isinstance(exc, ActorDiedError):
                 self._replace(i, exc)
             else:
@@ -136,8 +129,8 @@ class Dispatcher:
         self._replaced += 1
         if self._replaced > 3 * len(self.actors):
             raise RoundError(f"workers keep dying for good ({self._replaced} replaced); last: "
-                             f"{_last_line(exc)}")
-        log.warning("worker %d is gone for good (%s); starting a new one", i, _last_line(exc))
+                             f"{ray_error_line(exc)}")
+        log.warning("worker %d is gone for good (%s); starting a new one", i, ray_error_line(exc))
         self.actors[i] = self._cls.remote(*self._args)
         self._ping(i)
 
@@ -214,7 +207,7 @@ class Dispatcher:
         if isinstance(outcome, RayTaskError) and (failure := store_write_failure(outcome)):
             raise StoreWriteFailed(task.volume_id, failure)  # the worker could not even record it
         if isinstance(outcome, RayTaskError):
-            self._retry_or_fail(task, _last_line(outcome), self.config.runtime.max_attempts)
+            self._retry_or_fail(task, ray_error_line(outcome), self.config.runtime.max_attempts)
         elif isinstance(outcome, RayError):
             self._worker_lost(task, outcome)
         else:
@@ -239,7 +232,7 @@ class Dispatcher:
             elif isinstance(out, RayTaskError) and (failure := store_write_failure(out)):
                 raise StoreWriteFailed(t.volume_id, failure)
             elif isinstance(out, RayTaskError):
-                self._retry_or_fail(t, _last_line(out), self.config.runtime.max_attempts)
+                self._retry_or_fail(t, ray_error_line(out), self.config.runtime.max_attempts)
             elif charged or _never_ran(out):
                 self.queue.appendleft((t.volume_id, t.attempt))  # not started: no attempt used
             else:

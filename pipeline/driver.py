@@ -5,9 +5,10 @@ arrays and then its record; the driver only schedules, retries and reports, so a
 loses nothing that was stored and a rerun resumes from the records (which volumes are left to
 do: `schemas.volume_work`).
 
-Here: the round from start to finish (checkpoints, lock, plan, finish) and the one Ray start;
-the scheduling, retries and fault handling are `pipeline.dispatch.Dispatcher`'s
-(docs/reliability.md). One driver per round: `acquire_round_lock`.
+Here: the round from start to finish (checkpoints, lock, plan, finish) and its Ray start
+(`start_ray`, on `pipeline.ray_start.ensure_ray`); the scheduling, retries and fault handling
+are `pipeline.dispatch.Dispatcher`'s (docs/reliability.md). One driver per round:
+`acquire_round_lock`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .dispatch import Dispatcher, StoreWriteFailed
 from .interrupt import sigterm_as_interrupt
 from .lock import RoundLock, acquire_round_lock
 from .progress import RoundProgress
+from .ray_start import ensure_ray
 from .round_state import (
     RoundPlan,
     check_checkpoints,
@@ -47,31 +49,6 @@ def start_ray(address: str | None, config: RoundConfig) -> bool:
     workers. Returns True if started here."""
     cpus = max(os.cpu_count() or 1, int(config.runtime.workers * config.runtime.cpus_per_worker))
     return ensure_ray(address, cpus)
-
-
-def ensure_ray(address: str | None, num_cpus: int,
-               object_store_bytes: int = 256 * 1024 * 1024) -> bool:
-    """The one Ray start of rounds and predict: nothing when Ray is already up, else join the
-    cluster at ``address`` or (``address`` None or empty) start a local Ray of ``num_cpus``
-    CPUs and an object store of ``object_store_bytes``, without a dashboard.
-
-    Returns:
-        True if started (or joined) here: the caller shuts it down.
-    """
-    if ray.is_initialized():
-        return False
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
-        return True
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        object_store_memory=object_store_bytes,
-        logging_level=logging.WARNING,
-        log_to_driver=True,
-    )
-    return True
 
 
 def _left_to_do(root, round_index: int) -> str:

@@ -1,6 +1,6 @@
 """Predict's driver: the checks made once before any scan (checkpoint, options, inputs, output
-ids), then every scan in this process or as one Ray task each (`ensure_ray`, the round
-driver's one Ray start)."""
+ids), then every scan in this process or as one Ray task each (`pipeline.ray_start`: the
+round driver's Ray start and its one-line Ray errors)."""
 
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def _predict_ray(student: Path, sources: list[Path], out_dir: Path, options: Pre
     """One Ray task per scan; items in input order."""
     import ray
 
-    from ..driver import ensure_ray
+    from ..ray_start import ensure_ray, ray_error_line
 
     started = ensure_ray(None if address == "local" else address,
                          ray_num_cpus or os.cpu_count() or 1, object_store_bytes=128 * 1024 * 1024)
@@ -160,9 +160,8 @@ def _predict_ray(student: Path, sources: list[Path], out_dir: Path, options: Pre
             try:
                 item = PredictItem.model_validate(ray.get(ready[0]))
             except ray.exceptions.RayError as exc:
-                lines = [ln for ln in str(exc).splitlines() if ln.strip()]
                 item = PredictItem(source=str(sources[i]), status=PredictStatus.failed,
-                                   reason=(lines[-1] if lines else type(exc).__name__)[:300])
+                                   reason=ray_error_line(exc))
             items[i] = item
             _log_item(item)
             on_item(item)
