@@ -343,7 +343,11 @@ def evaluate_round(store: str | Path, round_index: int, student: Path | None = N
     checkpoint = Path(student or meta.student_checkpoint)
     if not checkpoint.is_file():
         raise CheckpointError(f"{checkpoint}: checkpoint file not found")
-    if sha256_file(checkpoint) != meta.student_sha256:
+    try:
+        digest = sha256_file(checkpoint)
+    except OSError as exc:
+        raise CheckpointError(f"{checkpoint}: cannot read checkpoint ({exc.strerror})") from None
+    if digest != meta.student_sha256:
         raise CheckpointError(f"{checkpoint}: sha256 differs from round {round_index}'s student "
                               f"({meta.student_sha256[:12]})")
     inference = StudentInferenceConfig.model_validate(meta.config.get("student", {}))

@@ -87,7 +87,10 @@ def round_student(meta: RoundMeta) -> Student | None:
     from semisam.workers.student_model import Student
 
     path = Path(meta.student_checkpoint)
-    if not path.is_file() or sha256_file(path) != meta.student_sha256:
+    try:
+        if not path.is_file() or sha256_file(path) != meta.student_sha256:
+            return None
+    except OSError:  # unreadable: as good as gone
         return None
     return Student.load(path)
 
