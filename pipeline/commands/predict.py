@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from pydantic import ValidationError
 
-from semisam.schemas import ConfigError, first_validation_error
+from semisam.schemas import ConfigError, StudentInferenceConfig, first_validation_error
 
 from .. import render
 from ..cli_app import app, guard
+
+if TYPE_CHECKING:
+    from ..predict import PredictReport
 
 
 def _axes(text: Optional[str]) -> tuple[int, ...]:
@@ -55,15 +58,13 @@ def predict(
 ) -> None:
     """Segment scans with a trained student: NIfTI outputs on each input's grid and affine
     (rerunning skips finished scans)."""
-    from ..predict import PredictOptions, PredictStatus, collect_inputs
+    from ..predict import PredictOptions, collect_inputs
     from ..predict import predict as run_predict
 
     try:
         options = PredictOptions(flip_axes=_axes(flip), largest_component=largest_component,
                                  prior_component=prior_component,
                                  threshold=threshold, probabilities=probabilities)
-        from semisam.schemas import StudentInferenceConfig
-
         StudentInferenceConfig(flip_axes=options.flip_axes)  # same axis rules as the round
     except ValidationError as exc:
         raise ConfigError(f"option: {first_validation_error(exc)}") from None
@@ -82,12 +83,19 @@ def predict(
         from ..dicom_seg import predict_dicom_segs
 
         predict_dicom_segs(report)
-    if as_json:
-        typer.echo(json.dumps(report.model_dump(mode="json"), indent=2))
-    else:
-        render.predict_report(report)
-        typer.echo(f"{report.count(PredictStatus.written)} written, "
-                   f"{report.count(PredictStatus.skipped)} skipped (finished), "
-                   f"{report.count(PredictStatus.failed)} failed; outputs in {report.out_dir}")
+    _print_report(report, as_json)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _print_report(report: PredictReport, as_json: bool) -> None:
+    """The predict report as JSON, or as a table and a one-line count."""
+    from ..predict import PredictStatus
+
+    if as_json:
+        typer.echo(json.dumps(report.model_dump(mode="json"), indent=2))
+        return
+    render.predict_report(report)
+    typer.echo(f"{report.count(PredictStatus.written)} written, "
+               f"{report.count(PredictStatus.skipped)} skipped (finished), "
+               f"{report.count(PredictStatus.failed)} failed; outputs in {report.out_dir}")

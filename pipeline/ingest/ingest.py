@@ -48,7 +48,6 @@ from semisam.store.volumes import DIMENSION_NAMES
 
 from ..image_io import (
     LoadedVolume,
-    collect_sources,
     read_label_file,
     read_volume,
     source_sha256,
@@ -63,9 +62,8 @@ from ..image_io.validate import (
 from .sources import (
     SourcePlan,
     check_unchanged,
-    load_labeled_ids,
+    plan_sources,
     source_fields,
-    source_ids,
     update_source_fields,
 )
 
@@ -337,56 +335,50 @@ def ingest(
     """
     if classes is not None and not isinstance(classes, ClassMap) and classes != "auto":
         raise InputError(f"classes must be a ClassMap or 'auto', got {classes!r}")
-    if labels_dir is not None and not Path(labels_dir).is_dir():
-        raise input_error(labels_dir, "labels directory does not exist")
-    labeled_ids = load_labeled_ids(labeled)
-    paths = collect_sources(sources)
-    named = source_ids(paths)  # every id the sources name, ingested or not
-    missing = sorted(labeled_ids - named) if labeled_ids is not None else []
-    if missing and not allow_missing_labeled:
-        where = display_path(labeled) if isinstance(labeled, (str, Path)) else "labeled ids"
-        raise InputError(
-            f"{where}: {len(missing)} labeled id(s) match no source file: "
-            f"{', '.join(repr(v) for v in missing[:10])}{' ...' if len(missing) > 10 else ''} "
-            "(a typo? --allow-missing-labeled ingests anyway)"
-        )
+    labeled_ids, paths, missing = plan_sources(sources, labeled, allow_missing_labeled, labels_dir)
     root = open_store(store, create=True)
-    policy = _ClassPolicy(root, classes, binarize)
     report = IngestReport(store=str(store))
+    _ingest_all(root, store, paths, report, on_volume,
+                labels_dir=Path(labels_dir) if labels_dir else None, labeled_ids=labeled_ids,
+                overwrite=overwrite, binarize=binarize,
+                policy=_ClassPolicy(root, classes, binarize), record_paths=record_paths)
+    report.missing_labeled = missing  # [] without a labeled list
+    for vid in missing:
+        log.warning("labeled id '%s' matched no source file", vid)
+    log.info("ingest into %s: %s", store,
+             ", ".join(f"{s.value} {report.count(s)}" for s in IngestStatus))
+    return report
+
+
+def _ingest_all(root: zarr.Group, store: str | Path, paths: list[Path], report: IngestReport,
+                on_volume: Callable[[str, str], None] | None, **options) -> None:
+    """Ingest ``paths`` in order into ``report`` (``options``: `_ingest_checked`'s); a bad file
+    is a failed entry, a full store stops the ingest with one line."""
     claimed: dict[str, Path] = {}
     for path in paths:
         try:
-            result = _ingest_one(
-                root,
-                path,
-                claimed,
-                labels_dir=Path(labels_dir) if labels_dir else None,
-                labeled_ids=labeled_ids,
-                overwrite=overwrite,
-                binarize=binarize,
-                policy=policy,
-                record_paths=record_paths,
-            )
+            result = _ingest_one(root, path, claimed, **options)
         except Exception as exc:
-            failure = store_write_failure(exc)
-            if failure is None:
+            if (error := _store_full(exc, store, path, report)) is None:
                 raise
-            done = report.count(IngestStatus.added) + report.count(IngestStatus.replaced)
-            raise store_full_error(
-                str(store), failure, f"writing volume from {display_path(path)}",
-                f"{done} volume(s) were ingested before it, it is not (a volume counts only "
-                "once its metadata is written);") from None
+            raise error from None
         report.volumes.append(result)
         if on_volume is not None:
             on_volume(result.volume_id, result.status.value)
-    if labeled_ids is not None:
-        report.missing_labeled = missing
-        for vid in report.missing_labeled:
-            log.warning("labeled id '%s' matched no source file", vid)
-    log.info(
-        "ingest into %s: %s", store, ", ".join(f"{s.value} {report.count(s)}" for s in IngestStatus)
-    )
-    return report
+
+
+def _store_full(exc: Exception, store: str | Path, path: Path,
+                report: IngestReport) -> Exception | None:
+    """The one-line store-full error for a write that ran out of room; None for any other
+    failure (re-raised as it is)."""
+    failure = store_write_failure(exc)
+    if failure is None:
+        return None
+    done = report.count(IngestStatus.added) + report.count(IngestStatus.replaced)
+    return store_full_error(
+        str(store), failure, f"writing volume from {display_path(path)}",
+        f"{done} volume(s) were ingested before it, it is not (a volume counts only "
+        "once its metadata is written);")
 
 
 def _failed(path: Path, reason: str) -> VolumeIngest:

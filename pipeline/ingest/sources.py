@@ -14,7 +14,7 @@ import zarr
 from semisam.schemas import InputError, validate_volume_id, volume_path
 from semisam.store import read_meta
 
-from ..image_io import is_dicom_dir, source_sha256, volume_id_for
+from ..image_io import collect_sources, is_dicom_dir, source_sha256, volume_id_for
 from ..image_io.validate import check_file, display_path, input_error, split_suffix
 
 log = logging.getLogger(__name__)
@@ -141,3 +141,28 @@ def check_unchanged(path: Path, before: str | None, after: str) -> None:
             f"file changed while being ingested (sha256 {before[:12]} before reading, "
             f"{after[:12]} after): is it still being written? rerun when it is complete",
         )
+
+
+def plan_sources(sources: list[Path], labeled: set[str] | Path | None, allow_missing_labeled: bool,
+                 labels_dir: Path | None = None) -> tuple[set[str] | None, list[Path], list[str]]:
+    """``(labeled ids or None, the files to ingest, labeled ids that no source names)``.
+
+    Raises:
+        InputError: ``labels_dir`` is not a directory; the labeled list is unreadable/invalid, or
+            names ids no source has (unless ``allow_missing_labeled``), before anything is read:
+            a mistyped id would leave its volume unlabeled.
+    """
+    if labels_dir is not None and not Path(labels_dir).is_dir():
+        raise input_error(labels_dir, "labels directory does not exist")
+    labeled_ids = load_labeled_ids(labeled)
+    paths = collect_sources(sources)
+    named = source_ids(paths)  # every id the sources name, ingested or not
+    missing = sorted(labeled_ids - named) if labeled_ids is not None else []
+    if missing and not allow_missing_labeled:
+        where = display_path(labeled) if isinstance(labeled, (str, Path)) else "labeled ids"
+        raise InputError(
+            f"{where}: {len(missing)} labeled id(s) match no source file: "
+            f"{', '.join(repr(v) for v in missing[:10])}{' ...' if len(missing) > 10 else ''} "
+            "(a typo? --allow-missing-labeled ingests anyway)"
+        )
+    return labeled_ids, paths, missing
