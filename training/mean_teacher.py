@@ -1,14 +1,8 @@
 """The training loop: supervised CE + Dice, Mean Teacher consistency, confidence-weighted SAM
 consistency with a round's pseudo-labels (SemiSAM, with its public code's defects fixed).
 
-One iteration (``t`` of ``T``; `step.py`)::
-
-    batch   = L labeled + U unlabeled patches (z-scored, rot90/flip augmented)
-    logits  = student(batch);  p = softmax(logits)
-    loss    = ce_w * CE(labeled) + dice_w * Dice(labeled)
-            + w_mt(t)  * 0.5 * mean (p - softmax(teacher(batch + clamp(N(0, s), -c, c))))^2
-            + w_sam(t) * sum(conf * d(p, onehot(pseudo_label))) / N        (unlabeled part)
-    SGD step at lr(t); teacher <- EMA(student)
+One iteration (``t`` of ``T``: the loss terms, the SGD step and the EMA teacher) is `step.py`,
+whose docstring gives the loss formula.
 
 On a store of ``K`` structures (its class map) the student has ``K + 1`` output channels
 (`fit_out_channels`), labels and pseudo-labels enter the losses as class indices ``0..K``, CE
