@@ -150,7 +150,7 @@ def ray_round(store: Path, student: Path, config: RoundConfig, round_index: int 
     """`run_round` on a local Ray; wall time counted once the Ray runtime is up."""
     import ray
 
-    from semisam.pipeline.driver import run_round, start_ray
+    from semisam.pipeline.rounds.driver import run_round, start_ray
 
     start_ray(None, config)
     try:

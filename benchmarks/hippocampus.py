@@ -44,10 +44,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from semisam.pipeline.driver import run_round
 from semisam.pipeline.evaluate import evaluate_student
 from semisam.pipeline.ingest import ingest
 from semisam.pipeline.loop import Loop, pseudo_label_dice
+from semisam.pipeline.rounds.driver import run_round
 from semisam.schemas import (
     ClassMap,
     FusionMode,

@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from semisam.pipeline.driver import run_round
 from semisam.pipeline.evaluate import evaluate_student_both
 from semisam.pipeline.ingest import ingest
+from semisam.pipeline.rounds.driver import run_round
 from semisam.pipeline.suggest import rank_unlabeled
 from semisam.store import open_store, read_meta, read_reference, write_volume
 from semisam.training import train_student

@@ -67,10 +67,10 @@ import numpy as np
 import torch
 from hippocampus import SavedResults
 
-from semisam.pipeline.driver import run_round
 from semisam.pipeline.evaluate import evaluate_student_both
 from semisam.pipeline.ingest import ingest
 from semisam.pipeline.loop import Loop, pseudo_label_dice
+from semisam.pipeline.rounds.driver import run_round
 from semisam.schemas import (
     LoopConfig,
     LrSchedule,

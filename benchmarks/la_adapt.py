@@ -40,10 +40,10 @@ import torch
 from hippocampus import SavedResults
 from la import DATA, args_round_config, configs, downsampled, prepare, split_ids, train
 
-from semisam.pipeline.driver import run_round
 from semisam.pipeline.evaluate import evaluate_round, evaluate_student_both
 from semisam.pipeline.ingest import ingest
 from semisam.pipeline.loop import Loop
+from semisam.pipeline.rounds.driver import run_round
 from semisam.schemas import AdaptConfig, LiteMedSamConfig, LoopConfig, RoundConfig
 from semisam.store import list_metas, open_store, read_image, read_reference
 from semisam.training.adaptation import adapt_masker

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from la import DATA, args_round_config, downsampled, split_ids
 
-from semisam.pipeline.driver import run_round
 from semisam.pipeline.evaluate import evaluate_round
 from semisam.pipeline.ingest import ingest
+from semisam.pipeline.rounds.driver import run_round
 from semisam.schemas import MaskerKind, RoundConfig
 
 log = logging.getLogger("benchmarks.la_rounds")

@@ -12,7 +12,7 @@ import typer
 
 from semisam.schemas import SemisamError
 
-from .interrupt import sigterm_as_interrupt
+from .rounds.interrupt import sigterm_as_interrupt
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="SAM-assisted pseudo-labels for semi-supervised 3D segmentation. "

@@ -21,13 +21,13 @@ from semisam.schemas.settings import load_settings
 from semisam.store import open_store, read_output
 from semisam.workers.maskers.registry import masker_spec
 
-from .driver import run_round
 from .gain import GainSummary, summarize_gains, volume_gains
 from .ingest import ingest
 from .inspect import write_montage
 from .phantoms import write_phantom_set
 from .report import write_report
-from .summary import RoundSummary
+from .rounds.driver import run_round
+from .rounds.summary import RoundSummary
 
 log = logging.getLogger(__name__)
 

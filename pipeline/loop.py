@@ -50,9 +50,9 @@ from semisam.training.mean_teacher import StepCallback
 from semisam.training.metrics import class_dice
 from semisam.workers.maskers.registry import masker_spec
 
-from .driver import run_round, start_ray
 from .evaluate import evaluate_student
-from .interrupt import sigterm_as_interrupt
+from .rounds.driver import run_round, start_ray
+from .rounds.interrupt import sigterm_as_interrupt
 
 log = logging.getLogger(__name__)
 

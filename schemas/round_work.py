@@ -3,9 +3,9 @@
 A worker writes a volume's arrays first and its record (`VolumeRecord`) last, so the record
 alone says where the volume stands. Every part that asks which volumes of a round still need
 work asks `volume_work` (or `left_to_do`): the plan of a (re)run
-(`pipeline.round_state.plan_round`), the driver's count when the store stops taking writes
-(`pipeline.driver`), the round summary behind `run-round`'s table, `inspect` and the round's
-finish (`pipeline.summary`), and the HTML report (`pipeline.report`).
+(`pipeline.rounds.state.plan_round`), the driver's count when the store stops taking writes
+(`pipeline.rounds.driver`), the round summary behind `run-round`'s table, `inspect` and the round's
+finish (`pipeline.rounds.summary`), and the HTML report (`pipeline.report`).
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def run_round_cmd(
         raise ConfigError(f"{ckpt}: {cfg.masker.kind.value} checkpoint file not found")
     if not student.is_file():
         raise ConfigError(f"{student}: student checkpoint file not found")
-    from ..driver import run_round  # Ray and torch load only once the options are valid
+    from ..rounds.driver import run_round  # Ray and torch load only once the options are valid
 
     summary = run_round(store, round_index, student, cfg, address=address, force=force,
                         retry_failed=retry_failed, show_progress=progress and not as_json,

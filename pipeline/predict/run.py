@@ -1,5 +1,5 @@
 """Predict's driver: the checks made once before any scan (checkpoint, options, inputs, output
-ids), then every scan in this process or as one Ray task each (`pipeline.ray_start`: the
+ids), then every scan in this process or as one Ray task each (`pipeline.rounds.ray_start`: the
 round driver's Ray start and its one-line Ray errors)."""
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def _predict_ray(student: Path, sources: list[Path], out_dir: Path, options: Pre
     """One Ray task per scan; items in input order."""
     import ray
 
-    from ..ray_start import ensure_ray, ray_error_line
+    from ..rounds.ray_start import ensure_ray, ray_error_line
 
     started = ensure_ray(None if address == "local" else address,
                          ray_num_cpus or os.cpu_count() or 1, object_store_bytes=128 * 1024 * 1024)

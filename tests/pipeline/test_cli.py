@@ -71,7 +71,7 @@ def test_truncated_nifti_names_the_file(tmp_path):
 
 
 def test_inspect_json_and_png(local_ray, phantom_store, trained_student, tmp_path):
-    from semisam.pipeline.driver import run_round
+    from semisam.pipeline.rounds.driver import run_round
     from semisam.schemas import RoundConfig
 
     run_round(phantom_store, 1, trained_student, RoundConfig(masker={"kind": "random_walker"}), show_progress=False)

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from semisam.pipeline.corrections import read_correction
-from semisam.pipeline.driver import run_round
 from semisam.pipeline.ingest import ingest
 from semisam.pipeline.phantoms import make_phantom
+from semisam.pipeline.rounds.driver import run_round
 from semisam.pipeline.suggest import rank_unlabeled
 from semisam.schemas import CONFIDENCE_SCALE, RoundConfig
 from semisam.store import open_store, read_label, read_meta, read_output, read_record

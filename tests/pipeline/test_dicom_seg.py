@@ -15,9 +15,9 @@ hd = pytest.importorskip("highdicom")
 import pydicom  # noqa: E402
 
 from semisam.pipeline.dicom_seg import build_segmentation, ordered_slices  # noqa: E402
-from semisam.pipeline.driver import run_round  # noqa: E402
 from semisam.pipeline.ingest import ingest  # noqa: E402
 from semisam.pipeline.phantoms import make_phantom  # noqa: E402
+from semisam.pipeline.rounds.driver import run_round  # noqa: E402
 from semisam.schemas import RoundConfig  # noqa: E402
 from semisam.store import open_store, read_output  # noqa: E402
 from tests.pipeline.cli_invoke import invoke  # noqa: E402

@@ -14,10 +14,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from semisam.pipeline.driver import run_round
 from semisam.pipeline.export import export_round
 from semisam.pipeline.ingest import ingest
 from semisam.pipeline.phantoms import make_phantom
+from semisam.pipeline.rounds.driver import run_round
 from semisam.schemas import CONFIDENCE_SCALE, InputError, RoundConfig
 from semisam.store import open_store, read_output
 from tests.pipeline.test_review import invoke

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import zarr
 
-from semisam.pipeline.driver import run_round
 from semisam.pipeline.export import export_round
 from semisam.pipeline.ingest import ingest
 from semisam.pipeline.ngff import downsample, ngff_geometry, pyramid_factors
 from semisam.pipeline.phantoms import make_phantom, write_phantom_set
+from semisam.pipeline.rounds.driver import run_round
 from semisam.schemas import InputError, RoundConfig
 from semisam.store import open_store, read_output
 from tests.pipeline.cli_invoke import invoke

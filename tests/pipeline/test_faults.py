@@ -22,8 +22,8 @@ import psutil
 import pytest
 import torch
 
-from semisam.pipeline.driver import run_round
 from semisam.pipeline.phantoms import make_phantom
+from semisam.pipeline.rounds.driver import run_round
 from semisam.pipeline.verify import verify_round
 from semisam.schemas import RoundConfig, VolumeRecord, VolumeStatus
 from semisam.store import (
@@ -138,7 +138,7 @@ class ActorKiller(threading.Thread):
 def test_worker_killed_three_times(fault_template, reference, tmp_path, trained_student, caplog):
     store = tmp_path / "store.zarr"
     shutil.copytree(fault_template, store)
-    caplog.set_level(logging.WARNING, logger="semisam.pipeline.dispatch")
+    caplog.set_level(logging.WARNING, logger="semisam.pipeline.rounds.dispatch")
     killer = ActorKiller(kills=3)
     killer.start()
     try:

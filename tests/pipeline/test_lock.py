@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from semisam.pipeline.lock import LockInfo, _LockKeys, acquire_round_lock, stale_reason
+from semisam.pipeline.rounds.lock import LockInfo, _LockKeys, acquire_round_lock, stale_reason
 from semisam.schemas import RoundConfig, RoundError
 from semisam.store import open_store
 

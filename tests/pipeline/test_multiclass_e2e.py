@@ -10,11 +10,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from semisam.pipeline.driver import run_round
 from semisam.pipeline.evaluate import evaluate_round
 from semisam.pipeline.ingest import ingest
 from semisam.pipeline.loop import pseudo_label_dice
 from semisam.pipeline.phantoms import write_phantom_set
+from semisam.pipeline.rounds.driver import run_round
 from semisam.schemas import ClassMap, RoundConfig
 from semisam.store import open_store, read_output, read_reference
 from semisam.training import train_student

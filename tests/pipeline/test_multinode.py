@@ -53,7 +53,7 @@ def cluster_round(store: str, student: str, out: str) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    from semisam.pipeline.driver import run_round
+    from semisam.pipeline.rounds.driver import run_round
     from semisam.schemas import RoundConfig
 
     mem = 80 * 1024 * 1024

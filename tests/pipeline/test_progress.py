@@ -1,6 +1,6 @@
 """The driver's progress bar label: failures and worker start-up."""
 
-from semisam.pipeline.progress import RoundProgress
+from semisam.pipeline.rounds.progress import RoundProgress
 from semisam.schemas import VolumeRecord, VolumeStatus
 
 

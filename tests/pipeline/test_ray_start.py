@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from semisam.pipeline.ray_start import ray_error_line
+from semisam.pipeline.rounds.ray_start import ray_error_line
 
 
 def test_last_nonblank_line_without_module_path():

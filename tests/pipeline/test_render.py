@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from semisam.pipeline import render
-from semisam.pipeline.summary import RoundSummary, VolumeRow
+from semisam.pipeline.rounds.summary import RoundSummary, VolumeRow
 from semisam.schemas import VolumeStatus
 
 LONG_ERROR = ("InputError: /data/incoming/site-07/very/long/path/to/volume_0042.nii.gz: image holds "

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from semisam.pipeline.driver import run_round
+from semisam.pipeline.rounds.driver import run_round
 from semisam.schemas import RoundConfig, VolumeStatus
 from semisam.store import list_metas, open_store, read_output, read_record
 from tests.conftest import build_phantom_store
@@ -131,7 +131,7 @@ def test_sigterm_stops_the_round_cleanly_then_resume(local_ray, tmp_path, traine
     """SIGTERM (what batch schedulers send) mid-round: the driver stops its workers, marks its
     lock released (so a driver on another host need not wait for it to go stale), says so in
     one line and exits 128 + 15; the rerun finishes only the rest."""
-    from semisam.pipeline.lock import _LockKeys
+    from semisam.pipeline.rounds.lock import _LockKeys
 
     store = build_phantom_store(tmp_path / "s.zarr", count=10, labeled=2, seed=6)
     ids = [m.volume_id for m in list_metas(open_store(store, read_only=True)) if not m.labeled]

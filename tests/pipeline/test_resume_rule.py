@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from semisam.pipeline.driver import _left_to_do
 from semisam.pipeline.report import volume_rows
-from semisam.pipeline.round_state import plan_round
-from semisam.pipeline.summary import summarize_round
+from semisam.pipeline.rounds.driver import _left_to_do
+from semisam.pipeline.rounds.state import plan_round
+from semisam.pipeline.rounds.summary import summarize_round
 from semisam.schemas import (
     RoundConfig,
     RoundMeta,

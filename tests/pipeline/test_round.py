@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from semisam.pipeline.driver import run_round
+from semisam.pipeline.rounds.driver import run_round
 from semisam.schemas import CheckpointError, RoundConfig, RoundError, VolumeStatus
 from semisam.store import (
     list_metas,
@@ -80,7 +80,7 @@ def test_rerun_of_a_finished_round_loads_no_model_and_starts_no_ray(local_ray, p
     checkpoints again (they passed when the round began), so a finished round's rerun in a
     fresh process imports neither torch nor MONAI and starts no Ray."""
     run_round(phantom_store, 1, trained_student, _config(workers=1), show_progress=False)
-    code = ("import sys, ray; from semisam.pipeline.driver import run_round; "
+    code = ("import sys, ray; from semisam.pipeline.rounds.driver import run_round; "
             "from semisam.schemas import RoundConfig; "
             "s = run_round(sys.argv[1], 1, sys.argv[2], RoundConfig(masker={'kind': 'random_walker'}), show_progress=False); "
             "print(s.skipped, s.done, 'torch' in sys.modules, 'monai' in sys.modules, "

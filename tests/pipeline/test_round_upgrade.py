@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from semisam.pipeline.round_state import checkpoints_vetted, current_fingerprint, plan_round
+from semisam.pipeline.rounds.state import checkpoints_vetted, current_fingerprint, plan_round
 from semisam.schemas import RoundConfig, RoundError, VolumeRecord, VolumeStatus
 from semisam.store import open_store, read_round_meta, write_record, write_round_meta
 
@@ -84,7 +84,7 @@ def test_other_checkpoint_bytes_are_refused(begun, trained_student, tmp_path):
 def test_a_round_begun_before_a_new_default_keeps_its_behaviour(begun, trained_student):
     """`prompts.component` came with the default 'prior'; a round begun before it ran 'largest'
     and resumes so with the same command; asking for 'prior' explicitly is another round."""
-    from semisam.pipeline.round_state import keep_begun_behaviour
+    from semisam.pipeline.rounds.state import keep_begun_behaviour
 
     root, done_id = begun
     _as_if_older(root, 1, drop=("prompts.component", "prompts.component_prior"))

@@ -22,10 +22,10 @@ import zarr
 from moto.server import ThreadedMotoServer
 from pydantic import ValidationError
 
-from semisam.pipeline.actor import actor_options
-from semisam.pipeline.driver import run_round
 from semisam.pipeline.ingest import ingest
 from semisam.pipeline.phantoms import write_phantom_set
+from semisam.pipeline.rounds.actor import actor_options
+from semisam.pipeline.rounds.driver import run_round
 from semisam.schemas import RoundConfig, StorageConfig, StoreError, VolumeStatus
 from semisam.store import (
     array_sha256,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import zarr
 
-from semisam.pipeline.driver import run_round
 from semisam.pipeline.ingest import IngestStatus, ingest
 from semisam.pipeline.phantoms import write_phantom_set
+from semisam.pipeline.rounds.driver import run_round
 from semisam.schemas import RoundConfig, volume_path
 from semisam.store import list_metas, open_store, read_image
 from tests.pipeline.cli_invoke import invoke

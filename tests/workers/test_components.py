@@ -128,7 +128,7 @@ def test_a_round_with_the_prior_keeps_the_structure_not_the_bigger_lookalike(
 
 def test_the_round_records_its_prior_and_a_largest_round_keeps_its_fingerprint(
         phantom_store: Path, trained_student: Path) -> None:
-    from semisam.pipeline.driver import run_round
+    from semisam.pipeline.rounds.driver import run_round
 
     largest = RoundConfig(masker={"kind": "random_walker"}, prompts={"component": "largest"})
     assert "component" not in largest.fingerprint_payload()["prompts"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from semisam.pipeline.round_state import check_checkpoints, current_fingerprint, masker_checkpoint
+from semisam.pipeline.rounds.state import check_checkpoints, current_fingerprint, masker_checkpoint
 from semisam.schemas import CheckpointError, ConfigError, MaskerConfig, RoundConfig
 from semisam.workers.maskers import SPECS, MaskerSpec, build_masker, masker_spec, register
 from semisam.workers.maskers.random_walker import RandomWalkerMasker
@@ -94,6 +94,6 @@ def test_with_overrides_gives_the_chosen_maskers_defaults():
 
 
 def test_round_bookkeeping_imports_no_torch():
-    code = ("import sys, semisam.pipeline.round_state, semisam.pipeline.commands.round; "
+    code = ("import sys, semisam.pipeline.rounds.state, semisam.pipeline.commands.round; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from semisam.pipeline.round_state import plan_round
+from semisam.pipeline.rounds.state import plan_round
 from semisam.schemas import FusionConfig, PromptConfig, RoundConfig, VolumeStatus
 from semisam.store import list_metas, open_store, read_output
 from semisam.workers.fusion import MaskerView, fuse, masker_volume

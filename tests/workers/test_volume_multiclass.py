@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from semisam.pipeline.phantoms import make_multiclass_phantom
-from semisam.pipeline.round_state import check_checkpoints
+from semisam.pipeline.rounds.state import check_checkpoints
 from semisam.schemas import ClassMap, InputError, RandomWalkerConfig, RoundConfig, VolumeMeta
 from semisam.store import open_store, read_class_map, read_output, write_class_map, write_volume
 from semisam.workers.maskers.random_walker import RandomWalkerMasker

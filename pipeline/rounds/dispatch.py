@@ -1,7 +1,7 @@
 """The Ray dispatcher of `run-round`: keeps the round's volumes in flight on stateful workers.
 
 One volume is one unit of work. Workers write each volume's arrays and then its record; the
-dispatcher only schedules, retries and counts (`pipeline.driver.run_round` plans the round and
+dispatcher only schedules, retries and counts (`pipeline.rounds.driver.run_round` plans the round and
 finishes it).
 
 Faults (docs/reliability.md): a worker that dies is restarted by Ray; the volume it was running

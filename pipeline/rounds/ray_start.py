@@ -1,5 +1,5 @@
 """The one Ray start of rounds and predict (`ensure_ray`), and the one way their Ray errors
-become a one-line reason (`ray_error_line`): used by `pipeline.driver`, `pipeline.dispatch` and
+become a one-line reason (`ray_error_line`): used by `pipeline.rounds.driver`, `pipeline.rounds.dispatch` and
 `pipeline.predict`."""
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ loses nothing that was stored and a rerun resumes from the records (which volume
 do: `schemas.volume_work`).
 
 Here: the round from start to finish (checkpoints, lock, plan, finish) and its Ray start
-(`start_ray`, on `pipeline.ray_start.ensure_ray`); the scheduling, retries and fault handling
-are `pipeline.dispatch.Dispatcher`'s (docs/reliability.md). One driver per round:
+(`start_ray`, on `pipeline.rounds.ray_start.ensure_ray`); the scheduling, retries and fault handling
+are `pipeline.rounds.dispatch.Dispatcher`'s (docs/reliability.md). One driver per round:
 `acquire_round_lock`.
 """
 
@@ -30,7 +30,7 @@ from .interrupt import sigterm_as_interrupt
 from .lock import RoundLock, acquire_round_lock
 from .progress import RoundProgress
 from .ray_start import ensure_ray
-from .round_state import (
+from .state import (
     RoundPlan,
     check_checkpoints,
     checkpoints_vetted,
