@@ -71,19 +71,6 @@ class StorageConfig(StrictModel):
         options = {**data.pop("options"), **mine.pop("options", {})}
         return StorageConfig.model_validate({**data, **mine, "options": options})
 
-    @classmethod
-    def from_env(cls) -> StorageConfig:
-        """Defaults from ``SEMISAM_STORAGE`` (inline JSON or a JSON file, read through
-        `semisam.schemas.settings.Settings`); empty when unset.
-
-        Raises:
-            ConfigError: the variable is neither valid JSON nor a readable JSON file, or a field
-                is invalid (or another ``SEMISAM_*`` variable is invalid).
-        """
-        from .settings import load_settings
-
-        return load_settings().storage or cls()
-
     def resolved_endpoint(self) -> str | None:
         """The endpoint: this config's, else the environment's S3 endpoint variables."""
         return (self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")

@@ -33,9 +33,20 @@ def protocol_of(url: str) -> str:
     return url.split("://", 1)[0].lower()
 
 
+def env_storage() -> StorageConfig:
+    """The ``SEMISAM_STORAGE`` defaults (inline JSON or a JSON file, read through
+    `semisam.schemas.settings.Settings`); empty when unset.
+
+    Raises:
+        ConfigError: the variable is neither valid JSON nor a readable JSON file, or a field
+            is invalid (or another ``SEMISAM_*`` variable is invalid).
+    """
+    return load_settings().storage or StorageConfig()
+
+
 def effective_storage(storage: StorageConfig | None) -> StorageConfig:
     """``storage`` over the ``SEMISAM_STORAGE`` defaults (the environment when None)."""
-    base = StorageConfig.from_env()
+    base = env_storage()
     return base if storage is None else storage.merged_over(base)
 
 

@@ -19,6 +19,7 @@ from semisam.schemas.settings import (
     load_settings,
 )
 from semisam.store import worker_env
+from semisam.store.remote import env_storage
 from semisam.training.checkpoint import HOLD_ENV, hold_after_checkpoint
 from tests.pipeline.cli_invoke import invoke
 
@@ -65,7 +66,7 @@ def test_environment_sets_each_value(monkeypatch, tmp_path):
     assert s.tables == TableStyle.markdown and s.hold_after_checkpoint == tmp_path / "hold"
     monkeypatch.setenv("SEMISAM_STORAGE", '{"region": "eu-west-1"}')  # inline JSON too
     assert load_settings().storage == StorageConfig(region="eu-west-1")
-    assert StorageConfig.from_env() == StorageConfig(region="eu-west-1")
+    assert env_storage() == StorageConfig(region="eu-west-1")
     monkeypatch.setenv("SEMISAM_TABLES", "")  # empty = unset
     assert load_settings().tables is None
 
