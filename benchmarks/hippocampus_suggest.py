@@ -102,7 +102,7 @@ def ranking_check(store: Path, ranked: list, k: int) -> dict:
     volume's pseudo-label Dice against its reference, and the mean Dice of the top k vs all."""
     from scipy.stats import spearmanr
 
-    from semisam.pipeline.report import reference_dice
+    from semisam.pipeline.presentation.report import reference_dice
     from semisam.store import read_output
 
     root = open_store(store, read_only=True)

@@ -23,9 +23,9 @@ from semisam.workers.maskers.registry import masker_spec
 
 from .gain import GainSummary, summarize_gains, volume_gains
 from .ingest import ingest
-from .inspect import write_montage
 from .phantoms import write_phantom_set
-from .report import write_report
+from .presentation.inspect import write_montage
+from .presentation.report import write_report
 from .rounds.driver import run_round
 from .rounds.summary import RoundSummary
 

@@ -79,7 +79,7 @@ def student_mask(prob: np.ndarray, classes: ClassMap) -> np.ndarray:
 def _student(root: zarr.Group, round_index: int):
     """``(predict, reason)``: a function image -> probability with the round's student, or
     None and why not."""
-    from .inspect import round_student
+    from .presentation.inspect import round_student
 
     meta = read_round_meta(root, round_index)
     student = round_student(meta)

@@ -5,7 +5,7 @@ alone says where the volume stands. Every part that asks which volumes of a roun
 work asks `volume_work` (or `left_to_do`): the plan of a (re)run
 (`pipeline.rounds.state.plan_round`), the driver's count when the store stops taking writes
 (`pipeline.rounds.driver`), the round summary behind `run-round`'s table, `inspect` and the round's
-finish (`pipeline.rounds.summary`), and the HTML report (`pipeline.report`).
+finish (`pipeline.rounds.summary`), and the HTML report (`pipeline.presentation.report`).
 """
 
 from __future__ import annotations

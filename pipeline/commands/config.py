@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from .. import render
 from ..cli_app import app, guard
+from ..presentation import render
 
 
 @app.command()

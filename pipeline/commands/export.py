@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ..cli_app import app, guard
-from ..export import ExportFormat
+from ..export.records import ExportFormat
 
 
 @app.command()
@@ -44,8 +44,8 @@ def export(
     from semisam.schemas import ConfigError, first_validation_error
     from semisam.store import open_store
 
-    from ..export import export_round
-    from ..export_other import export_options
+    from ..export.formats import export_options
+    from ..export.nifti import export_round
 
     try:
         options = export_options(fmt, oblique=oblique, levels=levels, record_paths=record_paths,

@@ -10,8 +10,8 @@ import typer
 
 from semisam.schemas import ConfigError
 
-from .. import render
 from ..cli_app import app, guard
+from ..presentation import render
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def inspect(
     """Rounds, per-volume status with reasons, statistics and timings; optional overlay PNG."""
     from semisam.store import open_store
 
-    from .. import inspect as insp
+    from ..presentation import inspect as insp
 
     if worst is not None and round_index is None:
         raise ConfigError("--worst needs --round R")
@@ -53,7 +53,7 @@ def inspect(
     if png_dir is not None and worst is None:
         raise ConfigError("--png-dir needs --worst K")
     if worst is not None:
-        from .. import review
+        from ..presentation import review
 
         items = review.worst_volumes(root, round_index, worst, png_dir)
         review.print_review(items, round_index, as_json)
@@ -75,7 +75,7 @@ def _verify(root, store: str, round_index: int, as_json: bool) -> None:
     """``--verify``: one line per problem (stdout), the totals; exit 1 when anything is wrong."""
     import json
 
-    from ..verify import verify_round
+    from ..presentation.verify import verify_round
 
     report = verify_round(root, store, round_index)
     if as_json:

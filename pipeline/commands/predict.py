@@ -11,8 +11,8 @@ from pydantic import ValidationError
 
 from semisam.schemas import ConfigError, StudentInferenceConfig, first_validation_error
 
-from .. import render
 from ..cli_app import app, guard
+from ..presentation import render
 
 if TYPE_CHECKING:
     from ..predict import PredictReport
@@ -71,7 +71,7 @@ def predict(
     collected = collect_inputs(list(inputs))
     total = len(collected)
     if dicom_seg:  # refused before any work: highdicom missing, or an input not from DICOM
-        from ..dicom_seg import check_dicom_inputs, require_highdicom
+        from ..export.dicom_seg import check_dicom_inputs, require_highdicom
 
         require_highdicom()
         check_dicom_inputs(collected)
@@ -80,7 +80,7 @@ def predict(
                              gpus_per_scan=gpus_per_scan, device=device, overwrite=overwrite,
                              on_item=lambda it: bar(it.volume_id or it.source, it.status.value))
     if dicom_seg:
-        from ..dicom_seg import predict_dicom_segs
+        from ..export.dicom_seg import predict_dicom_segs
 
         predict_dicom_segs(report)
     _print_report(report, as_json)

@@ -25,7 +25,7 @@ def report(
 ) -> None:
     """One self-contained HTML page about a round: summary, sortable per-volume table,
     distributions, the worst montages, Dice per round."""
-    from ..report import write_report
+    from ..presentation.report import write_report
 
     path = write_report(store, out, round_index, worst=worst, loop_state=loop_state,
                         student_panels=student_panels)

@@ -17,8 +17,8 @@ from semisam.schemas import (
 )
 from semisam.workers.maskers.registry import masker_spec
 
-from .. import render
 from ..cli_app import app, guard
+from ..presentation import render
 
 
 def round_config(config: Optional[Path], overrides: dict) -> RoundConfig:

@@ -193,3 +193,30 @@ def _mm(affine: np.ndarray) -> str:
     """``0.8x0.8x2``: the column norms of a 4x4 affine's 3x3 part, in mm."""
     return "x".join(f"{n:g}" for n in np.round(np.linalg.norm(affine[:3, :3], axis=0), 4))
 
+
+
+def output_image(data: np.ndarray, affine: np.ndarray, descrip: str, *, label: bool,
+                 slope: float | None = None) -> nib.Nifti1Image:
+    """A NIfTI-1 image the project writes (predict, export): ``data`` (``XxYxZ``, its own
+    dtype) with ``affine`` (voxel index -> world mm, RAS) as both qform and sform (code 1,
+    scanner; a sheared affine is exact in the sform) and units mm.
+
+    Args:
+        label: a label map (intent ``label``); else a map in [0, 1] (cal_min/max 0..1).
+        slope: for a map stored as integers, the scale that gives [0, 1] (``scl_slope``).
+        descrip: the header's description (cut to 80 bytes).
+    """
+    image = nib.Nifti1Image(data, affine)
+    header = image.header
+    header.set_data_dtype(data.dtype)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    header.set_xyzt_units(xyz="mm")
+    if label:
+        header.set_intent("label")
+    else:
+        if slope is not None:
+            header.set_slope_inter(slope, 0.0)
+        header["cal_min"], header["cal_max"] = 0.0, 1.0
+    header["descrip"] = descrip.encode()[:80]
+    return image

@@ -48,25 +48,6 @@ def finished(out_dir: Path, volume_id: str, fp: str, probabilities: bool) -> boo
     return _descrip(label) == DESCRIP_PREFIX + fp
 
 
-def _nifti(data: np.ndarray, affine: np.ndarray, descrip: str, *, label: bool):
-    """A NIfTI-1 image of ``data`` (``XxYxZ``) with ``affine`` (voxel -> world mm, RAS) as both
-    qform and sform; a label carries intent ``label``, a probability map cal_min/max 0..1."""
-    import nibabel as nib
-
-    image = nib.Nifti1Image(data, affine)
-    header = image.header
-    header.set_data_dtype(data.dtype)
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    header.set_xyzt_units(xyz="mm")
-    if label:
-        header.set_intent("label")
-    else:
-        header["cal_min"], header["cal_max"] = 0.0, 1.0
-    header["descrip"] = descrip.encode()[:80]
-    return image
-
-
 def _save(image, path: Path) -> None:
     import nibabel as nib
 
@@ -86,12 +67,15 @@ def write_scan(out_dir: Path, volume_id: str, mask: np.ndarray, prob: np.ndarray
         affine: 4x4 voxel index -> world mm (RAS) of the input.
         fp: the prediction's fingerprint, written into the headers.
     """
+    from ..image_io.nifti import output_image  # nibabel loads on use
+
     label_path, prob_path = output_paths(out_dir, volume_id)
     out_dir.mkdir(parents=True, exist_ok=True)
     descrip = DESCRIP_PREFIX + fp
     if prob is not None:
-        _save(_nifti(np.clip(prob, 0, 1).astype(np.float32), affine, descrip, label=False), prob_path)
-    _save(_nifti(mask, affine, descrip, label=True), label_path)
+        _save(output_image(np.clip(prob, 0, 1).astype(np.float32), affine, descrip, label=False),
+              prob_path)
+    _save(output_image(mask, affine, descrip, label=True), label_path)
 
 
 def write_classes_file(out_dir: Path, classes: ClassMap) -> Path:

@@ -14,7 +14,7 @@ import pytest
 hd = pytest.importorskip("highdicom")
 import pydicom  # noqa: E402
 
-from semisam.pipeline.dicom_seg import build_segmentation, ordered_slices  # noqa: E402
+from semisam.pipeline.export.dicom_seg import build_segmentation, ordered_slices  # noqa: E402
 from semisam.pipeline.ingest import ingest  # noqa: E402
 from semisam.pipeline.phantoms import make_phantom  # noqa: E402
 from semisam.pipeline.rounds.driver import run_round  # noqa: E402

@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from semisam.pipeline.export import export_round
+from semisam.pipeline.export.nifti import export_round
 from semisam.pipeline.ingest import ingest
 from semisam.pipeline.phantoms import make_phantom
 from semisam.pipeline.rounds.driver import run_round

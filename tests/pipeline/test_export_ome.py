@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import zarr
 
-from semisam.pipeline.export import export_round
+from semisam.pipeline.export.ngff import downsample, ngff_geometry, pyramid_factors
+from semisam.pipeline.export.nifti import export_round
 from semisam.pipeline.ingest import ingest
-from semisam.pipeline.ngff import downsample, ngff_geometry, pyramid_factors
 from semisam.pipeline.phantoms import make_phantom, write_phantom_set
 from semisam.pipeline.rounds.driver import run_round
 from semisam.schemas import InputError, RoundConfig
@@ -200,7 +200,7 @@ def test_napari_ome_zarr_opens_image_and_labels(ome_round):
 def test_image_label_metadata_of_several_classes():
     from ome_zarr_models.v05.image_label_types import Label
 
-    from semisam.pipeline.export_ome import image_label_attrs
+    from semisam.pipeline.export.ome import image_label_attrs
 
     attrs = image_label_attrs({0: "background", 1: "anterior", 2: "posterior"})
     label = Label.model_validate(attrs)

@@ -17,8 +17,8 @@ if not (LA.is_dir() and (HIPPO / "images").is_dir() and (HIPPO / "labels").is_di
 
 import numpy as np  # noqa: E402
 
+from semisam.pipeline.export.ngff import ngff_geometry  # noqa: E402
 from semisam.pipeline.ingest import ingest  # noqa: E402
-from semisam.pipeline.ngff import ngff_geometry  # noqa: E402
 from semisam.pipeline.rounds.driver import run_round  # noqa: E402
 from semisam.schemas import RoundConfig  # noqa: E402
 from semisam.store import list_metas, open_store  # noqa: E402

@@ -23,8 +23,8 @@ import pytest
 import torch
 
 from semisam.pipeline.phantoms import make_phantom
+from semisam.pipeline.presentation.verify import verify_round
 from semisam.pipeline.rounds.driver import run_round
-from semisam.pipeline.verify import verify_round
 from semisam.schemas import RoundConfig, VolumeRecord, VolumeStatus
 from semisam.store import (
     clear_record,

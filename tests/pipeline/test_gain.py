@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from semisam.pipeline.gain import student_mask, summarize_gains, volume_gains
-from semisam.pipeline.inspect import round_student_probability
-from semisam.pipeline.report import build_report
+from semisam.pipeline.presentation.inspect import round_student_probability
+from semisam.pipeline.presentation.report import build_report
 from semisam.schemas import binary_classes
 from semisam.store import open_store, read_image, read_output, read_round_meta
 from tests.pipeline.cli_invoke import invoke

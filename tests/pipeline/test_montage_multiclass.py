@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from semisam.pipeline import inspect as insp
 from semisam.pipeline.ingest import ingest
-from semisam.pipeline.inspect import (
+from semisam.pipeline.phantoms import write_phantom_set
+from semisam.pipeline.presentation import inspect as insp
+from semisam.pipeline.presentation.inspect import (
     CLASS_COLOURS,
     PSEUDO_LABEL_COLOUR,
     STUDENT_COLOUR,
@@ -24,9 +25,8 @@ from semisam.pipeline.inspect import (
     class_colours,
     montage_image,
 )
-from semisam.pipeline.phantoms import write_phantom_set
-from semisam.pipeline.report import build_report, round_reference_dice, volume_rows
-from semisam.pipeline.review import rank_round, review_score, worst_volumes
+from semisam.pipeline.presentation.report import build_report, round_reference_dice, volume_rows
+from semisam.pipeline.presentation.review import rank_round, review_score, worst_volumes
 from semisam.schemas import (
     ClassMap,
     InputError,

@@ -55,7 +55,7 @@ def test_three_structures_end_to_end(local_ray, tmp_path: Path, caplog) -> None:
         assert per_class[value]["dice"].mean > 0.5, (value, per_class[value]["dice"])
     assert report.pseudo_label.classes == NAMES
 
-    from semisam.pipeline.export import export_round
+    from semisam.pipeline.export.nifti import export_round
 
     out = tmp_path / "review"
     export_round(open_store(store, read_only=True), 1, out)

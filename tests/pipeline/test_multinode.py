@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psutil
 
-from semisam.pipeline.verify import verify_round
+from semisam.pipeline.presentation.verify import verify_round
 from semisam.schemas import VolumeStatus
 from semisam.store import list_metas, open_store, read_record
 from tests.conftest import build_phantom_store

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from semisam.pipeline import render
+from semisam.pipeline.presentation import render
 from semisam.pipeline.rounds.summary import RoundSummary, VolumeRow
 from semisam.schemas import VolumeStatus
 
@@ -52,7 +52,7 @@ def test_forced_rich_and_markdown(capsys, monkeypatch):
 
 def test_cli_into_a_file_keeps_rows_whole(tmp_path):
     """`semisam inspect` with stdout redirected to a file (what `make demo > log` does)."""
-    code = ("from semisam.pipeline import render\n"
+    code = ("from semisam.pipeline.presentation import render\n"
             "from tests.pipeline.test_render import _summary\n"
             "render.round_summary(_summary(), as_json=False)\n")
     log = tmp_path / "log.txt"

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from semisam.pipeline.report import CONFIDENCE_COLOUR, DICE_COLOUR, build_report
+from semisam.pipeline.presentation.report import CONFIDENCE_COLOUR, DICE_COLOUR, build_report
 from semisam.schemas import RoundConfig, RoundMeta, VolumeRecord, VolumeStats, VolumeStatus
 from semisam.store import open_store, sha256_file, write_outputs, write_record, write_round_meta
 from tests.conftest import build_phantom_store

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from semisam.pipeline.report import volume_rows
+from semisam.pipeline.presentation.report import volume_rows
 from semisam.pipeline.rounds.driver import _left_to_do
 from semisam.pipeline.rounds.state import plan_round
 from semisam.pipeline.rounds.summary import summarize_round

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from semisam.pipeline.review import rank_round, review_score
+from semisam.pipeline.presentation.review import rank_round, review_score
 from semisam.schemas import RoundConfig, RoundMeta, VolumeRecord, VolumeStats, VolumeStatus
 from semisam.store import open_store, write_outputs, write_record, write_round_meta
 from tests.conftest import build_phantom_store

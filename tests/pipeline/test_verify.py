@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from semisam.pipeline.presentation.verify import verify_round
 from semisam.pipeline.rounds.state import plan_round
-from semisam.pipeline.verify import verify_round
 from semisam.schemas import RoundConfig, VolumeStatus
 from semisam.store import clear_record, open_store
 from semisam.workers.volume import VolumeProcessor

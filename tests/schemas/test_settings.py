@@ -9,7 +9,7 @@ import os
 import pytest
 
 from semisam.pipeline.demo import demo_config
-from semisam.pipeline.render import markdown_tables
+from semisam.pipeline.presentation.render import markdown_tables
 from semisam.schemas import ConfigError, MaskerKind, SamFamily, SamType, StorageConfig
 from semisam.schemas.settings import (
     Settings,

@@ -1,6 +1,6 @@
 """What `semisam report` shows, read from the store: one row per volume, Dice against the
 ground truth (``reference``), each round's mean, the loop table, the review montages, the
-"label next" picks and the summary lines. The page itself is `pipeline.report_html`'s."""
+"label next" picks and the summary lines. The page itself is `pipeline.presentation.report_html`'s."""
 
 from __future__ import annotations
 
@@ -134,7 +134,7 @@ def _montages(root: zarr.Group, round_index: int, worst: int, student_panels: bo
 
 def _add_gains(root: zarr.Group, round_index: int, rows: list[dict]):
     """Each row's student Dice vs reference and gain (`gain.volume_gains`); their summary."""
-    from .gain import summarize_gains, volume_gains
+    from ..gain import summarize_gains, volume_gains
 
     gains = volume_gains(root, round_index)
     for r in rows:
@@ -222,7 +222,7 @@ class ReportData:
 def gather(root: zarr.Group, store: str, meta: RoundMeta, *, worst: int,
            loop_state: Path | None, student_panels: bool) -> ReportData:
     """Read what the page of round ``meta.round`` shows (the round must exist)."""
-    from .suggest import suggest
+    from ..suggest import suggest
 
     round_index = meta.round
     rows, stages = volume_rows(root, round_index)

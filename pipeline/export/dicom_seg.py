@@ -33,8 +33,8 @@ if TYPE_CHECKING:
     import numpy as np
     import zarr
 
-    from .export import ExportedVolume
-    from .predict import PredictReport
+    from ..predict import PredictReport
+    from .records import ExportedVolume
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,8 @@ def ordered_slices(folder: Path, uid: str | None = None) -> list[Any]:
     stored slice order (by position along the slice normal ``row x column``, as ingest)."""
     import numpy as np
 
-    from .image_io.dicom import scan_dicom_dir
-    from .image_io.validate import input_error
+    from ..image_io.dicom import scan_dicom_dir
+    from ..image_io.validate import input_error
 
     series, _ = scan_dicom_dir(folder)
     if uid is not None:
@@ -209,7 +209,7 @@ def find_source(meta: VolumeMeta, where: Path | None) -> Path:
         InputError: no folder given nor recorded, no such folder, or its series is not the
             ingested one (one line naming the volume).
     """
-    from .image_io.dicom import is_dicom_dir, series_sha256
+    from ..image_io.dicom import is_dicom_dir, series_sha256
 
     vid, name, recorded = meta.volume_id, meta.source_name, meta.recorded_path
     if where is None and recorded is None:
@@ -234,8 +234,7 @@ def export_volume_seg(root: zarr.Group, round_index: int, volume_id: str, out: s
     """``out/<id>.seg.dcm``: the round's pseudo-label of one finished volume as DICOM-SEG."""
     from semisam.store import read_class_map, read_meta, read_output
 
-    from .export import ExportedVolume
-    from .export_ome import skip_reason
+    from .records import ExportedVolume, skip_reason
 
     reason = skip_reason(root, round_index, volume_id)
     label = None if reason else read_output(root, round_index, "pseudo_label", volume_id)
@@ -263,7 +262,7 @@ def split_series(source: str) -> tuple[Path, str | None]:
 
 def check_dicom_inputs(inputs: list[Path]) -> None:
     """`InputError` for the first predict input that is not a DICOM series."""
-    from .image_io.dicom import is_dicom_dir
+    from ..image_io.dicom import is_dicom_dir
 
     for source in inputs:
         folder, _ = split_series(str(source))

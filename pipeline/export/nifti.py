@@ -21,21 +21,12 @@ from __future__ import annotations
 
 import json
 import logging
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import Field
+from semisam.schemas import CONFIDENCE_SCALE, InputError, StoreError, validate_volume_id
 
-from semisam.schemas import (
-    CONFIDENCE_SCALE,
-    InputError,
-    StoreError,
-    StrictModel,
-    VolumeStatus,
-    output_path,
-    validate_volume_id,
-)
+from .records import ExportedVolume, ExportFormat, ExportReport, skip_reason, volume_affine
 
 if TYPE_CHECKING:  # the heavy imports load on use: the CLI imports this module for --help
     import nibabel as nib
@@ -47,87 +38,28 @@ log = logging.getLogger(__name__)
 KINDS = ("pseudo_label", "confidence")
 
 
-class ExportFormat(str, Enum):
-    """File formats of `export_round`."""
-
-    nifti = "nifti"
-    ome_zarr = "ome-zarr"
-    dicom_seg = "dicom-seg"
-
-
-class ExportedVolume(StrictModel):
-    volume_id: str
-    written: bool
-    reason: str | None = Field(None, description="why a volume was skipped")
-    files: dict[str, str] = Field(default_factory=dict, description="kind -> path written")
-    orientation: str | None = Field(None, description="axis codes of the affine, e.g. RAS")
-    geometry: str | None = Field(None, description="OME-Zarr: world or voxel-frame")
-
-
-class ExportReport(StrictModel):
-    """What one `export` call wrote (also saved as ``DIR/export.json``)."""
-
-    store: str
-    round: int
-    fingerprint: str
-    out_dir: str
-    format: ExportFormat
-    confidence_encoding: str = (f"uint8 with scl_slope 1/{CONFIDENCE_SCALE}: "
-                                f"value/{CONFIDENCE_SCALE} in [0, 1]")
-    volumes: list[ExportedVolume] = Field(default_factory=list)
-
-    @property
-    def written(self) -> int:
-        return sum(v.written for v in self.volumes)
-
-
-def volume_affine(root: zarr.Group, round_index: int, volume_id: str) -> np.ndarray:
-    """The 4x4 affine of a volume's outputs: the arrays' ``affine`` attribute (copied from the
-    source at round time), else the volume's `VolumeMeta`."""
-    import numpy as np
-
-    from semisam.store import read_meta
-
-    attrs = dict(root[output_path(round_index, "pseudo_label", volume_id)].attrs)
-    affine = attrs.get("affine") or read_meta(root, volume_id).affine
-    matrix = np.asarray(affine, dtype=np.float64)
-    if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)):
-        raise StoreError(f"volume '{volume_id}': stored affine is not a finite 4x4 matrix")
-    return matrix
-
-
 def nifti_image(data: np.ndarray, affine: np.ndarray, kind: str,
                 round_index: int) -> nib.Nifti1Image:
     """A NIfTI-1 image of one output array (``XxYxZ`` uint8) with the source geometry."""
-    import nibabel as nib
     import numpy as np
+
+    from ..image_io.nifti import output_image
 
     if data.dtype != np.uint8 or data.ndim != 3:
         raise StoreError(f"{kind}: expected a 3D uint8 array, got {data.dtype} {data.shape}")
-    image = nib.Nifti1Image(data, affine)
-    header = image.header
-    header.set_data_dtype(np.uint8)
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    header.set_xyzt_units(xyz="mm")
-    if kind == "confidence":
-        header.set_slope_inter(1.0 / CONFIDENCE_SCALE, 0.0)
-        header["cal_min"], header["cal_max"] = 0.0, 1.0
-    else:
-        header.set_intent("label")
-    header["descrip"] = f"semisam round {round_index} {kind}".encode()[:80]
-    return image
+    slope = 1.0 / CONFIDENCE_SCALE if kind == "confidence" else None
+    return output_image(data, affine, f"semisam round {round_index} {kind}",
+                        label=kind != "confidence", slope=slope)
 
 
 def _export_volume(root: zarr.Group, round_index: int, volume_id: str, out: Path) -> ExportedVolume:
     import nibabel as nib
 
-    from semisam.store import read_output, read_record
+    from semisam.store import read_output
 
-    record = read_record(root, round_index, volume_id)
-    if record is None or record.status != VolumeStatus.done:
-        status = "pending" if record is None else record.status.value
-        return ExportedVolume(volume_id=volume_id, written=False, reason=f"not done ({status})")
+    reason = skip_reason(root, round_index, volume_id)
+    if reason is not None:
+        return ExportedVolume(volume_id=volume_id, written=False, reason=reason)
     affine = volume_affine(root, round_index, volume_id)
     item = ExportedVolume(volume_id=volume_id, written=True,
                           orientation="".join(nib.aff2axcodes(affine)))
@@ -152,7 +84,7 @@ def export_round(root: zarr.Group, round_index: int, out_dir: Path | str, *,
         volumes: ids to export (default: every unlabeled volume); unfinished ones are skipped
             and reported, not errors.
         store: the store's location, recorded in the report.
-        options: settings of the other formats (`export_other.export_round_as`); ``out_dir``
+        options: settings of the other formats (`formats.export_round_as`); ``out_dir``
             may be an fsspec URL for ``ome-zarr``.
 
     Raises:
@@ -172,7 +104,7 @@ def export_round(root: zarr.Group, round_index: int, out_dir: Path | str, *,
         raise InputError(f"volume '{unknown[0]}': not an unlabeled volume of {where}")
     fmt = ExportFormat(fmt)
     if fmt is not ExportFormat.nifti:
-        from .export_other import export_round_as
+        from .formats import export_round_as
 
         return export_round_as(root, round_index, str(out_dir), ids=ids, fmt=fmt,
                                fingerprint=meta.fingerprint, store=store, options=options)

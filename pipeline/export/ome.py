@@ -2,7 +2,7 @@
 
 Per finished volume, under ``DIR`` (a local folder or an fsspec URL such as ``s3://b/p``)::
 
-    DIR/<id>.ome.zarr/                 the stored image, ZxYxX (see `semisam.pipeline.ngff`),
+    DIR/<id>.ome.zarr/                 the stored image, ZxYxX (see `semisam.pipeline.export.ngff`),
                                        its pyramid "0", "1", ... (block mean), attrs
                                        {"ome": {version 0.5, multiscales}, "semisam": {...}}
     DIR/<id>.ome.zarr/labels/round<r>  the round's pseudo-label, uint8 class values, pyramid of
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from semisam.schemas import CONFIDENCE_SCALE, StrictModel, VolumeMeta, VolumeStatus, volume_path
+from semisam.schemas import CONFIDENCE_SCALE, StrictModel, VolumeMeta, volume_path
 
 from .ngff import (
     NGFF_VERSION,
@@ -43,7 +43,7 @@ from .ngff import (
 if TYPE_CHECKING:
     import zarr
 
-    from .export import ExportedVolume
+    from .records import ExportedVolume
 
 log = logging.getLogger(__name__)
 
@@ -168,15 +168,6 @@ def recorded_path(meta: VolumeMeta, wanted: bool) -> str | None:
     return meta.recorded_path
 
 
-def skip_reason(root: zarr.Group, round_index: int, volume_id: str) -> str | None:
-    from semisam.store import read_record
-
-    record = read_record(root, round_index, volume_id)
-    if record is None or record.status != VolumeStatus.done:
-        return f"not done ({'pending' if record is None else record.status.value})"
-    return None
-
-
 def export_volume_ome(root: zarr.Group, round_index: int, volume_id: str, out: str, *,
                       fingerprint: str, options: OmeExportOptions) -> ExportedVolume:
     """Write one finished volume's image, pseudo-label and confidence (module docstring).
@@ -188,7 +179,7 @@ def export_volume_ome(root: zarr.Group, round_index: int, volume_id: str, out: s
 
     from semisam.store import read_meta, read_output
 
-    from .export import ExportedVolume, volume_affine
+    from .records import ExportedVolume, skip_reason, volume_affine
 
     reason = skip_reason(root, round_index, volume_id)
     label = None if reason else read_output(root, round_index, "pseudo_label", volume_id)

@@ -14,7 +14,7 @@ from .ngff import OBLIQUE_REFUSE, ngff_geometry
 if TYPE_CHECKING:
     import zarr
 
-    from .export import ExportFormat, ExportReport
+    from .records import ExportFormat, ExportReport
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,8 @@ def export_options(fmt: ExportFormat, *, oblique: str = "scale-only", levels: in
                    record_paths: bool = False, dicom_source: Path | None = None,
                    ) -> dict[str, Any] | None:
     """The validated options of ``fmt`` (raises pydantic's ValidationError)."""
-    from .export import ExportFormat
-    from .export_ome import OmeExportOptions
+    from .ome import OmeExportOptions
+    from .records import ExportFormat
 
     if fmt is ExportFormat.ome_zarr:
         return OmeExportOptions(oblique=oblique, levels=levels,
@@ -61,8 +61,8 @@ def export_round_as(root: zarr.Group, round_index: int, out: str, *, ids: list[s
     """
     from semisam.store import is_url
 
-    from .export import ExportFormat, ExportReport
-    from .export_ome import OmeExportOptions, export_volume_ome, write_text
+    from .ome import OmeExportOptions, export_volume_ome, write_text
+    from .records import ExportFormat, ExportReport
 
     if fmt is ExportFormat.ome_zarr:
         ome = OmeExportOptions.model_validate(options or {})

@@ -29,7 +29,7 @@ from semisam.store import (
     read_round_meta,
 )
 
-from .rounds.summary import RoundSummary, summarize_round
+from ..rounds.summary import RoundSummary, summarize_round
 
 if TYPE_CHECKING:
     from semisam.workers.student_model import Student
