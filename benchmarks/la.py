@@ -404,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unlabeled", type=int, default=None, help="cap on unlabeled volumes")
     parser.add_argument("--masker", type=MaskerKind, default=MaskerKind.litemedsam,
                         choices=list(MaskerKind))
-    parser.add_argument("--sam-checkpoint", type=Path, default=None,
+    parser.add_argument("--masker-checkpoint", "--sam-checkpoint", dest="sam_checkpoint",
+                        type=Path, default=None,
                         help="segment-anything weights (masker sam) instead of LiteMedSAM")
     parser.add_argument("--no-embedding-cache", action="store_true",
                         help="encode every round's slices again (default: LiteMedSAM's image "

@@ -38,7 +38,7 @@ class DemoResult:
     masker_note: str
     paths: dict[str, Path] = field(default_factory=dict)
     pseudo_label_dice: float | None = None
-    sam_gain: GainSummary | None = None  # student vs pseudo-label Dice vs the hidden labels
+    masker_gain: GainSummary | None = None  # student vs pseudo-label Dice vs the hidden labels
 
 
 def demo_config(workers: int) -> tuple[RoundConfig, str]:
@@ -128,5 +128,5 @@ def run_demo(workdir: Path, volumes: int = 10, labeled: int = 2, iterations: int
     result.pseudo_label_dice = mean_dice_vs_reference(store, 1, summary)
     if result.pseudo_label_dice is not None:
         log.info("pseudo-label Dice vs the phantoms' hidden labels: %.3f", result.pseudo_label_dice)
-    result.sam_gain = summarize_gains(volume_gains(open_store(store, read_only=True), 1))
+    result.masker_gain = summarize_gains(volume_gains(open_store(store, read_only=True), 1))
     return result

@@ -1,4 +1,4 @@
-"""Did SAM help? The round's pseudo-label against the student's own answer, both scored on the
+"""Did the masker help? The round's pseudo-label against the student's own answer, both scored on the
 ground truth.
 
 For every finished unlabeled volume of a round whose store holds a ``reference`` (truth kept

@@ -5,7 +5,7 @@ Every unlabeled volume with a finished record in round ``r`` gets
     score = disagreement + uncertainty + rejected
 
     disagreement = 1 - Dice(student, masker)   on the prompted slices (the record's
-                                               ``student_sam_dice``); 1 when no slice was
+                                               ``student_masker_dice``); 1 when no slice was
                                                prompted (the masker never checked the student)
     uncertainty  = 1 - mean confidence over the pseudo-label's foreground voxels
                    (confidence stored as value/255; 1 when the pseudo-label is empty)
@@ -69,7 +69,7 @@ def score_volume(root: zarr.Group, round_index: int, volume_id: str) -> Suggesti
     if record is None or record.status != VolumeStatus.done or record.stats is None:
         return None
     stats = record.stats
-    agreement = stats.student_sam_dice
+    agreement = stats.student_masker_dice
     disagreement = 1.0 if agreement is None else float(np.clip(1.0 - agreement, 0.0, 1.0))
     rejected = stats.masker_rejected or any(c.masker_rejected for c in (stats.classes or {}).values())
     uncertainty = foreground_uncertainty(read_output(root, round_index, "pseudo_label", volume_id),

@@ -5,7 +5,7 @@ A frozen generic masker is no better than a 2-label student on a task it was not
 labeled volumes' slices, prompted with boxes like the ones a round really gives (the reference
 box jittered, grown, shrunk, taken from a neighbouring slice, or placed on a slice past the
 structure where the right answer is empty), on cached image embeddings. The result is a
-checkpoint of the same kind as the base one, which a round loads with ``--sam-checkpoint``.
+checkpoint of the same kind as the base one, which a round loads with ``--masker-checkpoint``.
 """
 
 from __future__ import annotations

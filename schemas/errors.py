@@ -27,6 +27,6 @@ class RoundError(SemisamError):
 
 def no_sam_checkpoint(model_type: str) -> str:
     """The one line for a SAM masker without weights (no vit weights ship with semisam)."""
-    return (f"masker.sam.checkpoint: SAM {model_type} needs a checkpoint (--sam-checkpoint, a "
+    return (f"masker.sam.checkpoint: SAM {model_type} needs a checkpoint (--masker-checkpoint, a "
             "SAM or MedSAM .pth); for trained weights that ship with semisam use --masker "
             "litemedsam (random weights only with masker.sam.random_weights = true)")

@@ -6,9 +6,18 @@ from datetime import datetime, timezone
 from enum import Enum
 from pathlib import PurePath
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from .base import StrictModel
+
+OLD_NAMES = {"student_masker_dice": "student_sam_dice", "masker_checkpoint": "sam_checkpoint",
+             "masker_sha256": "sam_sha256"}
+"""Fields renamed when the masker stopped being called "sam" -> the name stores before the
+rename hold (read under either name, written under the new one)."""
+
+
+def _old_name(name: str) -> AliasChoices:
+    return AliasChoices(name, OLD_NAMES[name])
 
 
 def utcnow() -> str:
@@ -70,7 +79,7 @@ class ClassStats(StrictModel):
     name: str
     slices_prompted: int = 0
     foreground_voxels: int = Field(0, description="voxels of this class in the combined label")
-    student_sam_dice: float | None = None
+    student_masker_dice: float | None = Field(None, validation_alias=_old_name("student_masker_dice"))
     masker_score: float | None = None
     fused_student_dice: float | None = None
     masker_rejected: bool = False
@@ -85,8 +94,9 @@ class VolumeStats(StrictModel):
     foreground_voxels: int = 0
     foreground_fraction: float = 0.0
     mean_confidence: float = 0.0
-    student_sam_dice: float | None = Field(
-        None, description="Dice of student vs masker on prompted slices (None if none prompted)"
+    student_masker_dice: float | None = Field(
+        None, validation_alias=_old_name("student_masker_dice"),
+        description="Dice of student vs masker on prompted slices (None if none prompted)",
     )
     masker_score: float | None = Field(
         None, description="mean of the masker's own per-slice quality score over prompted "
@@ -139,8 +149,10 @@ class RoundMeta(StrictModel):
     fingerprint: str
     student_checkpoint: str
     student_sha256: str
-    sam_checkpoint: str | None = None
-    sam_sha256: str | None = None
+    masker_checkpoint: str | None = Field(
+        None, validation_alias=_old_name("masker_checkpoint"),
+        description="the masker's checkpoint path (None: it loads none)")
+    masker_sha256: str | None = Field(None, validation_alias=_old_name("masker_sha256"))
     status: RoundStatus = RoundStatus.running
     created_at: str = Field(default_factory=utcnow)
     finished_at: str | None = None

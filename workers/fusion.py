@@ -387,5 +387,5 @@ def volume_stats(pseudo_label: np.ndarray, confidence: np.ndarray, student_prob:
         foreground_voxels=foreground,
         foreground_fraction=foreground / max(int(np.size(pseudo_label)), 1),
         mean_confidence=mean_confidence,
-        student_sam_dice=agreement,
+        student_masker_dice=agreement,
     )

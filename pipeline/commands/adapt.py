@@ -19,7 +19,7 @@ def adapt(
     store: Annotated[str, typer.Argument(help="store directory or URL")],
     out: Annotated[Path, typer.Option(help="adapted masker checkpoint to write (.pth; resume "
                                            "state: OUT.state.pt); a round loads it with "
-                                           "--sam-checkpoint")],
+                                           "--masker-checkpoint")],
     config: Annotated[Optional[Path], typer.Option(
         help="adaptation config JSON (schemas/adaptation.py)")] = None,
     round_config: Annotated[Optional[Path], typer.Option(

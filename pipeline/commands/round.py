@@ -36,8 +36,9 @@ def run_round_cmd(
     config: Annotated[Optional[Path], typer.Option(help="round config JSON")] = None,
     masker: Annotated[Optional[MaskerKind], typer.Option(
         help="litemedsam (default: trained weights bundled), sam (vit_b/l/h: needs "
-             "--sam-checkpoint) or random_walker (weight-free)")] = None,
-    sam_checkpoint: Annotated[Optional[Path], typer.Option(
+             "--masker-checkpoint) or random_walker (weight-free)")] = None,
+    masker_checkpoint: Annotated[Optional[Path], typer.Option(
+        "--masker-checkpoint", "--sam-checkpoint",
         help="checkpoint of the SAM-family masker: a fine-tuned LiteMedSAM .pth, or with "
              "--sam-type/--sam-family (which imply --masker sam) a SAM/MedSAM state dict")] = None,
     sam_type: Annotated[Optional[SamType], typer.Option(help="SAM encoder size; implies --masker sam")] = None,
@@ -65,8 +66,8 @@ def run_round_cmd(
         "masker.litemedsam.embedding_cache": str(embedding_cache) if embedding_cache else None,
     })
     spec = masker_spec(cfg.masker.kind)
-    if sam_checkpoint is not None:
-        spec.set_checkpoint(cfg.masker, sam_checkpoint)
+    if masker_checkpoint is not None:
+        spec.set_checkpoint(cfg.masker, masker_checkpoint)
     ckpt = spec.given_checkpoint(cfg.masker)
     if ckpt is not None and not Path(ckpt).is_file():
         raise ConfigError(f"{ckpt}: {cfg.masker.kind.value} checkpoint file not found")

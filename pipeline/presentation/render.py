@@ -96,7 +96,7 @@ def round_summary(summary, as_json: bool) -> None:
         prompted = f"{v.slices_prompted}/{v.slices_total}" if v.slices_total is not None else "-"
         rows.append((v.volume_id, v.status.value, _fmt(v.node), prompted,
                      _fmt(v.foreground_fraction), _fmt(v.mean_confidence),
-                     _fmt(v.student_sam_dice), _fmt(v.seconds, 2), v.error or ""))
+                     _fmt(v.student_masker_dice), _fmt(v.seconds, 2), v.error or ""))
     print_table(title, ("volume", "status", "node", "prompted/slices", "fg frac", "mean conf",
                         "student-vs-masker Dice", "s", "error"), rows, fold=True)
     rejected = [v.volume_id for v in summary.volumes if v.masker_rejected]
@@ -167,8 +167,8 @@ def demo_result(result) -> None:
     if result.pseudo_label_dice is not None:
         _console.print(f"[bold]pseudo-label Dice vs the phantoms' hidden labels:[/bold] "
                        f"{result.pseudo_label_dice:.3f}")
-    gain = getattr(result, "sam_gain", None)
+    gain = getattr(result, "masker_gain", None)
     if gain is not None:
-        _console.print(f"[bold]did SAM help?[/bold] {gain.sentence()}")
+        _console.print(f"[bold]did the masker help?[/bold] {gain.sentence()}")
     for name, path in result.paths.items():
         print_line(f"{name:>16}: {path}")

@@ -4,12 +4,12 @@ The page needs no network: CSS and the table-sorting script are inline, the plot
 and the montages base64 PNG. It holds:
 
 * the round summary: store, status, fingerprint, masker / fusion / slice axis, student
-  checkpoint, counts, per-node counts, wall time of the volumes, and "did SAM help?" (mean
+  checkpoint, counts, per-node counts, wall time of the volumes, and "did the masker help?" (mean
   student and pseudo-label Dice vs reference, the gain, on how many volumes it was better);
 * a per-volume table, sortable by any column (click a header): status, attempt, reason,
   node, slices prompted, foreground fraction, mean confidence, student-vs-masker Dice, the
   pseudo-label's Dice against the ground truth where the store has it (``reference``) beside
-  the student's own Dice there and the gain (pseudo-label - student: did SAM help?, `gain`;
+  the student's own Dice there and the gain (pseudo-label - student: did the masker help?, `gain`;
   the student is re-run from the round's checkpoint unless ``student_panels`` is off), the
   timing of each stage, peak memory; the table scrolls sideways inside its box, the volume
   column staying in view;

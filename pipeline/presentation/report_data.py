@@ -63,7 +63,7 @@ def volume_rows(root: zarr.Group, round_index: int) -> tuple[list[dict], list[st
                 s = record.stats
                 row.update(prompted=s.slices_prompted, slices=s.slices_total,
                            fg_fraction=s.foreground_fraction, mean_confidence=s.mean_confidence,
-                           student_masker_dice=s.student_sam_dice)
+                           student_masker_dice=s.student_masker_dice)
             if work is VolumeWork.done:
                 ref = _reference(root, vid)
                 if ref is not None:
@@ -126,7 +126,7 @@ def _montages(root: zarr.Group, round_index: int, worst: int, student_panels: bo
         buf = io.BytesIO()
         img.save(buf, format="PNG")
         out.append({"rank": item.rank, "volume": item.volume_id, "score": item.score,
-                    "fg_confidence": item.fg_confidence, "dice": item.student_sam_dice,
+                    "fg_confidence": item.fg_confidence, "dice": item.student_masker_dice,
                     "png": base64.b64encode(buf.getvalue()).decode("ascii")})
     return out
 
@@ -177,7 +177,7 @@ def summary_lines(store: str, meta: RoundMeta, rounds: list[int], rows: list[dic
         ("status", meta.status.value), ("fingerprint", meta.fingerprint[:16]),
         ("volumes", f"{len(rows)} unlabeled: {counts['done']} done, {counts['failed']} failed, "
                     f"{counts['pending']} pending"),
-        ("masker", masker + (f" ({meta.sam_checkpoint})" if meta.sam_checkpoint else "")),
+        ("masker", masker + (f" ({meta.masker_checkpoint})" if meta.masker_checkpoint else "")),
         ("fusion", cfg.get("fusion", {}).get("mode", "?")),
         ("slice axis", cfg.get("prompts", {}).get("slice_axis", "?")),
         ("student", f"{meta.student_checkpoint} (sha256 {meta.student_sha256[:12]})"),
@@ -195,7 +195,7 @@ def summary_lines(store: str, meta: RoundMeta, rounds: list[int], rows: list[dic
         lines.append((f"pseudo-label Dice vs reference{per_class}",
                       f"mean {np.mean(refs):.3f} over {len(refs)} volumes"))
         if helped is not None:
-            lines.append(("did SAM help?", helped.sentence()))
+            lines.append(("did the masker help?", helped.sentence()))
     return lines
 
 

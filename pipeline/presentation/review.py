@@ -46,7 +46,7 @@ class ReviewItem(StrictModel):
     volume_id: str
     score: float = Field(description="0.5 * (1 - fg_confidence) + 0.5 * (1 - dice), in [0, 1]")
     fg_confidence: float = Field(description="mean confidence over the pseudo-label foreground")
-    student_sam_dice: float | None = None
+    student_masker_dice: float | None = None
     foreground_voxels: int = 0
     slices_prompted: int = 0
     node: str | None = None
@@ -84,12 +84,12 @@ def rank_round(root: zarr.Group, round_index: int) -> list[ReviewItem]:
             log.warning("volume %s: done record without outputs; not ranked", meta.volume_id)
             continue
         stats = record.stats
-        dice = stats.student_sam_dice if stats else None
+        dice = stats.student_masker_dice if stats else None
         score, fg_conf = review_score(label, conf, dice)
         items.append(ReviewItem(
             rank=0, volume_id=meta.volume_id, score=round(score, 4),
             fg_confidence=round(fg_conf, 4),
-            student_sam_dice=dice, foreground_voxels=int(np.count_nonzero(label)),
+            student_masker_dice=dice, foreground_voxels=int(np.count_nonzero(label)),
             slices_prompted=stats.slices_prompted if stats else 0, node=record.node,
         ))
     items.sort(key=lambda it: (-it.score, it.volume_id))
@@ -127,7 +127,7 @@ def print_review(items: list[ReviewItem], round_index: int, as_json: bool) -> No
         return
     rows = []
     for it in items:
-        dice = "-" if it.student_sam_dice is None else f"{it.student_sam_dice:.3f}"
+        dice = "-" if it.student_masker_dice is None else f"{it.student_masker_dice:.3f}"
         rows.append((str(it.rank), it.volume_id, f"{it.score:.3f}", f"{it.fg_confidence:.3f}",
                      dice, str(it.foreground_voxels), str(it.slices_prompted), it.node or "-",
                      it.png or ""))

@@ -43,9 +43,9 @@ def masker_checkpoint(config: RoundConfig) -> Path | None:
     return masker_spec(config.masker.kind).checkpoint(config.masker)
 
 
-def round_fingerprint(config: RoundConfig, student_sha: str, sam_sha: str | None) -> str:
+def round_fingerprint(config: RoundConfig, student_sha: str, masker_sha: str | None) -> str:
     """sha256 over the output-relevant config and the checkpoint hashes."""
-    payload = {"config": config.fingerprint_payload(), "student": student_sha, "sam": sam_sha}
+    payload = {"config": config.fingerprint_payload(), "student": student_sha, "sam": masker_sha}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -55,15 +55,15 @@ def current_fingerprint(config: RoundConfig, student_checkpoint: Path) -> tuple[
     Raises:
         CheckpointError: a checkpoint file cannot be read.
     """
-    sam_ckpt = masker_checkpoint(config)
+    masker_ckpt = masker_checkpoint(config)
     try:
         student_sha = sha256_file(student_checkpoint)
-        sam_sha = sha256_file(sam_ckpt) if sam_ckpt else None
+        masker_sha = sha256_file(masker_ckpt) if masker_ckpt else None
     except FileNotFoundError as exc:
         raise CheckpointError(f"{exc.filename}: checkpoint file not found") from None
     except OSError as exc:
         raise CheckpointError(f"{exc.filename}: cannot read checkpoint ({exc.strerror})") from None
-    return round_fingerprint(config, student_sha, sam_sha), student_sha, sam_sha
+    return round_fingerprint(config, student_sha, masker_sha), student_sha, masker_sha
 
 
 # Fields added with a default that changes outputs: a stored config without the field ran with
@@ -88,7 +88,7 @@ def keep_begun_behaviour(root: zarr.Group, round_index: int, config: RoundConfig
 
 
 def same_settings(existing: RoundMeta, config: RoundConfig, student_sha: str,
-                  sam_sha: str | None) -> bool:
+                  masker_sha: str | None) -> bool:
     """Whether a stored round ran with ``config`` and these checkpoint bytes, when its stored
     fingerprint differs only because an older semisam wrote it.
 
@@ -96,7 +96,7 @@ def same_settings(existing: RoundMeta, config: RoundConfig, student_sha: str,
     take their defaults (a new field's default keeps the old behaviour); a field that no
     longer exists, or any output-relevant value that differs, means different settings.
     """
-    if (existing.student_sha256, existing.sam_sha256) != (student_sha, sam_sha):
+    if (existing.student_sha256, existing.masker_sha256) != (student_sha, masker_sha):
         return False
     data = {k: v for k, v in existing.config.items() if k != "runtime"}  # not output-relevant
     for section, name, before in BEHAVIOUR_BEFORE_DEFAULT:  # new defaults that change outputs
@@ -142,10 +142,10 @@ def _resumes(root: zarr.Group, r: int, existing: RoundMeta, config: RoundConfig,
     Raises:
         RoundError: the fingerprint differs and ``force`` is off.
     """
-    fingerprint, student_sha, sam_sha = hashes
+    fingerprint, student_sha, masker_sha = hashes
     if existing.fingerprint == fingerprint:
         return True
-    if same_settings(existing, config, student_sha, sam_sha):
+    if same_settings(existing, config, student_sha, masker_sha):
         log.warning("round %d was begun by an older semisam (fingerprint %s); its stored "
                     "config, with the fields added since at their defaults, and its "
                     "checkpoints are this run's: resuming it", r, existing.fingerprint[:12])
@@ -183,23 +183,23 @@ def plan_round(
     Raises:
         RoundError: fingerprint mismatch without ``force``, or no unlabeled volumes.
     """
-    fingerprint, student_sha, sam_sha = hashes or current_fingerprint(config, student_checkpoint)
-    sam_ckpt = masker_checkpoint(config)
+    fingerprint, student_sha, masker_sha = hashes or current_fingerprint(config, student_checkpoint)
+    masker_ckpt = masker_checkpoint(config)
     volumes = [m.volume_id for m in list_metas(root) if not m.labeled]
     if not volumes:
         raise RoundError("store has no unlabeled volumes: nothing to pseudo-label")
 
     existing = read_round_meta(root, round_index)
     resumed = existing is not None and _resumes(
-        root, round_index, existing, config, (fingerprint, student_sha, sam_sha), volumes, force)
+        root, round_index, existing, config, (fingerprint, student_sha, masker_sha), volumes, force)
     meta = RoundMeta(
         round=round_index,
         config=config.model_dump(mode="json"),
         fingerprint=fingerprint,
         student_checkpoint=str(student_checkpoint),
         student_sha256=student_sha,
-        sam_checkpoint=str(sam_ckpt) if sam_ckpt else None,
-        sam_sha256=sam_sha,
+        masker_checkpoint=str(masker_ckpt) if masker_ckpt else None,
+        masker_sha256=masker_sha,
         created_at=existing.created_at if resumed and existing else utcnow(),
     )
     write_round_meta(root, meta)

@@ -26,7 +26,7 @@ class VolumeRow(StrictModel):
     slices_total: int | None = None
     foreground_fraction: float | None = None
     mean_confidence: float | None = None
-    student_sam_dice: float | None = None
+    student_masker_dice: float | None = None
     masker_rejected: bool = Field(False, description="the student's answer was kept (fusion."
                                   "min_student_agreement)")
     seconds: float | None = None
@@ -65,7 +65,7 @@ def _row(volume_id: str, record: VolumeRecord | None) -> VolumeRow:
         s = record.stats
         row.slices_prompted, row.slices_total = s.slices_prompted, s.slices_total
         row.foreground_fraction, row.mean_confidence = s.foreground_fraction, s.mean_confidence
-        row.student_sam_dice, row.masker_rejected = s.student_sam_dice, s.masker_rejected
+        row.student_masker_dice, row.masker_rejected = s.student_masker_dice, s.masker_rejected
     return row
 
 

@@ -161,7 +161,7 @@ def test_unwritable_store_path(tmp_path):
 # -- run-round refusals before any worker starts ----------------------------------------------
 def _run_round(store: Path, student: Path, *extra: str) -> subprocess.CompletedProcess:
     """run-round with the fast weight-free masker, unless the case is about a SAM checkpoint."""
-    masker = () if "--sam-checkpoint" in extra else ("--masker", "random_walker")
+    masker = () if "--masker-checkpoint" in extra else ("--masker", "random_walker")
     return semisam("run-round", str(store), "--round", "1", "--student", str(student),
                    "--no-progress", *masker, *extra)
 
@@ -224,7 +224,7 @@ def test_bad_sam_checkpoint(phantom_store, trained_student, tmp_path, kind, word
     {"not_state_dict": write_not_state_dict, "wrong_type": write_wrong_sam_type,
      "truncated": write_truncated_checkpoint,
      "runs_code": lambda p: write_code_pickle(p, marker)}[kind](path)
-    proc = _run_round(phantom_store, trained_student, "--sam-checkpoint", str(path),
+    proc = _run_round(phantom_store, trained_student, "--masker-checkpoint", str(path),
                       "--sam-type", "vit_b")
     assert_one_line_error(proc, str(path), *words)
     assert not marker.exists(), "unpickling ran code"

@@ -187,7 +187,7 @@ def test_suggest_ranks_by_documented_formula(exported):
         pl = read_output(root, 1, "pseudo_label", vid)
         conf = read_output(root, 1, "confidence", vid).astype(float) / CONFIDENCE_SCALE
         u = 1.0 - conf[pl > 0].mean() if (pl > 0).any() else 1.0
-        d = 1.0 if stats.student_sam_dice is None else 1.0 - stats.student_sam_dice
+        d = 1.0 if stats.student_masker_dice is None else 1.0 - stats.student_masker_dice
         expected[vid] = d + u + float(stats.masker_rejected)
     for s in ranked:
         assert s.score == pytest.approx(expected[s.volume_id], abs=1e-5)

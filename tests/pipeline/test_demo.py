@@ -29,8 +29,8 @@ def test_demo_runs_every_stage(local_ray, tmp_path):
     assert result.pseudo_label_dice is not None and 0.0 <= result.pseudo_label_dice <= 1.0
     assert "LiteMedSAM" in result.masker_note
     assert result.paths["report"].is_file() and "phantom_002" in result.paths["report"].read_text()
-    # did SAM help? the student's Dice beside the pseudo-label's, over the same two volumes
-    gain = result.sam_gain
+    # did the masker help? the student's Dice beside the pseudo-label's, over the same two volumes
+    gain = result.masker_gain
     assert gain is not None and gain.volumes == 2
     assert abs(gain.pseudo_label_dice - result.pseudo_label_dice) < 1e-3
     assert abs(gain.gain - (gain.pseudo_label_dice - gain.student_dice)) < 1e-3

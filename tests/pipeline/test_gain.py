@@ -1,4 +1,4 @@
-"""Did SAM help? The report's student Dice vs reference beside the pseudo-label's, the gain, and
+"""Did the masker help? The report's student Dice vs reference beside the pseudo-label's, the gain, and
 the volume table scrolling inside its box (headless Chromium where /usr/bin/chromium exists)."""
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def test_report_shows_student_beside_pseudo_label(report_store, tmp_path):  # no
     page = build_report(report_store, 1, worst=0)
     gains = volume_gains(open_store(report_store, read_only=True), 1)
     summary = summarize_gains(gains)
-    assert "did SAM help?" in page and summary.sentence() in page
+    assert "did the masker help?" in page and summary.sentence() in page
     for head in ("student Dice vs reference", "Dice vs reference", "gain (pseudo-label - student)"):
         assert f">{head}</th>" in page
     for vid, g in gains.items():
@@ -66,7 +66,7 @@ def test_report_shows_student_beside_pseudo_label(report_store, tmp_path):  # no
     assert '<div class="scroll" id="volumes-box"><table class="vol" id="volumes">' in page
     # without the student re-run (--no-student-panels) the columns stay, empty
     quick = build_report(report_store, 1, worst=0, student_panels=False)
-    assert "did SAM help?" not in quick and ">student Dice vs reference</th>" in quick
+    assert "did the masker help?" not in quick and ">student Dice vs reference</th>" in quick
     out = tmp_path / "r.html"
     invoke("report", str(report_store), "--round", "1", "--out", str(out), "--worst", "0")
     assert summary.sentence() in out.read_text()

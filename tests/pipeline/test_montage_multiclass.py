@@ -65,7 +65,7 @@ def _write(root, vid: str, label: np.ndarray, conf_fg: int, dice: float | None) 
     conf = np.where(label > 0, conf_fg, 255).astype(np.uint8)
     sums = write_outputs(root, 1, vid, label.astype(np.uint8), conf, slice_axis=2)
     stats = VolumeStats(slices_total=label.shape[2], slices_prompted=4,
-                        foreground_voxels=int(np.count_nonzero(label)), student_sam_dice=dice)
+                        foreground_voxels=int(np.count_nonzero(label)), student_masker_dice=dice)
     write_record(root, 1, VolumeRecord(volume_id=vid, status=VolumeStatus.done, stats=stats,
                                        checksums=sums))
 

@@ -16,7 +16,7 @@ LONG_ERROR = ("InputError: /data/incoming/site-07/very/long/path/to/volume_0042.
 def _summary() -> RoundSummary:
     rows = [VolumeRow(volume_id=f"la_{i:03d}", status=VolumeStatus.done, node="node-0123456789abcdef",
                       slices_prompted=30, slices_total=88, foreground_fraction=0.0123,
-                      mean_confidence=0.8765, student_sam_dice=0.9123, seconds=12.5)
+                      mean_confidence=0.8765, student_masker_dice=0.9123, seconds=12.5)
             for i in range(3)]
     rows.append(VolumeRow(volume_id="la_bad", status=VolumeStatus.failed, error=LONG_ERROR))
     return RoundSummary(round=1, status="finished_with_failures", total=4, done=3, failed=1,

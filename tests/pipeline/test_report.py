@@ -47,7 +47,7 @@ def _round(root, r: int, student: Path, erode: int) -> None:
                             slices_prompted=int(label.any(axis=(0, 1)).sum()),
                             foreground_voxels=int(label.sum()),
                             foreground_fraction=float(label.mean()),
-                            mean_confidence=conf_fg[vid] / 255, student_sam_dice=dice[vid])
+                            mean_confidence=conf_fg[vid] / 255, student_masker_dice=dice[vid])
         write_record(root, r, VolumeRecord(
             volume_id=vid, status=VolumeStatus.done, stats=stats, checksums=sums,
             node=f"host/10.0.0.{i % 2}/abc", worker_pid=100 + i, peak_rss_mb=512.0,

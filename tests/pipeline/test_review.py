@@ -23,7 +23,7 @@ def _volume(root, vid: str, label: np.ndarray, conf_fg: int, dice: float | None)
     sums = write_outputs(root, 1, vid, label.astype(np.uint8), conf, slice_axis=2)
     stats = VolumeStats(slices_total=label.shape[2],
                         slices_prompted=int(label.any(axis=(0, 1)).sum()),
-                        foreground_voxels=int(label.sum()), student_sam_dice=dice)
+                        foreground_voxels=int(label.sum()), student_masker_dice=dice)
     write_record(root, 1, VolumeRecord(volume_id=vid, status=VolumeStatus.done, stats=stats,
                                        checksums=sums, node="host/10.0.0.1/abcdef12"))
 

@@ -69,7 +69,7 @@ def test_adapted_checkpoint_records_its_origin_and_loads_weights_only(adapted):
     assert meta["base_sha256"] == base_sha
     assert meta["store_fingerprint"] == result.meta.store_fingerprint
     assert meta["config"]["seed"] == 0 and meta["labeled"] == ["ph00", "ph01"]
-    model, path, sha = load_litemedsam(out)  # the path --sam-checkpoint takes
+    model, path, sha = load_litemedsam(out)  # the path --masker-checkpoint takes
     assert path == out and sha != base_sha
     masker = LiteMedSamMasker(LiteMedSamConfig(checkpoint=out), "cpu")
     described = masker.describe()

@@ -119,7 +119,7 @@ def test_stats_by_hand():
     assert stats.foreground_fraction == pytest.approx(5 / 12)
     # student fg on prompted slices: slice 2 {(0,0)}, slice 0 {(0,0),(0,1),(1,1)} -> 4 voxels
     # masker fg: slice 2 {(0,0)}, slice 0 {(0,0),(1,0),(1,1)} -> 4 voxels; both: 3
-    assert stats.student_sam_dice == pytest.approx(2 * 3 / (4 + 4))
+    assert stats.student_masker_dice == pytest.approx(2 * 3 / (4 + 4))
     s, m = student[:, :, [2, 0]], np.moveaxis(masker, 0, 2)
     conf = np.abs(2 * student - 1)
     conf[:, :, [2, 0]] = np.abs(2 * m - 1) * (1 - np.abs(m - s))
@@ -131,7 +131,7 @@ def test_no_prompted_slices():
     for masker in (None, np.zeros((0, 2, 2), np.float32)):
         result = fuse(student, masker, [], FusionConfig(), slice_axis=2)
         np.testing.assert_array_equal(result.pseudo_label, student > 0.5)
-        assert result.stats.student_sam_dice is None and result.stats.slices_prompted == 0
+        assert result.stats.student_masker_dice is None and result.stats.slices_prompted == 0
 
 
 def test_dice_of_two_empty_masks_is_one():
@@ -140,7 +140,7 @@ def test_dice_of_two_empty_masks_is_one():
     stats = volume_stats(
         np.zeros((3, 3, 2), np.uint8), np.ones((3, 3, 2)), student, masker, [1], FusionConfig(), 2
     )
-    assert stats.student_sam_dice == 1.0 and stats.mean_confidence == 1.0
+    assert stats.student_masker_dice == 1.0 and stats.mean_confidence == 1.0
 
 
 def test_bad_inputs_named():
@@ -242,7 +242,7 @@ def test_fuse_equals_the_voxelwise_reference(mode):
         np.testing.assert_array_equal(result.pseudo_label, label)
         np.testing.assert_array_equal(result.confidence, conf)
         assert result.pseudo_label.dtype == result.confidence.dtype == np.uint8
-        assert result.stats.mean_confidence == mean_conf and result.stats.student_sam_dice == dice
+        assert result.stats.mean_confidence == mean_conf and result.stats.student_masker_dice == dice
         np.testing.assert_array_equal(margin(student, config.masker_threshold),
                                       _reference_margin(student, config.masker_threshold))
 

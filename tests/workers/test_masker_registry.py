@@ -1,7 +1,7 @@
 """The masker registry is the one place that knows what a masker kind implies.
 
 A toy spec registered here (no pipeline file edited) is what the round's checkpoint
-resolution, fingerprint, driver-side vetting, ``--sam-checkpoint`` handling and builder use.
+resolution, fingerprint, driver-side vetting, ``--masker-checkpoint`` handling and builder use.
 """
 
 from __future__ import annotations

