@@ -279,7 +279,14 @@ class VolumeProcessor:
                               [v for a, v in views.items() if a != axis], self.config.fusion)
                    for c, views in zip(classes, answers)]
         if len(results) == 1:
-            return results[0]
+            (value,) = self.classes.values
+            if value == 1:
+                return results[0]
+            # one structure stored under another value: the label holds that value, as the
+            # store's labels (and training, export) do
+            result = results[0]
+            label = np.where(result.pseudo_label > 0, value, 0).astype(np.uint8)
+            return FusionResult(label, result.confidence, result.stats)
         assert maps.softmax is not None
         label, confidence = combine_classes(
             [r.pseudo_label for r in results], [confidence_from_uint8(r.confidence) for r in results],
@@ -308,7 +315,7 @@ class VolumeProcessor:
             per[value] = ClassStats(
                 name=self.classes.name(value), slices_prompted=r.stats.slices_prompted,
                 foreground_voxels=int(np.count_nonzero(label == value)),
-                student_sam_dice=r.stats.student_sam_dice, masker_score=r.stats.masker_score,
+                student_masker_dice=r.stats.student_masker_dice, masker_score=r.stats.masker_score,
                 fused_student_dice=r.stats.fused_student_dice,
                 masker_rejected=r.stats.masker_rejected)
         foreground = int(np.count_nonzero(label))
@@ -317,7 +324,7 @@ class VolumeProcessor:
             slices_prompted=sum(r.stats.slices_prompted for r in results),
             foreground_voxels=foreground, foreground_fraction=foreground / max(label.size, 1),
             mean_confidence=float(np.mean(confidence, dtype=np.float64)),
-            student_sam_dice=mean([r.stats.student_sam_dice for r in results]),
+            student_masker_dice=mean([r.stats.student_masker_dice for r in results]),
             masker_score=mean([r.stats.masker_score for r in results]),
             fused_student_dice=mean([r.stats.fused_student_dice for r in results]),
             masker_rejected=any(r.stats.masker_rejected for r in results), classes=per)

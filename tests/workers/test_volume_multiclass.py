@@ -94,3 +94,24 @@ def test_a_student_without_a_channel_per_class_is_refused(tmp_path: Path) -> Non
     with pytest.raises(InputError, match="it needs 4"):
         VolumeProcessor(str(store), 1, RoundConfig(masker={"kind": "random_walker"}), student,
                         masker=RandomWalkerMasker(RandomWalkerConfig()))
+
+
+def test_one_structure_stored_under_another_value_keeps_that_value(tmp_path: Path) -> None:
+    """A store with one structure whose label value is 4 (not 1): the pseudo-label holds {0, 4}
+    (the store's values, which training and export read), never the binary path's {0, 1}."""
+    root = open_store(tmp_path / "s.zarr", create=True)
+    for i in range(2):
+        image, label = make_multiclass_phantom(PHANTOM_SHAPE, seed=i)
+        label = np.where(label > 0, 4, 0).astype(np.uint8)
+        meta = VolumeMeta(volume_id=f"v{i}", source=f"phantom:{i}", source_format="npy",
+                          sha256=str(i), shape=image.shape, spacing=SPACING,
+                          affine=phantom_affine().tolist(), image_dtype="float32", labeled=i == 0)
+        write_volume(root, meta, image, label if i == 0 else None)
+    write_class_map(root, ClassMap(names={4: "liver"}))
+    student = _student(tmp_path / "st.pt", 2)
+    record = VolumeProcessor(str(tmp_path / "s.zarr"), 1, RoundConfig(masker={"kind": "random_walker"}),
+                             student, masker=RandomWalkerMasker(RandomWalkerConfig())).process("v1")
+    assert record.status.value == "done", record.error
+    label = read_output(open_store(tmp_path / "s.zarr", read_only=True), 1, "pseudo_label", "v1")
+    values = set(np.unique(label).tolist())
+    assert 4 in values and values <= {0, 4}
