@@ -145,7 +145,7 @@ def test_rayjob_runs_a_round_on_s3_with_a_shared_compile_cache():
         shared = mounts["shared"]
         assert "persistentVolumeClaim" in volumes["shared"]
         assert env["TORCHINDUCTOR_CACHE_DIR"]["value"].startswith(shared + "/")
-        for path in (params["student"], params["sam_checkpoint"]):  # the driver runs on the head
+        for path in (params["student"], params["masker_checkpoint"]):  # the driver runs on the head
             assert str(path).startswith(shared + "/")
         assert volumes["round-config"]["configMap"]["name"] == config_map["metadata"]["name"]
         assert str(params["config"]).startswith(mounts["round-config"] + "/")
