@@ -86,6 +86,22 @@ if triton is not None:
                 if w_pad <= c.kwargs["BLOCK_N"] <= max(64, w_pad)]
 
     @triton.jit
+    def _rows_bias(rh_base, start_row, row_ok, sub, GRID_H: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, W_PAD: tl.constexpr):
+        """The row term of the bias for a key block of several key rows: ``BLOCK_M x BLOCK_N``
+        float32, key row ``r`` of the block taking each query's value for row
+        ``start_row + r`` (inlined into the kernel)."""
+        bias_h = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        for r in tl.static_range(BLOCK_N // W_PAD):
+            rh = tl.load(rh_base + start_row + r, mask=row_ok & (start_row + r < GRID_H),
+                         other=0.0).to(tl.float32)
+            bias_h = tl.where(sub[None, :] == r, rh[:, None], bias_h)
+        return bias_h
+
+    # A key block is BLOCK_N // W_PAD whole key rows, each padded from GRID_W to W_PAD
+    # columns (a power of two): the column term of the bias is then the same tile for every
+    # key block (loaded once), the row term one value per query and key row.
+    @triton.jit
     def _relpos_attention_jit(
         Q, K, V, RH, RW, Out,
         sq_z, sq_h, sq_n, sk_z, sk_h, sk_n, sv_z, sv_h, sv_n, so_z, so_h, so_n,
@@ -94,9 +110,6 @@ if triton is not None:
         HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
-        # A key block is BLOCK_N // W_PAD whole key rows, each padded from GRID_W to W_PAD
-        # columns (a power of two): the column term of the bias is then the same tile for every
-        # key block (loaded once), the row term one value per query and key row.
         pid_m = tl.program_id(0)
         pid_zh = tl.program_id(1)
         z = pid_zh // heads
@@ -134,15 +147,8 @@ if triton is not None:
                 rh = tl.load(rh_base + start_row, mask=row_ok, other=0.0).to(tl.float32)
                 s += rh[:, None]
             else:
-                bias_h = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-                for r in tl.static_range(BLOCK_N // W_PAD):
-                    rh = tl.load(rh_base + start_row + r, mask=row_ok & (start_row + r < GRID_H),
-                                 other=0.0).to(tl.float32)
-                    bias_h = tl.where(sub[None, :] == r, rh[:, None], bias_h)
-                s += bias_h
-            if GRID_W != W_PAD:
-                s = tl.where(key_ok[None, :], s, float("-inf"))
-            elif GRID_H % (BLOCK_N // W_PAD) != 0:
+                s += _rows_bias(rh_base, start_row, row_ok, sub, GRID_H, BLOCK_M, BLOCK_N, W_PAD)
+            if (GRID_W != W_PAD) or (GRID_H % (BLOCK_N // W_PAD) != 0):  # padded keys
                 s = tl.where(key_ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             alpha = tl.exp2(m_i - m_new)
