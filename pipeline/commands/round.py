@@ -34,9 +34,10 @@ def run_round_cmd(
     round_index: Annotated[int, typer.Option("--round", help="round number r")],
     student: Annotated[Path, typer.Option(help="student checkpoint (.pt)")],
     config: Annotated[Optional[Path], typer.Option(help="round config JSON")] = None,
-    masker: Annotated[Optional[MaskerKind], typer.Option(
+    masker: Annotated[Optional[str], typer.Option(
         help="litemedsam (default: trained weights bundled), sam (vit_b/l/h: needs "
-             "--masker-checkpoint) or random_walker (weight-free)")] = None,
+             "--masker-checkpoint), random_walker (weight-free) or a kind a masker plugin "
+             "registers (docs/masker-plugins.md)")] = None,
     masker_checkpoint: Annotated[Optional[Path], typer.Option(
         "--masker-checkpoint", "--sam-checkpoint",
         help="checkpoint of the SAM-family masker: a fine-tuned LiteMedSAM .pth, or with "
@@ -70,7 +71,7 @@ def run_round_cmd(
         spec.set_checkpoint(cfg.masker, masker_checkpoint)
     ckpt = spec.given_checkpoint(cfg.masker)
     if ckpt is not None and not Path(ckpt).is_file():
-        raise ConfigError(f"{ckpt}: {cfg.masker.kind.value} checkpoint file not found")
+        raise ConfigError(f"{ckpt}: {cfg.masker.kind} checkpoint file not found")
     if not student.is_file():
         raise ConfigError(f"{student}: student checkpoint file not found")
     from ..rounds.driver import run_round  # Ray and torch load only once the options are valid

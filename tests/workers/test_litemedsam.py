@@ -95,7 +95,7 @@ def test_box_scaling_truncates_like_the_official_script():
 
 def test_default_round_uses_bundled_weights():
     cfg = RoundConfig()
-    assert cfg.masker.kind.value == "litemedsam" and cfg.masker.litemedsam.checkpoint is None
+    assert cfg.masker.kind == "litemedsam" and cfg.masker.litemedsam.checkpoint is None
     assert cfg.masker.litemedsam.resolved_checkpoint() == bundled_litemedsam_checkpoint()
     masker = build_masker(MaskerConfig(), "cpu")
     info = masker.describe()

@@ -87,7 +87,7 @@ def test_multiplanar_litemedsam_round_with_propagation_and_flips(phantom_store, 
     config = RoundConfig()
     config.prompts.extra_axes = (0, 1)
     config.student.flip_axes = (0, 1)
-    assert config.masker.kind.value == "litemedsam" and config.prompts.propagate
+    assert config.masker.kind == "litemedsam" and config.prompts.propagate
     vid, record, label = _round_volume(phantom_store, 1, config, trained_student)
     assert record.status == VolumeStatus.done, record.error
     assert record.stats.slices_total == sum(label.shape)

@@ -53,7 +53,7 @@ class AdaptResult:
 def _masker(round_config: RoundConfig, device: torch.device) -> Adaptable:
     masker = build_masker(round_config.masker, device)
     if not isinstance(masker, Adaptable):
-        raise ConfigError(f"field 'masker.kind': masker {round_config.masker.kind.value!r} "
+        raise ConfigError(f"field 'masker.kind': masker {round_config.masker.kind!r} "
                           "cannot be adapted (litemedsam can)")
     return masker
 
@@ -213,7 +213,7 @@ def adapt_masker(store: str | Path, out: Path, config: AdaptConfig | None = None
     if data.has_validation:
         masker.model.load_state_dict(state["best_state"], strict=False)
     masker.model.eval()
-    meta = _meta(store, round_config.masker.kind.value, masker, data, config, state, base, start)
+    meta = _meta(store, round_config.masker.kind, masker, data, config, state, base, start)
     _export(masker, out, meta)
     return AdaptResult(Path(out), meta)
 

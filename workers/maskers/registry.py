@@ -2,15 +2,19 @@
 
 A spec says where the kind's settings live in `MaskerConfig` (its section), which checkpoint
 file it loads (hashed into the round fingerprint), how that file is vetted on the driver before
-any worker starts, which prompt/fusion defaults it brings (data in `schemas.config`), which of
+any worker starts, which prompt/fusion defaults it brings (data in `schemas.masker_kinds`), which of
 its fields the fingerprint leaves out, and how to build the masker. Pipeline code asks the spec
 and never tests the kind. Importing this module loads no torch: checkpoint libraries and
 maskers are imported inside the functions that need them.
+
+A new kind is one folder plus one `register` call: its spec names its settings model (the
+section ``masker.<kind>`` of the round config) and defaults; a kind in another package
+registers from the module its ``semisam.maskers`` entry point names (docs/masker-plugins.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,10 +26,11 @@ from semisam.schemas import (
     MaskerKind,
     no_sam_checkpoint,
 )
-from semisam.schemas.config import MASKER_DEFAULTS
+from semisam.schemas.masker_kinds import MASKER_DEFAULTS, add_kind, load_plugins
 
 if TYPE_CHECKING:
     import torch
+    from pydantic import BaseModel
 
     from .base import Masker
 
@@ -53,6 +58,11 @@ class MaskerSpec:
         vet: loads the checkpoint on the driver and raises `CheckpointError` if it is missing,
             unsafe or not this kind's model; called once before any worker starts.
         takes_checkpoint: whether ``--masker-checkpoint`` may set ``<section>.checkpoint``.
+        settings_model: a kind added outside the built-ins (a plugin): the model of its
+            settings, section ``masker.<kind>`` (built-in kinds' sections are `MaskerConfig`
+            fields and leave this None).
+        round_defaults: a plugin kind's prompt/fusion defaults, ``{section: {field: value}}``
+            (built-in kinds keep theirs in `schemas.config`).
     """
 
     kind: str
@@ -61,6 +71,8 @@ class MaskerSpec:
     checkpoint: Callable[[MaskerConfig], Path | None] = _no_checkpoint
     vet: Callable[[MaskerConfig], None] = _nothing_to_vet
     takes_checkpoint: bool = False
+    settings_model: type[BaseModel] | None = None
+    round_defaults: Mapping[str, Mapping[str, object]] | None = None
 
     def settings(self, config: MaskerConfig):  # noqa: ANN201 - the section's own model
         """This kind's settings model inside ``config`` (e.g. ``config.litemedsam``)."""
@@ -68,13 +80,13 @@ class MaskerSpec:
 
     @property
     def defaults(self) -> dict[str, dict[str, object]]:
-        """Prompt/fusion defaults the kind brings (`schemas.config.MASKER_DEFAULTS`)."""
-        return next((v for k, v in MASKER_DEFAULTS.items() if k == self.kind), {})
+        """Prompt/fusion defaults the kind brings (`schemas.masker_kinds.MASKER_DEFAULTS`)."""
+        return MASKER_DEFAULTS.get(self.kind, {})
 
     @property
     def fingerprint_exclusions(self) -> tuple[str, ...]:
         """Its settings fields that do not change outputs (declared on the settings model)."""
-        model = MaskerConfig.model_fields[self.section].annotation
+        model = self.settings_model or MaskerConfig.model_fields[self.section].annotation
         return tuple(getattr(model, "FINGERPRINT_EXCLUDE", ()))
 
     def set_checkpoint(self, config: MaskerConfig, path: Path) -> None:
@@ -133,7 +145,19 @@ SPECS: dict[str, MaskerSpec] = {}
 
 
 def register(spec: MaskerSpec) -> MaskerSpec:
-    """Add (or replace) the spec of ``spec.kind``; returns it."""
+    """Add (or replace) the spec of ``spec.kind``; returns it.
+
+    A kind with a ``settings_model`` (a plugin) also becomes a valid ``masker.kind`` of the
+    round config, its section ``masker.<kind>`` validated by that model.
+
+    Raises:
+        ConfigError: a plugin's section is not named after its kind, or it takes a built-in name.
+    """
+    if spec.settings_model is not None:
+        if spec.section != spec.kind:
+            raise ConfigError(f"masker plugin {spec.kind!r}: its section must be named "
+                              f"{spec.kind!r}, not {spec.section!r}")
+        add_kind(spec.kind, spec.settings_model, spec.round_defaults)
     SPECS[spec.kind] = spec
     return spec
 
@@ -153,6 +177,8 @@ def masker_spec(kind: MaskerKind | str) -> MaskerSpec:
         ConfigError: no masker of that kind is registered.
     """
     name = kind.value if isinstance(kind, MaskerKind) else str(kind)
+    if name not in SPECS:
+        load_plugins()  # a kind from another package registers itself when its entry point loads
     try:
         return SPECS[name]
     except KeyError:
