@@ -61,7 +61,11 @@ class AdaptConfig(StrictModel):
     iterations: int = Field(400, ge=1, description="optimizer steps (upper bound: early "
                             "stopping keeps the best held-out state)")
     batch_size: int = Field(8, ge=1, le=256, description="slices per step")
-    lr: float = Field(1e-5, gt=0, description="AdamW learning rate")
+    lr: float = Field(2.5e-6, gt=0, description="AdamW learning rate. 2.5e-6 measured best on "
+                      "LA (docs/benchmarks.md, reference-box diagnostic): with 1 labeled volume "
+                      "0.829 vs 0.813 at 1e-5 (frozen 0.803), with 2 volumes 0.847 vs 0.846 in "
+                      "477 s instead of 1622 s; larger rates fit the labeled slices and "
+                      "generalise worse")
     weight_decay: float = Field(0.01, ge=0)
     target: AdaptTarget = AdaptTarget.decoder
     axes: tuple[int, ...] | None = Field(None, description="slice axes of the examples; None = "
