@@ -12,7 +12,7 @@ from enum import Enum
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .base import StrictModel
 from .loading import first_validation_error
@@ -201,7 +201,3 @@ class MaskerConfig(StrictModel):
         if model is not None and self.kind not in extra:
             extra[self.kind] = model()
         return self
-
-    def section(self, kind: str) -> BaseModel:
-        """The settings of ``kind`` (a built-in field or a plugin's section)."""
-        return getattr(self, kind)
