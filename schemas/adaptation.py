@@ -20,10 +20,15 @@ from .loading import load_json_model
 
 
 class AdaptTarget(str, Enum):
-    """Which parameters the adaptation trains (the image encoder stays frozen in all)."""
+    """Which parameters the adaptation trains. The decoder targets keep the image encoder frozen
+    (its embeddings come from the round's embedding cache, and an adapted checkpoint shares
+    them); 'neck' and 'encoder_tail' also tune the encoder's end (features before it are
+    computed once; a round with such a checkpoint encodes its slices anew)."""
 
     decoder = "decoder"  # prompt encoder + mask decoder (~4 M parameters for LiteMedSAM)
     head = "head"  # the decoder's output upscaling, hypernetwork MLPs and IoU head only
+    neck = "neck"  # decoder + the image encoder's neck (LiteMedSAM: +0.7 M)
+    encoder_tail = "encoder_tail"  # decoder + the encoder's last stage and neck (LiteMedSAM: +3.1 M)
 
 
 class AdaptBoxConfig(StrictModel):

@@ -32,7 +32,8 @@ class AdaptationData:
     Attributes:
         examples: every example; ``embeddings[examples[k].row]`` is its slice's embedding
             (slices shared by several structures share a row).
-        embeddings: ``RxCxhxw`` float32, one row per encoded slice.
+        embeddings: one row per encoded slice: ``RxCxhxw`` float32 image embeddings, or what
+            `Adaptable.frozen_features` gives for ``target`` (`Adaptable.embed` finishes it).
         targets / valid: ``NxSxS`` float32 / bool in the masker's low-res frame, one per example.
         train / pseudo / beyond: positions in ``examples`` to draw from (labels, pseudo-labels,
             slices past the structure's ends).
@@ -51,6 +52,7 @@ class AdaptationData:
     fingerprint: str
     labeled: list[str]
     pseudo_labeled: list[str] = field(default_factory=list)
+    target: str = "decoder"
 
     @property
     def has_validation(self) -> bool:
@@ -98,7 +100,7 @@ class AdaptationData:
     def validate(self, masker: Adaptable) -> float:
         """Dice of the held-out slices (pooled over them, in the low-res frame) with their fixed
         boxes (`validation_boxes`)."""
-        masker.model.eval()
+        masker.set_training(False)
         inter = total = 0.0
         for start in range(0, len(self.checks), 32):
             chunk = self.checks[start:start + 32]
@@ -106,7 +108,8 @@ class AdaptationData:
             rows = torch.as_tensor([e.row for e in examples], dtype=torch.long)
             at = torch.as_tensor([k for k, _ in chunk], dtype=torch.long)
             prompts = [SlicePrompt(index=e.index, box=box) for e, (_, box) in zip(examples, chunk)]
-            logits, _ = masker.decode_lowres(self.embeddings[rows], prompts,
+            logits, _ = masker.decode_lowres(masker.embed(self.embeddings[rows], self.target),
+                                             prompts,
                                              [self.tracks[e.track].hw for e in examples])
             i, p, r = hard_overlap(logits, self.targets[at], self.valid[at])
             inter += float(i.sum())
@@ -139,7 +142,14 @@ def _pseudo_volumes(root, config: AdaptConfig, metas) -> list[str]:
     return [vid for _, vid in scored[:keep]]
 
 
-def _encoder(masker: Adaptable, batch: int):
+def _encoder(masker: Adaptable, batch: int, target: str):
+    """Slices -> the rows of `AdaptationData.embeddings`: through the masker's embedding cache
+    when the image encoder stays frozen, else `Adaptable.frozen_features` (not cached)."""
+    if masker.tuned_encoder_keys(target):
+        def features(slices: np.ndarray) -> torch.Tensor:
+            return torch.cat([masker.frozen_features(slices[i:i + batch], target)
+                              for i in range(0, len(slices), batch)])
+        return features
     cache = getattr(masker, "cache", None)
 
     def encode(slices: np.ndarray) -> torch.Tensor:
@@ -170,7 +180,7 @@ def load_adaptation_data(store: str | Path, masker: Adaptable, config: AdaptConf
     axes = config.axes or (round_config.prompts.slice_axis, *round_config.prompts.extra_axes)
     tracks, examples, embeddings = build_tracks(
         root, volumes, classes.values, axes, round_config.intensity, config.min_slice_pixels,
-        config.box.beyond_reach, _encoder(masker, config.encoder_batch_size))
+        config.box.beyond_reach, _encoder(masker, config.encoder_batch_size, config.target.value))
     hold_out(tracks, config.holdout_fraction, np.random.default_rng(config.seed))
     frames = [masker.target_frame(tracks[e.track].masks.get(
         e.index, np.zeros(tracks[e.track].hw, bool))) for e in examples]
@@ -191,4 +201,4 @@ def load_adaptation_data(store: str | Path, masker: Adaptable, config: AdaptConf
         tracks=tracks, examples=examples, embeddings=embeddings, targets=targets, valid=valid,
         train=train, pseudo=pseudo, beyond=beyond, checks=checks,
         fingerprint=store_fingerprint(root, metas, None, classes), labeled=labeled,
-        pseudo_labeled=pseudo_ids)
+        pseudo_labeled=pseudo_ids, target=config.target.value)

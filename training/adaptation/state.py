@@ -4,8 +4,8 @@ Tensors, lists and plain values only (``torch.load(weights_only=True)``)::
 
     {"format": "semisam-adapt-state", "version": 1, "config": AdaptConfig (JSON dict),
      "store_fingerprint": str, "iteration": int, "stale": int, "best_iteration": int,
-     "best_dice": float, "elapsed_s": float, "model": decoder-side state dict,
-     "best_state": decoder-side state dict, "optimizer": state dict,
+     "best_dice": float, "elapsed_s": float, "model": `tuned_state`,
+     "best_state": tuned state dicts (`tuned_state`), "optimizer": state dict,
      "rng": {"numpy": PCG64 state dict, "torch": ByteTensor}}
 """
 
@@ -21,7 +21,7 @@ from semisam.schemas import AdaptConfig, CheckpointError
 from semisam.workers.maskers.adaptable import Adaptable
 from semisam.workers.maskers.sam.checkpoint import _load_file
 
-__all__ = ["load_resume_state", "resume_path", "save_resume_state"]
+__all__ = ["load_resume_state", "resume_path", "save_resume_state", "tuned_state"]
 
 STATE_FORMAT = "semisam-adapt-state"
 STATE_VERSION = 1
@@ -33,9 +33,12 @@ def resume_path(out: Path) -> Path:
     return out.with_name(out.name + ".state.pt")
 
 
-def _decoder_side(masker: Adaptable) -> dict[str, torch.Tensor]:
+def tuned_state(masker: Adaptable, target: str) -> dict[str, torch.Tensor]:
+    """A CPU copy of the state ``target`` may change: the decoder side (every key outside the
+    image encoder) and the encoder parts it tunes (`Adaptable.tuned_encoder_keys`)."""
+    tuned = masker.tuned_encoder_keys(target)
     return {k: v.detach().cpu().clone() for k, v in masker.model.state_dict().items()
-            if not k.startswith("image_encoder.")}
+            if not k.startswith("image_encoder.") or k.startswith(tuned)}
 
 
 def save_resume_state(path: Path, masker: Adaptable, optimizer: torch.optim.Optimizer,
@@ -48,7 +51,7 @@ def save_resume_state(path: Path, masker: Adaptable, optimizer: torch.optim.Opti
         "iteration": state["iteration"], "stale": state["stale"],
         "best_iteration": state["best_iteration"], "best_dice": float(state["best_dice"]),
         "elapsed_s": state["elapsed"] + time.perf_counter() - state["start"],
-        "model": _decoder_side(masker),
+        "model": tuned_state(masker, config.target.value),
         "best_state": {k: v.cpu() for k, v in state["best_state"].items()},
         "optimizer": optimizer.state_dict(),
         "rng": {"numpy": state["rng"].bit_generator.state, "torch": torch.get_rng_state()},

@@ -1,8 +1,9 @@
 """`adapt_masker`: tune a masker's decoder side on the store's labeled slices (resumable).
 
 Steps: encode every example slice once with the frozen image encoder (through the round's
-embedding cache when one is set); hold out a contiguous block of each labeled track's structure
-slices; train the prompt encoder + mask decoder (or only the decoder's head) with AdamW on
+embedding cache when one is set; up to the tuned stage for the encoder targets); hold out a
+contiguous block of each labeled track's structure slices; train what ``config.target`` names
+(the prompt encoder + mask decoder by default; `AdaptTarget`) with AdamW on
 batches of round-like boxes (`boxes.sample_box`); every ``eval_every`` steps score the held-out
 slices with fixed boxes and keep the best state; stop after ``patience`` evaluations without a
 better score; write the best state as a checkpoint the masker kind loads (`Adaptable.export`).
@@ -29,7 +30,7 @@ from semisam.workers.maskers.adaptable import Adaptable
 
 from .data import AdaptationData, load_adaptation_data
 from .objective import adaptation_loss
-from .state import load_resume_state, resume_path, save_resume_state
+from .state import load_resume_state, resume_path, save_resume_state, tuned_state
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,8 @@ def _batch(masker: Adaptable, data: AdaptationData, config: AdaptConfig,
            rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
     """One training batch: low-res logits, IoUs, targets, validity."""
     rows, prompts, hws, targets, valid = data.sample(config, rng)
-    logits, iou = masker.decode_lowres(data.embeddings[rows], prompts, hws)
+    logits, iou = masker.decode_lowres(masker.embed(data.embeddings[rows], data.target),
+                                       prompts, hws)
     return logits, iou, targets, valid
 
 
@@ -72,7 +74,7 @@ def _train_steps(masker: Adaptable, data: AdaptationData, config: AdaptConfig,
     """Steps from ``state['iteration']`` to the end or early stop; updates ``state``."""
     rng = state["rng"]
     while state["iteration"] < config.iterations and state["stale"] < config.patience:
-        masker.model.train()
+        masker.set_training(True)
         logits, iou, targets, valid = _batch(masker, data, config, rng)
         loss, terms = adaptation_loss(logits, iou, targets, valid, config.iou_loss_weight)
         optimizer.zero_grad(set_to_none=True)
@@ -85,18 +87,13 @@ def _train_steps(masker: Adaptable, data: AdaptationData, config: AdaptConfig,
             info["held_out_dice"] = score
             if score > state["best_dice"]:
                 state.update(best_dice=score, best_iteration=state["iteration"], stale=0,
-                             best_state=_trainable_copy(masker))
+                             best_state=tuned_state(masker, config.target.value))
             else:
                 state["stale"] += 1
         if on_step is not None:
             on_step(state["iteration"] - 1, info)
         if state["iteration"] % config.checkpoint_every == 0:
             save_resume_state(resume_path(out), masker, optimizer, state)
-
-
-def _trainable_copy(masker: Adaptable) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in masker.model.state_dict().items()
-            if not k.startswith("image_encoder.")}
 
 
 def _with_cache(config: AdaptConfig, round_config: RoundConfig) -> RoundConfig:
@@ -128,7 +125,7 @@ def _initial_state(masker: Adaptable, data: AdaptationData, config: AdaptConfig,
     return {"iteration": 0, "stale": 0, "best_iteration": 0, "elapsed": 0.0, "start": start,
             "config": config, "fingerprint": data.fingerprint,
             "best_dice": base if base is not None else -1.0,
-            "best_state": _trainable_copy(masker), "rng": np.random.default_rng(config.seed)}
+            "best_state": tuned_state(masker, config.target.value), "rng": np.random.default_rng(config.seed)}
 
 
 def _resume_if_asked(resume: bool, out: Path, masker: Adaptable,
@@ -212,7 +209,7 @@ def adapt_masker(store: str | Path, out: Path, config: AdaptConfig | None = None
     _train(masker, data, config, optimizer, state, out, on_step)
     if data.has_validation:
         masker.model.load_state_dict(state["best_state"], strict=False)
-    masker.model.eval()
+    masker.set_training(False)
     meta = _meta(store, round_config.masker.kind, masker, data, config, state, base, start)
     _export(masker, out, meta)
     return AdaptResult(Path(out), meta)

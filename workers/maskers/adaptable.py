@@ -1,9 +1,9 @@
 """The `Adaptable` contract: a masker whose prompt-to-mask part can be tuned on its embeddings.
 
-SAM-family maskers split into an image encoder (the cost; frozen here) and a prompt encoder +
-mask decoder (cheap). Adaptation (``semisam adapt``, `semisam.training.adaptation`) encodes the
-labeled slices once, then trains the decoder side on those embeddings with the prompts a round
-really gives. A masker kind takes part by implementing these methods; the trainer never looks
+SAM-family maskers split into an image encoder (the cost) and a prompt encoder + mask decoder
+(cheap). Adaptation (``semisam adapt``, `semisam.training.adaptation`) runs the frozen part of
+the model on the labeled slices once (`frozen_features`: the whole image encoder by default),
+then trains the rest (`embed` + the decoder side) with the prompts a round really gives. A masker kind takes part by implementing these methods; the trainer never looks
 inside the model.
 
 Frames: slices are ``HxW`` (the slice's own pixels); the decoder works in a square low-res
@@ -54,7 +54,31 @@ class Adaptable(ABC):
 
     @abstractmethod
     def trainable_parameters(self, target: str) -> list[nn.Parameter]:
-        """The parameters ``target`` ('decoder' or 'head') trains; the rest are frozen."""
+        """The parameters ``target`` (an `AdaptTarget` value) trains; the rest are frozen."""
+
+    def frozen_features(self, slices: np.ndarray, target: str) -> torch.Tensor:
+        """What the frozen part of the model makes of ``NxHxW`` uint8 slices when ``target`` is
+        trained, computed once per example (no gradient): the image embeddings (`encode`) unless
+        ``target`` tunes part of the image encoder (`tuned_encoder_keys`)."""
+        return self.encode(slices)
+
+    def embed(self, features: torch.Tensor, target: str) -> torch.Tensor:
+        """Differentiable: `frozen_features` -> ``NxCxhxw`` image embeddings (the identity unless
+        ``target`` tunes part of the image encoder)."""
+        return features
+
+    def tuned_encoder_keys(self, target: str) -> tuple[str, ...]:
+        """Prefixes of ``model.state_dict()`` keys inside the image encoder that ``target``
+        trains (none: the image encoder stays frozen and its embeddings can be cached)."""
+        return ()
+
+    def set_training(self, training: bool) -> None:
+        """Train/eval mode of the tuned parts; the image encoder always stays in eval mode (its
+        batch norms keep their statistics even where ``target`` tunes part of it)."""
+        self.model.train(training)
+        encoder = getattr(self.model, "image_encoder", None)
+        if encoder is not None:
+            encoder.eval()
 
     @abstractmethod
     def base_checkpoint(self) -> tuple[Path, str]:

@@ -265,15 +265,21 @@ class FastTinyViT(nn.Module):
         self.neck = _Neck(encoder.neck)
         self.eval()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def tokens(self, x: torch.Tensor, stages: int | None = None) -> torch.Tensor:
+        """``Nx3x256x256`` -> ``NxTxC`` tokens after the first ``stages`` transformer stages
+        (None = all of them: the neck's input, ``T = 64*64``, ``C = 320``)."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem2(self.stem1(x))
         for block in self.conv_blocks:
             x = block(x)
         x = self.conv_down(x)
-        for stage in self.stages:
+        for stage in self.stages[:stages]:
             x = stage(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.tokens(x)
         b, _, c = x.shape
         x = x.view(b, *self.out_hw, c).permute(0, 3, 1, 2)
         return self.neck(x).contiguous()

@@ -183,18 +183,60 @@ class LiteMedSamMasker(Masker, Adaptable):
         valid[:newh, :neww] = True
         return target, valid
 
+    def _encoder_parts(self, target: str) -> list[tuple[str, nn.Module]]:
+        """(state-dict prefix, module) of the TinyViT parts ``target`` tunes: 'neck' the neck,
+        'encoder_tail' the last transformer stage and the neck; none for the decoder targets."""
+        encoder = self.model.image_encoder
+        last = len(encoder.layers) - 1
+        parts = {"neck": [("image_encoder.neck.", encoder.neck)],
+                 "encoder_tail": [(f"image_encoder.layers.{last}.", encoder.layers[last]),
+                                  ("image_encoder.neck.", encoder.neck)]}
+        if target not in (*parts, "decoder", "head"):
+            raise ValueError("target must be 'decoder', 'head', 'neck' or 'encoder_tail', got "
+                             f"{target!r}")
+        return parts.get(target, [])
+
     def trainable_parameters(self, target: str) -> list[nn.Parameter]:
         """'decoder': prompt encoder + mask decoder; 'head': the decoder's output upscaling,
-        hypernetwork MLPs and IoU head."""
+        hypernetwork MLPs and IoU head; 'neck' / 'encoder_tail': 'decoder' plus the TinyViT's
+        neck / its last stage and neck."""
         decoder = self.model.mask_decoder
         if target == "head":
             parts = [decoder.output_upscaling, decoder.output_hypernetworks_mlps,
                      decoder.iou_prediction_head]
-        elif target == "decoder":
-            parts = [self.model.prompt_encoder, decoder]
         else:
-            raise ValueError(f"target must be 'decoder' or 'head', got {target!r}")
+            parts = [self.model.prompt_encoder, decoder,
+                     *(m for _, m in self._encoder_parts(target))]
         return [p for part in parts for p in part.parameters()]
+
+    def tuned_encoder_keys(self, target: str) -> tuple[str, ...]:
+        """`Adaptable.tuned_encoder_keys`."""
+        return tuple(prefix for prefix, _ in self._encoder_parts(target))
+
+    def frozen_features(self, slices: np.ndarray, target: str) -> torch.Tensor:
+        """`Adaptable.frozen_features`: ``Nx256x64x64`` embeddings for the decoder targets;
+        ``Nx4096x320`` float32 TinyViT tokens before the neck ('neck') or before the last stage
+        ('encoder_tail'), from the rebuilt encoder in its dtype."""
+        if not self._encoder_parts(target):
+            return self.encode(slices)
+        module = self.encoder.module
+        stages = None if target == "neck" else len(module.stages) - 1
+        images = preprocess_slices(slices).to(device=self.device, dtype=self.encoder.dtype)
+        with torch.no_grad():
+            return module.tokens(images, stages).to(torch.float32)
+
+    def embed(self, features: torch.Tensor, target: str) -> torch.Tensor:
+        """`Adaptable.embed`: `frozen_features` -> ``Nx256x64x64`` embeddings through the
+        model's own (trainable) last stage and neck where ``target`` tunes them."""
+        parts = self._encoder_parts(target)
+        if not parts:
+            return features
+        x = features
+        for _, module in parts[:-1]:
+            x = module(x)
+        b, t, c = x.shape
+        side = int(round(t ** 0.5))
+        return parts[-1][1](x.view(b, side, side, c).permute(0, 3, 1, 2))
 
     def base_checkpoint(self) -> tuple[Path, str]:
         """The file the weights came from and its sha256 (ValueError for a model given)."""
