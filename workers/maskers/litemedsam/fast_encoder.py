@@ -36,26 +36,30 @@ from torch import nn
 
 __all__ = ["BiasedAttention", "FastTinyViT", "fold_conv_bn", "fused_gelu_available"]
 
-_FUSED: bool | None = None
+_FUSED: dict[torch.dtype, bool] = {}
 
 
-def fused_gelu_available() -> bool:
-    """Whether oneDNN's conv/linear + GELU kernels run here (probed once on tiny tensors)."""
-    global _FUSED
-    if _FUSED is None:
+def fused_gelu_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether oneDNN's conv/linear + GELU kernels run here in ``dtype`` (probed once per
+    dtype on tiny tensors: bfloat16 needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT, which an
+    AVX2-only CPU lacks, and then the module falls back to conv + ``F.gelu`` in bfloat16)."""
+    if dtype not in _FUSED:
         try:
             with torch.inference_mode():
-                x = torch.ones(1, 2, 3, 3)
-                w, b = torch.ones(2, 2, 1, 1), torch.zeros(2)
+                x = torch.ones(1, 2, 3, 3, dtype=dtype)
+                w, b = torch.ones(2, 2, 1, 1, dtype=dtype), torch.zeros(2, dtype=dtype)
                 y = torch.ops.mkldnn._convolution_pointwise(x, w, b, [0, 0], [1, 1], [1, 1], 1,
                                                             "gelu", [], "none")
-                z = torch.ops.mkldnn._linear_pointwise(torch.ones(3, 2), torch.ones(2, 2), b,
+                z = torch.ops.mkldnn._linear_pointwise(torch.ones(3, 2, dtype=dtype),
+                                                       torch.ones(2, 2, dtype=dtype), b,
                                                        "gelu", [], "none")
-            _FUSED = bool(torch.allclose(y, F.gelu(torch.full_like(y, 2.0)))
-                          and torch.allclose(z, F.gelu(torch.full_like(z, 2.0))))
+            tol = 1e-5 if dtype == torch.float32 else 2e-2
+            _FUSED[dtype] = bool(
+                torch.allclose(y.float(), F.gelu(torch.full(y.shape, 2.0)), atol=tol)
+                and torch.allclose(z.float(), F.gelu(torch.full(z.shape, 2.0)), atol=tol))
         except (RuntimeError, AttributeError):
-            _FUSED = False
-    return _FUSED
+            _FUSED[dtype] = False
+    return _FUSED[dtype]
 
 
 class _ConvGelu(nn.Module):
@@ -68,7 +72,7 @@ class _ConvGelu(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv
-        if self.fused and x.device.type == "cpu":
+        if self.fused and x.device.type == "cpu" and fused_gelu_available(x.dtype):
             return torch.ops.mkldnn._convolution_pointwise(
                 x, c.weight, c.bias, list(c.padding), list(c.stride), list(c.dilation),
                 c.groups, "gelu", [], "none")
@@ -87,7 +91,7 @@ class _Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x)
-        if self.fused and x.device.type == "cpu":
+        if self.fused and x.device.type == "cpu" and fused_gelu_available(x.dtype):
             x = torch.ops.mkldnn._linear_pointwise(x, self.fc1.weight, self.fc1.bias, "gelu",
                                                    [], "none")
         else:
