@@ -74,6 +74,11 @@ SPEC = StudentSpec(channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=
                    patch_size=(40, 56, 40))
 
 
+def volume_ids(data: Path) -> list[str]:
+    """The ids of ``data/images/*.nii.gz``, sorted."""
+    return sorted(p.name.removesuffix(".nii.gz") for p in (data / "images").glob("*.nii.gz"))
+
+
 def split_ids(ids: list[str], holdout: int, labeled: int, seed: int = 2024) -> dict[str, list[str]]:
     """A fixed split (independent of the training seeds): held-out, labeled, unlabeled ids."""
     order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
@@ -322,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(2)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    ids = sorted(p.name.removesuffix(".nii.gz") for p in (args.data / "images").glob("*.nii.gz"))
+    ids = volume_ids(args.data)
     split = split_ids(ids, args.holdout, args.labeled)
     stores = prepare_stores(args.data, args.workdir, split, CLASSES if args.classes else None)
     results_path = args.workdir / "results.json"

@@ -42,6 +42,7 @@ from hippocampus import (
     split_ids,
     train_one,
     tta_axes,
+    volume_ids,
 )
 
 from semisam.pipeline.evaluate import evaluate_round
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     cache = args.cache or work / "embeddings"
-    ids = sorted(p.name.removesuffix(".nii.gz") for p in (args.data / "images").glob("*.nii.gz"))
+    ids = volume_ids(args.data)
     split = split_ids(ids, 50, 4)
     store = train_store(args.data, work, split, args.unlabeled)
     header = {"date": date.today().isoformat(), "command": " ".join(sys.argv), "device": "CPU",

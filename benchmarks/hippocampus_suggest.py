@@ -40,7 +40,7 @@ from semisam.store import open_store, read_meta, read_reference, write_volume
 from semisam.training import train_student
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hippocampus import DATA, SavedResults, base_config, round_config, split_ids  # noqa: E402
+from hippocampus import DATA, SavedResults, base_config, round_config, split_ids, volume_ids  # noqa: E402
 
 log = logging.getLogger("benchmarks.hippocampus_suggest")
 
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(2)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    ids = sorted(p.name.removesuffix(".nii.gz") for p in (args.data / "images").glob("*.nii.gz"))
+    ids = volume_ids(args.data)
     split = split_ids(ids, 50, 4)
     pool = split["unlabeled"][: args.pool]
     stores = prepare(args.data, args.workdir, split, pool)
