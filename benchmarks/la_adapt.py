@@ -21,6 +21,11 @@ Every student is evaluated on the 8 held-out volumes of ``volumes.list`` and on 
 ``--more`` (24) volumes of ``more.list`` (``more`` rows), Dice with and without the largest
 component. Results in ``WORKDIR/adapt-results.json`` (``--results``; reused on rerun).
 
+Variants: ``--adapt-config V.json --tag=-V`` adapts with those `AdaptConfig` fields (checkpoint,
+stores and result keys carry the tag); ``--diag-axes 0 1 2`` runs the diagnostic along all three
+slice axes, averaging their probabilities (keys ``diag<tag>-mpr/``); ``--mpr`` makes both rounds
+multi-planar (la.py's c+mpr round; keys ``round<tag>-mpr/``, ``c+ad<tag>-mpr/``, ``c+mpr/``).
+
     .venv/bin/python benchmarks/la_adapt.py --labeled 2 --seeds 0 --workdir bench-out/la-half
 """
 
@@ -38,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from hippocampus import SavedResults
-from la import DATA, args_round_config, configs, downsampled, prepare, split_ids, train
+from la import DATA, MPR_AXES, args_round_config, configs, downsampled, prepare, split_ids, train
 
 from semisam.pipeline.evaluate import evaluate_round, evaluate_student_both
 from semisam.pipeline.ingest import ingest
@@ -81,11 +86,37 @@ def evaluate_both(student: Path, stores: dict[str, Path], previous: dict | None)
     return out
 
 
+def axes_suffix(axes: list[int] | tuple[int, ...]) -> str:
+    """The result-key suffix of a diagnostic along ``axes``: '' for axis 2 alone (the round's
+    slice axis), '-mpr' for all three, '-ax<digits>' otherwise."""
+    axes = sorted(axes)
+    return "" if axes == [2] else "-mpr" if axes == [0, 1, 2] else "-ax" + "".join(map(str, axes))
+
+
+def reference_box_probabilities(masker: LiteMedSamMasker, windowed: np.ndarray, ref: np.ndarray,
+                                axis: int) -> np.ndarray:
+    """``ref.shape`` float32: the masker's foreground probability on every slice along ``axis``
+    with at least 4 reference voxels, prompted with the reference's box + 5 px there; 0 on
+    the other slices (READS THE REFERENCE)."""
+    idx = [i for i in range(ref.shape[axis]) if np.take(ref, i, axis=axis).sum() >= 4]
+    probs = np.zeros(ref.shape, np.float32)
+    if not idx:
+        return probs
+    masks = stack_slices(ref, idx, axis)
+    prompts = [SlicePrompt(index=i, box=slice_box(m, 5)) for i, m in zip(idx, masks)]
+    out = masker.mask_slices(stack_slices(windowed, idx, axis), prompts)
+    view = np.moveaxis(probs, axis, 0)
+    view[idx] = out
+    return probs
+
+
 def reference_box_diagnostic(store: Path, maskers: dict[str, LiteMedSamMasker],
-                             limit: int | None = None) -> dict:
+                             limit: int | None = None, axes: tuple[int, ...] = (2,)) -> dict:
     """Per unlabeled volume (the first ``limit``) and masker: Dice and 95HD (voxels) of
-    LiteMedSAM prompted with the reference's box + 5 px on every slice along axis 2 (reads the
-    references)."""
+    LiteMedSAM prompted with the reference's box + 5 px on every slice along each of ``axes``
+    (reads the references); with several axes the per-voxel mean of their probabilities,
+    thresholded at 0.5 (a multi-planar round's average), and each axis's own Dice
+    (``axis_dice``)."""
     root = open_store(store, read_only=True)
     cfg = RoundConfig()
     out: dict = {name: {} for name in maskers}
@@ -96,16 +127,17 @@ def reference_box_diagnostic(store: Path, maskers: dict[str, LiteMedSamMasker],
             continue
         ref = np.asarray(ref) > 0
         windowed = window_volume(read_image(root, meta.volume_id), cfg.intensity)
-        idx = [i for i in range(ref.shape[2]) if ref[:, :, i].sum() >= 4]
-        slices = stack_slices(windowed, idx, 2)
-        masks = stack_slices(ref, idx, 2)
-        prompts = [SlicePrompt(index=i, box=slice_box(m, 5)) for i, m in zip(idx, masks)]
         for name, masker in maskers.items():
-            probs = masker.mask_slices(slices, prompts)
-            pred = np.zeros(ref.shape, bool)
-            pred[:, :, idx] = np.moveaxis(probs > 0.5, 0, 2)
-            out[name][meta.volume_id] = {"dice": float(dice(pred, ref)),
-                                         "hd95": float(hd95(pred, ref))}
+            per_axis = {a: reference_box_probabilities(masker, windowed, ref, a) for a in axes}
+            pred = np.mean(list(per_axis.values()), axis=0) > 0.5
+            row = {"dice": float(dice(pred, ref)), "hd95": float(hd95(pred, ref))}
+            if len(axes) > 1:
+                row["axis_dice"] = {str(a): float(dice(p > 0.5, ref)) for a, p in per_axis.items()}
+            out[name][meta.volume_id] = row
+        log.info("reference-box diagnostic %s: %s", meta.volume_id,
+                 {n: round(out[n][meta.volume_id]["dice"], 3) for n in maskers})
+    if len(axes) > 1:
+        out["axes"] = list(axes)
     return out
 
 
@@ -124,7 +156,7 @@ def adapt_and_diagnose(work: Path, key: str, stores: dict[str, Path],
     """Steps 2 and 3: the adapted checkpoint (reused when there) and the reference-box
     diagnostic of the frozen and adapted maskers (on the first ``--diag-volumes`` unlabeled
     volumes); returns the checkpoint."""
-    tag = args.tag
+    tag, suffix, axes = args.tag, axes_suffix(args.diag_axes), tuple(args.diag_axes)
     adapted = work / f"adapted_litemedsam{tag}.pth"
     cache = args.workdir / "embeddings"
     seed = int(key.split("/")[1])
@@ -138,18 +170,18 @@ def adapt_and_diagnose(work: Path, key: str, stores: dict[str, Path],
         results[f"adapt{tag}/{key}"] = {
             **result.meta.model_dump(mode="json", exclude={"config"}), "overrides": overrides}
     if tag:  # a variant: its diagnostic only, against the frozen masker's
-        if f"diag{tag}/{key}" not in results:
+        if f"diag{tag}{suffix}/{key}" not in results:
             tuned = LiteMedSamMasker(LiteMedSamConfig(batch_size=2, embedding_cache=cache,
                                                       checkpoint=adapted), "cpu")
-            results[f"diag{tag}/{key}"] = reference_box_diagnostic(
-                stores["train"], {"adapted": tuned}, args.diag_volumes)
+            results[f"diag{tag}{suffix}/{key}"] = reference_box_diagnostic(
+                stores["train"], {"adapted": tuned}, args.diag_volumes, axes)
         return adapted
-    if f"diag/{key}" not in results:
+    if f"diag{suffix}/{key}" not in results:
         frozen = LiteMedSamMasker(LiteMedSamConfig(batch_size=2, embedding_cache=cache), "cpu")
         tuned = LiteMedSamMasker(LiteMedSamConfig(batch_size=2, embedding_cache=cache,
                                                   checkpoint=adapted), "cpu")
-        results[f"diag/{key}"] = reference_box_diagnostic(
-            stores["train"], {"frozen": frozen, "adapted": tuned}, args.diag_volumes)
+        results[f"diag{suffix}/{key}"] = reference_box_diagnostic(
+            stores["train"], {"frozen": frozen, "adapted": tuned}, args.diag_volumes, axes)
     return adapted
 
 
@@ -169,33 +201,39 @@ def run_adapted(labeled: int, seed: int, args: argparse.Namespace, stores: dict[
     Loop(loop_store, LoopConfig(train=cfgs["c"], round=args_round_config(args)),
          work / "loop").run(0)
     student0 = work / "loop" / "student_0.pt"
-    run_round(loop_store, 1, student0, args_round_config(args), show_progress=False)
+    # the frozen round: the loop's round 1, or la.py's c+mpr round (its own store) with --mpr
+    variant, plus = ("-mpr", "c+mpr") if args.mpr else ("", "c+")
+    frozen_store = work / ("mpr.zarr" if args.mpr else "loop.zarr")
+    if not frozen_store.exists():
+        shutil.copytree(stores["train"], frozen_store)
+    cfg = round_config(args)
+    run_round(frozen_store, 1, student0, cfg, show_progress=False)
     adapted = adapt_and_diagnose(work, key, stores, args, results)
-    store = work / "adapted.zarr"
+    name = f"{args.tag}{variant}"
+    store = work / f"adapted{name}.zarr"
     if not store.exists():
         shutil.copytree(stores["train"], store)
-    cfg = args_round_config(args)
     cfg.masker.litemedsam.checkpoint = adapted
     t0 = time.perf_counter()
     run_round(store, 1, student0, cfg, show_progress=False)
-    if f"round/{key}" not in results:
-        results[f"round/{key}"] = {
+    if f"round{name}/{key}" not in results:
+        results[f"round{name}/{key}"] = {
             "seconds": round(time.perf_counter() - t0, 1),
             "adapted": per_volume_round(store, student0),
-            "frozen": per_volume_round(work / "loop.zarr", student0)}
-    ckpt = work / "c+ad.pt"
+            "frozen": per_volume_round(frozen_store, student0)}
+    ckpt = work / f"c+ad{name}.pt"
     seconds = train(store, ckpt, cfgs["c+"], 1, init=student0)
-    results[f"c+ad/{key}"] = {**evaluate_both(ckpt, stores, results.get(f"c+ad/{key}")),
-                              "seconds": round(seconds, 1)}
+    results[f"c+ad{name}/{key}"] = {**evaluate_both(ckpt, stores, results.get(f"c+ad{name}/{key}")),
+                                    "seconds": round(seconds, 1)}
     results[f"b/{key}"] = evaluate_both(student0, stores, results.get(f"b/{key}"))
     if "c+" in args.settings:
-        seconds = train(loop_store, work / "c+.pt", cfgs["c+"], 1, init=student0)
+        train(frozen_store, work / f"{plus}.pt", cfgs["c+"], 1, init=student0)
     for setting in ("a", "d"):
         if setting in args.settings:
             path = work / "a.pt" if setting == "a" else args.workdir / "d" / f"seed{seed}.pt"
             train(stores["train" if setting == "a" else "full"], path, cfgs[setting])
-    for setting in ("a", "c", "c+"):
-        path = student0 if setting == "b" else work / f"{setting}.pt"
+    for setting in ("a", "c", "c+", "c+mpr"):
+        path = work / f"{setting}.pt"
         if path.is_file():
             results[f"{setting}/{key}"] = evaluate_both(path, stores, results.get(f"{setting}/{key}"))
     d = args.workdir / "d" / f"seed{seed}.pt"
@@ -203,44 +241,51 @@ def run_adapted(labeled: int, seed: int, args: argparse.Namespace, stores: dict[
         results[f"d/all/{seed}"] = evaluate_both(d, stores, results.get(f"d/all/{seed}"))
 
 
+def round_config(args: argparse.Namespace) -> RoundConfig:
+    """The round of ``--mpr`` (la.py's c+mpr: masks along slice axes 2, 0 and 1, averaged
+    where they overlap; the prompter's probability averaged over flips of axes 0 and 1) or the
+    default one-axis round."""
+    cfg = args_round_config(args)
+    if args.mpr:
+        cfg.prompts.extra_axes = MPR_AXES
+        cfg.student.flip_axes = MPR_AXES
+    return cfg
+
+
 def summary_lines(results: dict) -> list[str]:
     """Per (L, seed): pseudo-label and diagnostic means, students on both held-out sets."""
     lines = []
-    for key in sorted(k.removeprefix("diag/") for k in results if k.startswith("diag/")):
-        diag, adapt = results[f"diag/{key}"], results.get(f"adapt/{key}", {})
-        frozen, tuned = diag["frozen"], diag["adapted"]
-        better = sum(tuned[v]["dice"] > frozen[v]["dice"] for v in frozen)
-        lines.append(f"## {key}: adapted in {adapt.get('seconds')} s (held-out labeled-slice Dice "
-                     f"{adapt.get('held_out_dice_base')} -> {adapt.get('held_out_dice')}, step "
-                     f"{adapt.get('best_iteration')}); reference-box diagnostic on "
-                     f"{len(frozen)} unlabeled volumes: frozen "
-                     f"{np.mean([x['dice'] for x in frozen.values()]):.3f}, adapted "
-                     f"{np.mean([x['dice'] for x in tuned.values()]):.3f} (better on "
-                     f"{better}/{len(frozen)})")
-    for name in sorted(k for k in results if k.startswith("diag") and not k.startswith("diag/")):
-        tag, key = name.removeprefix("diag").split("/", 1)
+    for name in sorted(k for k in results if k.startswith("diag")):
+        head, key = name.split("/", 1)
+        axes = results[name].get("axes", [2])
+        suffix = axes_suffix(axes)
+        tag = head.removeprefix("diag").removesuffix(suffix)
         tuned, adapt = results[name]["adapted"], results.get(f"adapt{tag}/{key}", {})
-        frozen = results.get(f"diag/{key}", {}).get("frozen", {})
+        frozen = results.get(f"diag{suffix}/{key}", {}).get("frozen", {})
         better = sum(tuned[v]["dice"] > frozen[v]["dice"] for v in tuned if v in frozen)
-        lines.append(f"## variant {tag} {key} ({adapt.get('overrides')}): {adapt.get('seconds')} "
-                     f"s, held-out {adapt.get('held_out_dice_base')} -> "
-                     f"{adapt.get('held_out_dice')} (step {adapt.get('best_iteration')}); "
-                     f"diagnostic {np.mean([x['dice'] for x in tuned.values()]):.3f} (better "
-                     f"than frozen on {better}/{len(tuned)})")
-    for key in sorted(k.removeprefix("round/") for k in results if k.startswith("round/")):
-        rnd, diag = results[f"round/{key}"], results.get(f"diag/{key}", {})
-        lines.append(f"## {key}")
-        for name in ("frozen", "adapted"):
-            vols = rnd[name]
+        lines.append(f"## {key} adaptation '{tag or 'default'}' ({adapt.get('overrides')}): "
+                     f"{adapt.get('seconds')} s, held-out labeled-slice Dice "
+                     f"{adapt.get('held_out_dice_base')} -> {adapt.get('held_out_dice')} (step "
+                     f"{adapt.get('best_iteration')}); reference-box diagnostic along axes "
+                     f"{axes} on {len(tuned)} unlabeled volumes: adapted "
+                     f"{np.mean([x['dice'] for x in tuned.values()]):.3f}, frozen "
+                     f"{np.mean([x['dice'] for x in frozen.values()]) if frozen else float('nan'):.3f}"
+                     f" (adapted better on {better}/{len(tuned)})")
+    for head, key in sorted(k.split("/", 1) for k in results if k.startswith("round")):
+        name = head.removeprefix("round")
+        rnd, diag = results[f"{head}/{key}"], results.get(f"diag{name}/{key}", {})
+        lines.append(f"## {key} round 1{name}")
+        for masker in ("frozen", "adapted"):
+            vols = rnd[masker]
             pl = [v["pl_dice"] for v in vols.values()]
             better = sum(v["pl_dice"] > v["student_dice"] for v in vols.values())
             hd = [v["pl_hd95"] for v in vols.values() if v["pl_hd95"] is not None]
-            ref = [v["dice"] for v in diag.get(name, {}).values()]
-            lines.append(f"- {name}: pseudo-label Dice {np.mean(pl):.3f}, 95HD {np.mean(hd):.2f}, "
+            ref = [v["dice"] for v in diag.get(masker, {}).values()]
+            lines.append(f"- {masker}: pseudo-label Dice {np.mean(pl):.3f}, 95HD {np.mean(hd):.2f}, "
                          f"better than student b on {better}/{len(vols)}; reference-box "
                          f"diagnostic {np.mean(ref) if ref else float('nan'):.3f}")
         seed = key.split("/")[1]
-        for setting in ("a", "b", "c", "c+", "c+ad", "d"):
+        for setting in ("a", "b", "c", "c+", "c+mpr", f"c+ad{name}", "d"):
             row = results.get(f"{setting}/{key}") or (results.get(f"d/all/{seed}")
                                                       if setting == "d" else None)
             if row:
@@ -265,16 +310,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="only adapt and run the reference-box diagnostic (no students)")
     parser.add_argument("--diag-volumes", type=int, default=None,
                         help="the diagnostic on the first N unlabeled volumes (default all)")
+    parser.add_argument("--diag-axes", type=int, nargs="+", choices=(0, 1, 2), default=[2],
+                        help="slice axes of the diagnostic; several = the mean of their "
+                        "probabilities (result keys diag-mpr/ for 0 1 2)")
     parser.add_argument("--results", default="adapt-results.json",
                         help="results file in WORKDIR (one per concurrent run)")
     parser.add_argument("--adapt-config", type=Path, default=None,
                         help="JSON of AdaptConfig fields over the default (a variant)")
     parser.add_argument("--tag", default="",
-                        help="a variant's name: its checkpoint and result keys carry it "
-                        "(adapt<tag>/, diag<tag>/; with --diagnostic-only)")
+                        help="a variant's name (with --adapt-config): its checkpoint, stores and "
+                        "result keys carry it (adapt<tag>/, diag<tag>/, round<tag>/, c+ad<tag>/)")
+    parser.add_argument("--mpr", action="store_true",
+                        help="rounds along slice axes 2, 0 and 1 (la.py's c+mpr round; frozen "
+                        "in mpr.zarr, adapted in adapted<tag>-mpr.zarr; keys round<tag>-mpr/, "
+                        "c+ad<tag>-mpr/, c+mpr/)")
     args = parser.parse_args(argv)
-    if args.tag and not args.diagnostic_only:
-        parser.error("--tag needs --diagnostic-only (variants are compared on the diagnostic)")
     args.schedule, args.scale, args.smoke, args.rounds = "cpu", 0.5, False, 1
     args.unlabeled, args.masker, args.sam_checkpoint, args.no_embedding_cache = None, None, None, False
     from semisam.schemas import MaskerKind

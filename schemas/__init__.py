@@ -89,6 +89,7 @@ __all__ = [
 ]
 from .adaptation import (  # noqa: E402  (kept apart: masker adaptation)
     AdaptationMeta,
+    AdaptAugmentConfig,
     AdaptBoxConfig,
     AdaptConfig,
     AdaptTarget,
@@ -96,7 +97,7 @@ from .adaptation import (  # noqa: E402  (kept apart: masker adaptation)
     load_adapt_config,
 )
 
-__all__ += ["AdaptationMeta", "AdaptBoxConfig", "AdaptConfig", "AdaptTarget",
+__all__ += ["AdaptationMeta", "AdaptAugmentConfig", "AdaptBoxConfig", "AdaptConfig", "AdaptTarget",
             "PseudoLabelSelection", "load_adapt_config"]
 from .round_work import VolumeWork, left_to_do, volume_work  # noqa: E402  (what a round has left)
 

@@ -50,6 +50,32 @@ class AdaptBoxConfig(StrictModel):
     beyond_reach: int = Field(6, ge=1, description="such slices are at most this far outside")
 
 
+class AdaptAugmentConfig(StrictModel):
+    """Transformed copies of every labeled slice, made before encoding (image and reference
+    alike), so that the decoder side sees more than the few labeled slices' exact embeddings.
+    Each copy is one more example per slice (its embedding is encoded once and cached like any
+    other slice); held-out slices' copies are never trained on."""
+
+    flips: tuple[int, ...] = Field((), description="in-plane axes of the slice (0 = rows, "
+                                   "1 = columns), each giving a mirrored copy")
+    gammas: tuple[float, ...] = Field((), description="intensity copies: the windowed slice s "
+                                      "(0-255) becomes 255 (s / 255) ** g, per value g")
+
+    @field_validator("flips")
+    @classmethod
+    def _flips(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(a not in (0, 1) for a in value) or len(set(value)) != len(value):
+            raise ValueError(f"flips must be distinct values of 0, 1, got {list(value)}")
+        return value
+
+    @field_validator("gammas")
+    @classmethod
+    def _gammas(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0.2 <= g <= 5.0 or g == 1.0 for g in value):
+            raise ValueError(f"gammas must lie in [0.2, 5] and differ from 1, got {list(value)}")
+        return value
+
+
 class PseudoLabelSelection(StrictModel):
     """Round r-1's most confident pseudo-labels as extra adaptation examples (SFR+-style)."""
 
@@ -89,6 +115,7 @@ class AdaptConfig(StrictModel):
                                    "decoder's predicted IoU and the real one (keeps the round's "
                                    "masker_score meaningful)")
     box: AdaptBoxConfig = Field(default_factory=AdaptBoxConfig)
+    augment: AdaptAugmentConfig = Field(default_factory=AdaptAugmentConfig)
     pseudo_labels: PseudoLabelSelection | None = None
     encoder_batch_size: int = Field(4, ge=1, le=512, description="slices per encoder batch")
     embedding_cache: Path | None = Field(None, description="directory of the masker's image "

@@ -17,7 +17,7 @@ from semisam.workers.maskers.base import SlicePrompt
 
 from ..dataset import store_fingerprint
 from .boxes import sample_box, validation_boxes
-from .examples import Example, Track, build_tracks, hold_out
+from .examples import Example, Track, build_tracks, hold_out, slice_variants
 from .objective import hard_overlap
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class AdaptationData:
 
     @property
     def held_out_count(self) -> int:
-        return sum(len(t.held_out) for t in self.tracks)
+        return sum(len(t.held_out) for t in self.tracks if t.origin is None)
 
     def _pool(self, config: AdaptConfig, rng: np.random.Generator) -> list[int]:
         draw = rng.random()
@@ -180,7 +180,8 @@ def load_adaptation_data(store: str | Path, masker: Adaptable, config: AdaptConf
     axes = config.axes or (round_config.prompts.slice_axis, *round_config.prompts.extra_axes)
     tracks, examples, embeddings = build_tracks(
         root, volumes, classes.values, axes, round_config.intensity, config.min_slice_pixels,
-        config.box.beyond_reach, _encoder(masker, config.encoder_batch_size, config.target.value))
+        config.box.beyond_reach, _encoder(masker, config.encoder_batch_size, config.target.value),
+        slice_variants(config.augment))
     hold_out(tracks, config.holdout_fraction, np.random.default_rng(config.seed))
     frames = [masker.target_frame(tracks[e.track].masks.get(
         e.index, np.zeros(tracks[e.track].hw, bool))) for e in examples]
@@ -193,7 +194,7 @@ def load_adaptation_data(store: str | Path, masker: Adaptable, config: AdaptConf
     train = where(lambda t, i: i in t.masks and i not in t.held_out and t.source == "label")
     pseudo = where(lambda t, i: i in t.masks and t.source != "label")
     beyond = where(lambda t, i: i not in t.masks)
-    checks = [(k, box) for k in where(lambda t, i: i in t.held_out)
+    checks = [(k, box) for k in where(lambda t, i: i in t.held_out and t.origin is None)
               for box in validation_boxes(tracks[examples[k].track], examples[k].index)]
     logger.info("adaptation: %d training, %d pseudo-label, %d past-the-end examples; %d "
                 "held-out checks", len(train), len(pseudo), len(beyond), len(checks))

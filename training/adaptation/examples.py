@@ -16,14 +16,14 @@ import numpy as np
 import torch
 import zarr
 
-from semisam.schemas import IntensityConfig, StoreError
+from semisam.schemas import AdaptAugmentConfig, IntensityConfig, StoreError
 from semisam.store import read_image, read_label, read_output
 from semisam.workers.intensity import window_volume
 from semisam.workers.localization import stack_slices
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Example", "Track", "build_tracks", "hold_out"]
+__all__ = ["Example", "SliceVariant", "Track", "build_tracks", "hold_out", "slice_variants"]
 
 
 @dataclass
@@ -36,6 +36,9 @@ class Track:
         beyond: slice indices just past the structure (empty target).
         hw: ``(H, W)`` of the slices along ``axis``.
         source: 'label' or 'round <r>'.
+        variant: '' for the slices as stored, else the `SliceVariant` they were made by.
+        origin: for a variant, the position of the stored slices' track in the track list
+            (its held-out slices are the origin's).
     """
 
     volume_id: str
@@ -47,6 +50,8 @@ class Track:
     hw: tuple[int, int]
     source: str = "label"
     held_out: set[int] = field(default_factory=set)
+    variant: str = ""
+    origin: int | None = None
 
     def nearest_structure(self, index: int) -> int:
         """The structure slice nearest to ``index``."""
@@ -60,6 +65,42 @@ class Example:
     track: int
     index: int
     row: int
+
+
+@dataclass(frozen=True)
+class SliceVariant:
+    """A transform of labeled slices made before encoding: a mirror of in-plane axis ``flip``
+    (0 = rows, 1 = columns) or the intensity curve ``255 (s / 255) ** gamma``; the slice
+    shape is kept."""
+
+    name: str
+    flip: int | None = None
+    gamma: float | None = None
+
+    def image(self, slices: np.ndarray) -> np.ndarray:
+        """``NxHxW`` uint8 windowed slices -> the same, transformed."""
+        if self.flip is not None:
+            return np.ascontiguousarray(np.flip(slices, axis=self.flip + 1))
+        if self.gamma is not None:
+            lut = np.round(255.0 * (np.arange(256) / 255.0) ** self.gamma).astype(np.uint8)
+            return lut[slices]
+        return slices
+
+    def mask(self, mask: np.ndarray) -> np.ndarray:
+        """``HxW`` bool reference -> the same, moved as the image is."""
+        return np.ascontiguousarray(np.flip(mask, axis=self.flip)) if self.flip is not None else mask
+
+    def track(self, track: Track, origin: int) -> Track:
+        """``track`` (at position ``origin`` of the track list) as this variant sees it."""
+        return Track(track.volume_id, track.value, track.axis,
+                     {i: self.mask(m) for i, m in track.masks.items()}, track.structure,
+                     track.beyond, track.hw, track.source, variant=self.name, origin=origin)
+
+
+def slice_variants(config: AdaptAugmentConfig) -> list[SliceVariant]:
+    """The variants ``config`` asks for, flips first."""
+    return ([SliceVariant(f"flip{a}", flip=a) for a in config.flips]
+            + [SliceVariant(f"gamma{g:g}", gamma=g) for g in config.gammas])
 
 
 def _track(volume_id: str, value: int, axis: int, label: np.ndarray, min_pixels: int,
@@ -80,7 +121,8 @@ def _track(volume_id: str, value: int, axis: int, label: np.ndarray, min_pixels:
 
 def build_tracks(root: zarr.Group, volumes: Sequence[tuple[str, str]], values: Sequence[int],
                  axes: Sequence[int], intensity: IntensityConfig, min_pixels: int, reach: int,
-                 encode: Callable[[np.ndarray], torch.Tensor]
+                 encode: Callable[[np.ndarray], torch.Tensor],
+                 variants: Sequence[SliceVariant] = ()
                  ) -> tuple[list[Track], list[Example], torch.Tensor]:
     """Tracks, examples and their embeddings.
 
@@ -94,6 +136,8 @@ def build_tracks(root: zarr.Group, volumes: Sequence[tuple[str, str]], values: S
         min_pixels: fewer reference pixels = not a structure slice.
         reach: slices past each end of the structure used as empty examples.
         encode: ``NxHxW`` uint8 -> ``NxCxhxw`` embeddings (the masker's frozen encoder).
+        variants: transformed copies of the labeled volumes' tracks (not of pseudo-labels'),
+            each encoded from its transformed slices.
 
     Returns:
         ``(tracks, examples, embeddings)`` with ``embeddings[example.row]`` the example's.
@@ -114,14 +158,20 @@ def build_tracks(root: zarr.Group, volumes: Sequence[tuple[str, str]], values: S
             needed = sorted({i for t in found for i in (*t.structure, *t.beyond)})
             if not needed:
                 continue
-            with torch.no_grad():
-                chunks.append(encode(stack_slices(windowed, needed, axis)).clone())
-            row_of = {index: rows + k for k, index in enumerate(needed)}
-            rows += len(needed)
-            for track in found:
-                examples += [Example(len(tracks), i, row_of[i]) for i in (*track.structure,
-                                                                          *track.beyond)]
-                tracks.append(track)
+            stacked = stack_slices(windowed, needed, axis)
+            origins = list(range(len(tracks), len(tracks) + len(found)))
+            copies = [(v, [v.track(t, o) for t, o in zip(found, origins)])
+                      for v in (variants if source == "label" else ())]
+            for variant, group in [(None, found), *copies]:
+                with torch.no_grad():
+                    chunks.append(encode(stacked if variant is None
+                                         else variant.image(stacked)).clone())
+                row_of = {index: rows + k for k, index in enumerate(needed)}
+                rows += len(needed)
+                for track in group:
+                    examples += [Example(len(tracks), i, row_of[i])
+                                 for i in (*track.structure, *track.beyond)]
+                    tracks.append(track)
         logger.info("adaptation examples of %s (%s): %d so far", volume_id, source, len(examples))
     embeddings = torch.cat(chunks) if chunks else torch.zeros(0)
     return tracks, examples, embeddings
@@ -143,11 +193,15 @@ def _read_target(root: zarr.Group, volume_id: str, source: str) -> np.ndarray:
 def hold_out(tracks: Sequence[Track], fraction: float, rng: np.random.Generator) -> None:
     """Mark about ``fraction`` of each labeled track's structure slices as held out, in one
     contiguous block (neighbouring slices look alike: scattered slices would leak). Tracks of
-    pseudo-labels are never held out (early stopping measures against labels only)."""
+    pseudo-labels are never held out (early stopping measures against labels only); a variant's
+    held-out slices are its origin's (never trained on in any form)."""
     for track in tracks:
         n = len(track.structure)
         k = int(round(fraction * n))
-        if track.source != "label" or k == 0 or n - k < 1:
+        if track.origin is not None or track.source != "label" or k == 0 or n - k < 1:
             continue
         start = int(rng.integers(0, n - k + 1))
         track.held_out = set(track.structure[start:start + k])
+    for track in tracks:
+        if track.origin is not None:
+            track.held_out = set(tracks[track.origin].held_out)
