@@ -320,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", default="",
                         help="a variant's name (with --adapt-config): its checkpoint, stores and "
                         "result keys carry it (adapt<tag>/, diag<tag>/, round<tag>/, c+ad<tag>/)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch CPU threads (1 when two runs share 2 cores: oversubscribed "
+                        "threads slow both by up to 10x)")
     parser.add_argument("--mpr", action="store_true",
                         help="rounds along slice axes 2, 0 and 1 (la.py's c+mpr round; frozen "
                         "in mpr.zarr, adapted in adapted<tag>-mpr.zarr; keys round<tag>-mpr/, "
@@ -331,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.masker = MaskerKind.litemedsam
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     ids = [x.strip() for x in (args.data / "volumes.list").read_text().split() if x.strip()]
     args.workdir.mkdir(parents=True, exist_ok=True)
     data = downsampled(args.data, args.workdir / "data-x0.5", ids, 0.5)
