@@ -10,7 +10,7 @@ import torch
 from semisam.schemas import AdaptConfig, CheckpointError, ConfigError, LiteMedSamConfig, RoundConfig
 from semisam.store import open_store, read_image, read_reference
 from semisam.training.adaptation import adapt_masker
-from semisam.training.adaptation.state import resume_path
+from semisam.training.adaptation.state import config_changes, resume_path
 from semisam.training.metrics import dice
 from semisam.workers.intensity import window_volume
 from semisam.workers.localization import slice_box, stack_slices
@@ -105,7 +105,7 @@ def test_interrupted_adaptation_resumes_to_the_same_weights(adapted, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         adapt_masker(store, part, cfg, on_step=stop_at_5)
     assert resume_path(part).is_file() and not part.exists()
-    with pytest.raises(CheckpointError, match="another adaptation config"):
+    with pytest.raises(CheckpointError, match=r"another adaptation config \(lr: 0.0001 -> 0.0002\)"):
         adapt_masker(store, part, cfg.model_copy(update={"lr": 2e-4}), resume=True)
     resumed = adapt_masker(store, part, cfg, resume=True)
     a = torch.load(whole.checkpoint, weights_only=True)["model"]
@@ -113,6 +113,18 @@ def test_interrupted_adaptation_resumes_to_the_same_weights(adapted, tmp_path):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.meta.best_iteration == whole.meta.best_iteration
+
+
+def test_a_resume_state_names_what_changed_and_ignores_runtime_fields():
+    cfg = AdaptConfig(lr=1e-4, seed=5)
+    saved = cfg.model_dump(mode="json")
+    assert config_changes(saved, cfg) == []
+    assert config_changes(saved, cfg.model_copy(update={"threads": 3})) == []
+    assert config_changes(saved, cfg.model_copy(update={"seed": 6, "batch_size": 4})) == [
+        "batch_size: 8 -> 4", "seed: 5 -> 6"]
+    older = {k: v for k, v in saved.items() if k != "augment"}  # before the field existed
+    assert config_changes(older, cfg) == []
+    assert config_changes(older, AdaptConfig(lr=1e-4, seed=5, augment={"flips": [0]})) != []
 
 
 def test_adaptation_refuses_a_masker_it_cannot_tune_and_a_store_without_labels(tmp_path):

@@ -21,10 +21,24 @@ from semisam.schemas import AdaptConfig, CheckpointError
 from semisam.workers.maskers.adaptable import Adaptable
 from semisam.workers.maskers.sam.checkpoint import _load_file
 
-__all__ = ["load_resume_state", "resume_path", "save_resume_state", "tuned_state"]
+__all__ = ["config_changes", "load_resume_state", "resume_path", "save_resume_state",
+           "tuned_state"]
 
 STATE_FORMAT = "semisam-adapt-state"
 STATE_VERSION = 1
+RUNTIME_FIELDS = frozenset({"threads", "embedding_cache"})
+"""`AdaptConfig` fields that say where and how fast a run computes, not what it trains: a
+state may be resumed with other values (another machine's cores, another cache directory)."""
+
+
+def config_changes(saved: dict, config: AdaptConfig) -> list[str]:
+    """``field: saved -> now`` for every field of ``config`` that differs from the ``saved``
+    config (JSON dict), runtime fields aside; a field missing from ``saved`` (written before
+    the field existed) counts as its default."""
+    now = config.model_dump(mode="json")
+    default = AdaptConfig().model_dump(mode="json")
+    return [f"{k}: {saved.get(k, default.get(k))!r} -> {now[k]!r}" for k in sorted(now)
+            if k not in RUNTIME_FIELDS and saved.get(k, default.get(k)) != now[k]]
 
 
 def resume_path(out: Path) -> Path:
@@ -73,9 +87,11 @@ def load_resume_state(path: Path, masker: Adaptable, optimizer: torch.optim.Opti
     if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path}: not a semisam adaptation resume state")
     config: AdaptConfig = state["config"]
-    if payload.get("config") != config.model_dump(mode="json"):
-        raise CheckpointError(f"{path}: written with another adaptation config; delete it or "
-                              "rerun with the same config")
+    saved = payload.get("config")
+    changes = config_changes(saved, config) if isinstance(saved, dict) else ["config: missing"]
+    if changes:
+        raise CheckpointError(f"{path}: written with another adaptation config "
+                              f"({'; '.join(changes)}); delete it or rerun with the same config")
     if payload.get("store_fingerprint") != state["fingerprint"]:
         raise CheckpointError(f"{path}: the store changed since this state was written; delete "
                               "it to start again")
