@@ -93,20 +93,25 @@ def axes_suffix(axes: list[int] | tuple[int, ...]) -> str:
     return "" if axes == [2] else "-mpr" if axes == [0, 1, 2] else "-ax" + "".join(map(str, axes))
 
 
-def reference_box_probabilities(masker: LiteMedSamMasker, windowed: np.ndarray, ref: np.ndarray,
-                                axis: int) -> np.ndarray:
-    """``ref.shape`` float32: the masker's foreground probability on every slice along ``axis``
-    with at least 4 reference voxels, prompted with the reference's box + 5 px there; 0 on
-    the other slices (READS THE REFERENCE)."""
+def reference_box_prompts(windowed: np.ndarray, ref: np.ndarray, axis: int
+                          ) -> tuple[list[int], np.ndarray, list[SlicePrompt]]:
+    """The slices along ``axis`` with at least 4 reference voxels: their indices, ``NxHxW``
+    windowed pixels and the reference's box + 5 px on each (READS THE REFERENCE)."""
     idx = [i for i in range(ref.shape[axis]) if np.take(ref, i, axis=axis).sum() >= 4]
-    probs = np.zeros(ref.shape, np.float32)
-    if not idx:
-        return probs
     masks = stack_slices(ref, idx, axis)
     prompts = [SlicePrompt(index=i, box=slice_box(m, 5)) for i, m in zip(idx, masks)]
-    out = masker.mask_slices(stack_slices(windowed, idx, axis), prompts)
-    view = np.moveaxis(probs, axis, 0)
-    view[idx] = out
+    return idx, stack_slices(windowed, idx, axis), prompts
+
+
+def reference_box_probabilities(masker: LiteMedSamMasker, shape: tuple[int, ...], axis: int,
+                                prompted: tuple[list[int], np.ndarray, list[SlicePrompt]]
+                                ) -> np.ndarray:
+    """``shape`` float32: the masker's foreground probability on the ``prompted`` slices along
+    ``axis`` (`reference_box_prompts`), 0 on the other slices."""
+    idx, slices, prompts = prompted
+    probs = np.zeros(shape, np.float32)
+    if idx:
+        np.moveaxis(probs, axis, 0)[idx] = masker.mask_slices(slices, prompts)
     return probs
 
 
@@ -127,8 +132,10 @@ def reference_box_diagnostic(store: Path, maskers: dict[str, LiteMedSamMasker],
             continue
         ref = np.asarray(ref) > 0
         windowed = window_volume(read_image(root, meta.volume_id), cfg.intensity)
+        prompted = {a: reference_box_prompts(windowed, ref, a) for a in axes}
         for name, masker in maskers.items():
-            per_axis = {a: reference_box_probabilities(masker, windowed, ref, a) for a in axes}
+            per_axis = {a: reference_box_probabilities(masker, ref.shape, a, p)
+                        for a, p in prompted.items()}
             pred = np.mean(list(per_axis.values()), axis=0) > 0.5
             row = {"dice": float(dice(pred, ref)), "hd95": float(hd95(pred, ref))}
             if len(axes) > 1:
