@@ -93,13 +93,13 @@ def axes_suffix(axes: list[int] | tuple[int, ...]) -> str:
     return "" if axes == [2] else "-mpr" if axes == [0, 1, 2] else "-ax" + "".join(map(str, axes))
 
 
-def reference_box_prompts(windowed: np.ndarray, ref: np.ndarray, axis: int
+def reference_box_prompts(windowed: np.ndarray, ref: np.ndarray, axis: int, margin: int = 5
                           ) -> tuple[list[int], np.ndarray, list[SlicePrompt]]:
     """The slices along ``axis`` with at least 4 reference voxels: their indices, ``NxHxW``
-    windowed pixels and the reference's box + 5 px on each (READS THE REFERENCE)."""
+    windowed pixels and the reference's box + ``margin`` px on each (READS THE REFERENCE)."""
     idx = [i for i in range(ref.shape[axis]) if np.take(ref, i, axis=axis).sum() >= 4]
     masks = stack_slices(ref, idx, axis)
-    prompts = [SlicePrompt(index=i, box=slice_box(m, 5)) for i, m in zip(idx, masks)]
+    prompts = [SlicePrompt(index=i, box=slice_box(m, margin)) for i, m in zip(idx, masks)]
     return idx, stack_slices(windowed, idx, axis), prompts
 
 
@@ -116,12 +116,13 @@ def reference_box_probabilities(masker: LiteMedSamMasker, shape: tuple[int, ...]
 
 
 def reference_box_diagnostic(store: Path, maskers: dict[str, LiteMedSamMasker],
-                             limit: int | None = None, axes: tuple[int, ...] = (2,)) -> dict:
+                             limit: int | None = None, axes: tuple[int, ...] = (2,),
+                             margin: int = 5) -> dict:
     """Per unlabeled volume (the first ``limit``) and masker: Dice and 95HD (voxels) of
-    LiteMedSAM prompted with the reference's box + 5 px on every slice along each of ``axes``
-    (reads the references); with several axes the per-voxel mean of their probabilities,
-    thresholded at 0.5 (a multi-planar round's average), and each axis's own Dice
-    (``axis_dice``)."""
+    LiteMedSAM prompted with the reference's box + ``margin`` px on every slice along each of
+    ``axes`` (reads the references); with several axes the per-voxel mean of their
+    probabilities, thresholded at 0.5 (a multi-planar round's average), and each axis's own
+    Dice (``axis_dice``)."""
     root = open_store(store, read_only=True)
     cfg = RoundConfig()
     out: dict = {name: {} for name in maskers}
@@ -132,7 +133,7 @@ def reference_box_diagnostic(store: Path, maskers: dict[str, LiteMedSamMasker],
             continue
         ref = np.asarray(ref) > 0
         windowed = window_volume(read_image(root, meta.volume_id), cfg.intensity)
-        prompted = {a: reference_box_prompts(windowed, ref, a) for a in axes}
+        prompted = {a: reference_box_prompts(windowed, ref, a, margin) for a in axes}
         for name, masker in maskers.items():
             per_axis = {a: reference_box_probabilities(masker, ref.shape, a, p)
                         for a, p in prompted.items()}
