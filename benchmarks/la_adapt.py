@@ -54,7 +54,7 @@ from semisam.store import list_metas, open_store, read_image, read_reference
 from semisam.training.adaptation import adapt_masker
 from semisam.training.metrics import dice, hd95
 from semisam.workers.intensity import window_volume
-from semisam.workers.localization import slice_box, stack_slices
+from semisam.workers.localization import put_slices, slice_box, stack_slices
 from semisam.workers.maskers.base import SlicePrompt
 from semisam.workers.maskers.litemedsam import LiteMedSamMasker
 
@@ -110,9 +110,7 @@ def reference_box_probabilities(masker: LiteMedSamMasker, shape: tuple[int, ...]
     ``axis`` (`reference_box_prompts`), 0 on the other slices."""
     idx, slices, prompts = prompted
     probs = np.zeros(shape, np.float32)
-    if idx:
-        np.moveaxis(probs, axis, 0)[idx] = masker.mask_slices(slices, prompts)
-    return probs
+    return put_slices(probs, idx, axis, masker.mask_slices(slices, prompts)) if idx else probs
 
 
 def reference_box_diagnostic(store: Path, maskers: dict[str, LiteMedSamMasker],

@@ -39,8 +39,6 @@ from semisam.pipeline.rounds.driver import run_round
 from semisam.schemas import LiteMedSamConfig, MaskerKind
 from semisam.workers.maskers.litemedsam import LiteMedSamMasker
 
-log = logging.getLogger("benchmarks.la_box_margin")
-
 
 def masker_checkpoints(pairs: list[str]) -> dict[str, Path | None]:
     """``frozen`` plus each ``NAME=CHECKPOINT`` of ``--masker``."""
@@ -73,7 +71,7 @@ def diagnostic(args: argparse.Namespace, checkpoints: dict[str, Path | None],
 def rounds(args: argparse.Namespace, checkpoints: dict[str, Path | None],
            results: SavedResults) -> None:
     """Part 2: round 1 per ``masker:box:propagate`` variant (key ``round-<masker>-b<box>-p<prop>``)."""
-    student = args.workdir / "L2" / "seed0" / "loop" / "student_0.pt"
+    student = args.workdir / f"L{args.labeled}" / "seed0" / "loop" / "student_0.pt"
     if not student.is_file():
         raise SystemExit(f"{student}: no prompting student (run benchmarks/la_adapt.py first)")
     for variant in args.rounds:
@@ -120,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, required=True,
                         help="a benchmarks/la_adapt.py work directory (half-size LA)")
-    parser.add_argument("--labeled", type=int, default=2, help="its train-L<n>.zarr")
+    parser.add_argument("--labeled", type=int, default=2,
+                        help="its train-L<n>.zarr and L<n>/seed0's student 0 (the prompter)")
     parser.add_argument("--masker", action="append", default=[], metavar="NAME=CHECKPOINT")
     parser.add_argument("--margins", type=int, nargs="*", default=[],
                         help="diagnostic box margins (px); none = no diagnostic")
