@@ -24,7 +24,10 @@ component. Results in ``WORKDIR/adapt-results.json`` (``--results``; reused on r
 Variants: ``--adapt-config V.json --tag=-V`` adapts with those `AdaptConfig` fields (checkpoint,
 stores and result keys carry the tag); ``--diag-axes 0 1 2`` runs the diagnostic along all three
 slice axes, averaging their probabilities (keys ``diag<tag>-mpr/``); ``--mpr`` makes both rounds
-multi-planar (la.py's c+mpr round; keys ``round<tag>-mpr/``, ``c+ad<tag>-mpr/``, ``c+mpr/``).
+multi-planar (la.py's c+mpr round; keys ``round<tag>-mpr/``, ``c+ad<tag>-mpr/``, ``c+mpr/``);
+``--select 0.5`` also trains c+ad with its SAM term on the best half of the adapted round's
+pseudo-labels (ranked by the records' student-masker agreement, ``--select-by``; keys
+``c+ad<tag>-top50/``).
 
     .venv/bin/python benchmarks/la_adapt.py --labeled 2 --seeds 0 --workdir bench-out/la-half
 """
@@ -49,10 +52,19 @@ from semisam.pipeline.evaluate import evaluate_round, evaluate_student_both
 from semisam.pipeline.ingest import ingest
 from semisam.pipeline.loop import Loop
 from semisam.pipeline.rounds.driver import run_round
-from semisam.schemas import AdaptConfig, LiteMedSamConfig, LoopConfig, RoundConfig
+from semisam.schemas import (
+    AdaptConfig,
+    LiteMedSamConfig,
+    LoopConfig,
+    PseudoLabelRank,
+    RoundConfig,
+    RoundVolumeSelection,
+    TrainConfig,
+)
 from semisam.store import list_metas, open_store, read_image, read_reference
 from semisam.training.adaptation import adapt_masker
 from semisam.training.metrics import dice, hd95
+from semisam.training.selection import select_round_volumes
 from semisam.workers.intensity import window_volume
 from semisam.workers.localization import put_slices, slice_box, stack_slices
 from semisam.workers.maskers.base import SlicePrompt
@@ -231,6 +243,9 @@ def run_adapted(labeled: int, seed: int, args: argparse.Namespace, stores: dict[
     seconds = train(store, ckpt, cfgs["c+"], 1, init=student0)
     results[f"c+ad{name}/{key}"] = {**evaluate_both(ckpt, stores, results.get(f"c+ad{name}/{key}")),
                                     "seconds": round(seconds, 1)}
+    for fraction in args.select:
+        selected(work, key, f"c+ad{name}", store, student0, cfgs["c+"], fraction, args, stores,
+                 results)
     results[f"b/{key}"] = evaluate_both(student0, stores, results.get(f"b/{key}"))
     if "c+" in args.settings:
         train(frozen_store, work / f"{plus}.pt", cfgs["c+"], 1, init=student0)
@@ -245,6 +260,25 @@ def run_adapted(labeled: int, seed: int, args: argparse.Namespace, stores: dict[
     d = args.workdir / "d" / f"seed{seed}.pt"
     if d.is_file():
         results[f"d/all/{seed}"] = evaluate_both(d, stores, results.get(f"d/all/{seed}"))
+
+
+def selected(work: Path, key: str, setting: str, store: Path, student0: Path, cfg: TrainConfig,
+             fraction: float, args: argparse.Namespace, stores: dict[str, Path],
+             results: SavedResults) -> None:
+    """``setting`` (c+'s recipe on ``store``'s round 1) with its SAM term on the best
+    ``fraction`` of the pseudo-labeled volumes only (`SamConsistencyConfig.volumes`, ranked by
+    ``--select-by``); key ``<setting>-top<percent><by>/``."""
+    by = PseudoLabelRank(args.select_by)
+    name = f"{setting}-top{round(100 * fraction)}{'' if by == PseudoLabelRank.agreement else '-conf'}"
+    variant = cfg.model_copy(deep=True)
+    variant.sam.volumes = RoundVolumeSelection(top_fraction=fraction, rank_by=by)
+    root = open_store(store, read_only=True)
+    kept, left = select_round_volumes(root, 1, [m.volume_id for m in list_metas(root)
+                                                if not m.labeled], variant.sam.volumes)
+    ckpt = work / f"{name}.pt"
+    seconds = train(store, ckpt, variant, 1, init=student0)
+    results[f"{name}/{key}"] = {**evaluate_both(ckpt, stores, results.get(f"{name}/{key}")),
+                                "seconds": round(seconds, 1), "kept": kept, "left_out": left}
 
 
 def round_config(args: argparse.Namespace) -> RoundConfig:
@@ -291,7 +325,9 @@ def summary_lines(results: dict) -> list[str]:
                          f"better than student b on {better}/{len(vols)}; reference-box "
                          f"diagnostic {np.mean(ref) if ref else float('nan'):.3f}")
         seed = key.split("/")[1]
-        for setting in ("a", "b", "c", "c+", "c+mpr", f"c+ad{name}", "d"):
+        chosen = sorted(k.split("/", 1)[0] for k in results
+                          if k.startswith(f"c+ad{name}-top") and k.endswith(f"/{key}"))
+        for setting in ("a", "b", "c", "c+", "c+mpr", f"c+ad{name}", *chosen, "d"):
             row = results.get(f"{setting}/{key}") or (results.get(f"d/all/{seed}")
                                                       if setting == "d" else None)
             if row:
@@ -333,6 +369,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="rounds along slice axes 2, 0 and 1 (la.py's c+mpr round; frozen "
                         "in mpr.zarr, adapted in adapted<tag>-mpr.zarr; keys round<tag>-mpr/, "
                         "c+ad<tag>-mpr/, c+mpr/)")
+    parser.add_argument("--select", type=float, nargs="*", default=[],
+                        help="also train c+ad with its SAM term on the best FRACTION of the "
+                        "adapted round's pseudo-labels (one student per fraction; keys "
+                        "c+ad<tag>-top<percent>/)")
+    parser.add_argument("--select-by", choices=[r.value for r in PseudoLabelRank],
+                        default="agreement", help="what ranks the pseudo-labels for --select")
     args = parser.parse_args(argv)
     args.schedule, args.scale, args.smoke, args.rounds = "cpu", 0.5, False, 1
     args.unlabeled, args.masker, args.sam_checkpoint, args.no_embedding_cache = None, None, None, False

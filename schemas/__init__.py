@@ -99,6 +99,9 @@ from .adaptation import (  # noqa: E402  (kept apart: masker adaptation)
 
 __all__ += ["AdaptationMeta", "AdaptAugmentConfig", "AdaptBoxConfig", "AdaptConfig", "AdaptTarget",
             "PseudoLabelSelection", "load_adapt_config"]
+from .pseudo_labels import PseudoLabelRank, RoundVolumeSelection  # noqa: E402
+
+__all__ += ["PseudoLabelRank", "RoundVolumeSelection"]
 from .round_work import VolumeWork, left_to_do, volume_work  # noqa: E402  (what a round has left)
 
 __all__ += ["VolumeWork", "left_to_do", "volume_work"]

@@ -17,6 +17,7 @@ from pydantic import Field, field_validator
 
 from .base import StrictModel
 from .loading import load_json_model
+from .pseudo_labels import PseudoLabelRank
 
 
 class AdaptTarget(str, Enum):
@@ -81,7 +82,10 @@ class PseudoLabelSelection(StrictModel):
 
     round: int = Field(..., ge=1, description="the round whose pseudo-labels are used")
     top_fraction: float = Field(0.5, gt=0, le=1, description="share of the round's done volumes "
-                                "kept, by mean confidence over their pseudo-label, best first")
+                                "kept, best first by rank_by")
+    rank_by: PseudoLabelRank = Field(PseudoLabelRank.confidence, description="what ranks the "
+                                     "volumes (`PseudoLabelRank`); confidence: the mean "
+                                     "confidence over the pseudo-label's foreground")
     weight: float = Field(0.5, gt=0, le=1, description="share of each batch drawn from them")
 
 

@@ -22,6 +22,7 @@ from .adaptation import AdaptConfig
 from .base import StrictModel
 from .config import RoundConfig
 from .loading import load_json_model
+from .pseudo_labels import RoundVolumeSelection
 from .student import StudentSpec
 
 
@@ -142,6 +143,10 @@ class SamConsistencyConfig(StrictModel):
     confidence_weighted: bool = Field(True, description="weight each voxel by its stored confidence")
     min_confidence: float = Field(0.0, ge=0, lt=1, description="voxels below count with weight 0")
     normalization: SamNormalization = SamNormalization.voxels
+    volumes: RoundVolumeSelection = Field(
+        default_factory=RoundVolumeSelection, description="which of the round's pseudo-labeled "
+        "volumes the SAM term learns from (the best top_fraction by rank_by); the others stay "
+        "unlabeled volumes of the Mean Teacher term")
 
 
 class TrainConfig(StrictModel):

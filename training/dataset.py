@@ -39,6 +39,7 @@ from semisam.store import array_sha256, list_metas, read_class_map, read_record,
 
 from .augmentation import augmentation_plan
 from .patches import crop_start, read_region, read_size, rot_flip, rot_flip_choice
+from .selection import select_round_volumes
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,23 @@ def _attach_round(root: zarr.Group, source: VolumeSource, round_index: int) -> b
     return True
 
 
+def _select_round(root: zarr.Group, unlabeled: list[VolumeSource], round_index: int,
+                  config: TrainConfig) -> None:
+    """Detach the pseudo-labels of the volumes `select_round_volumes` leaves out
+    (``config.sam.volumes``): they stay unlabeled volumes (Mean Teacher) with no SAM term; the
+    log names them."""
+    attached = [s for s in unlabeled if s.target is not None]
+    kept, left = select_round_volumes(root, round_index, [s.meta.volume_id for s in attached],
+                                      config.sam.volumes)
+    for source in attached:
+        if source.meta.volume_id not in kept:
+            source.target = source.confidence = None
+    log.info("round %d: SAM term on the best %d of %d pseudo-labels by %s (top_fraction %.2f); "
+             "left out: %s", round_index, len(kept), len(attached),
+             config.sam.volumes.rank_by.value, config.sam.volumes.top_fraction,
+             ", ".join(left) or "none")
+
+
 def _round_array_problem(root: zarr.Group, path: str, kind: str, volume_id: str,
                          expected: str | None) -> str | None:
     """Why the round array at ``path`` cannot be trained on (None when its sha256 matches)."""
@@ -257,6 +275,8 @@ def open_training_data(root: zarr.Group, config: TrainConfig, round_index: int |
         if attached < len(unlabeled):
             log.warning("round %d: %d of %d unlabeled volumes have no done pseudo-label; "
                         "they get no SAM term", round_index, len(unlabeled) - attached, len(unlabeled))
+        if config.sam.volumes.selects:
+            _select_round(root, unlabeled, round_index, config)
     log.info("training data: %d labeled, %d unlabeled volumes%s", len(labeled), len(unlabeled),
              f", pseudo-labels of round {round_index}" if round_index is not None else "")
     classes = read_class_map(root)

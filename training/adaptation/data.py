@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from semisam.schemas import AdaptConfig, ConfigError, RoundConfig, VolumeStatus
-from semisam.store import list_metas, open_store, read_class_map, read_output, read_record
+from semisam.schemas import AdaptConfig, ConfigError, RoundConfig
+from semisam.store import list_metas, open_store, read_class_map
 from semisam.workers.maskers.adaptable import Adaptable
 from semisam.workers.maskers.base import SlicePrompt
 
 from ..dataset import store_fingerprint
+from ..selection import rank_round_volumes
 from .boxes import sample_box, validation_boxes
 from .examples import Example, Track, build_tracks, hold_out, slice_variants
 from .objective import hard_overlap
@@ -118,26 +119,17 @@ class AdaptationData:
 
 
 def _pseudo_volumes(root, config: AdaptConfig, metas) -> list[str]:
-    """The round's done unlabeled volumes with the highest mean confidence over their
-    pseudo-label's foreground, ``top_fraction`` of them (at least one)."""
+    """The round's done unlabeled volumes with a non-empty pseudo-label (and the ranked
+    figure), best first by ``pseudo_labels.rank_by`` (`rank_round_volumes`), ``top_fraction`` of
+    them (at least one)."""
     selection = config.pseudo_labels
     assert selection is not None
-    scored = []
-    for meta in metas:
-        if meta.labeled:
-            continue
-        record = read_record(root, selection.round, meta.volume_id)
-        if record is None or record.status != VolumeStatus.done:
-            continue
-        label = read_output(root, selection.round, "pseudo_label", meta.volume_id)
-        conf = read_output(root, selection.round, "confidence", meta.volume_id)
-        if label is None or conf is None or not (label > 0).any():
-            continue
-        scored.append((float(np.asarray(conf)[np.asarray(label) > 0].mean()), meta.volume_id))
+    ranked = rank_round_volumes(root, selection.round, [m.volume_id for m in metas
+                                                         if not m.labeled], selection.rank_by)
+    scored = [(score, vid) for score, vid in ranked if score >= 0]
     if not scored:
         raise ConfigError(f"field 'pseudo_labels.round': round {selection.round} has no done "
                           "pseudo-label with foreground")
-    scored.sort(key=lambda s: (-s[0], s[1]))
     keep = max(1, int(round(selection.top_fraction * len(scored))))
     return [vid for _, vid in scored[:keep]]
 
