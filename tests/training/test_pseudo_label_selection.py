@@ -20,8 +20,15 @@ from semisam.schemas import (
     VolumeStats,
     VolumeStatus,
 )
-from semisam.store import list_metas, open_store, read_reference, write_outputs, write_record, write_round_meta
-from semisam.training import train_student
+from semisam.store import (
+    list_metas,
+    open_store,
+    read_reference,
+    write_outputs,
+    write_record,
+    write_round_meta,
+)
+from semisam.training import load_state, state_path, train_student
 from semisam.training.adaptation.data import _pseudo_volumes
 from semisam.training.dataset import open_training_data
 from semisam.training.selection import UNRANKED, rank_round_volumes, select_round_volumes
@@ -118,7 +125,6 @@ def test_a_selecting_run_trains_and_records_its_selection(phantom_store, tmp_pat
     train_student(phantom_store, tmp_path / "s.pt", cfg, round_index=1,
                   on_step=lambda i, info: seen.append(info))
     assert len(seen) == 2 and all("sam" in info for info in seen)
-    from semisam.training import load_state, state_path
     saved = load_state(state_path(tmp_path / "s.pt"))["config"]
     assert saved["sam"]["volumes"] == {"top_fraction": 0.25, "rank_by": "agreement"}
 
