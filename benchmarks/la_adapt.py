@@ -27,7 +27,9 @@ slice axes, averaging their probabilities (keys ``diag<tag>-mpr/``); ``--mpr`` m
 multi-planar (la.py's c+mpr round; keys ``round<tag>-mpr/``, ``c+ad<tag>-mpr/``, ``c+mpr/``);
 ``--select 0.5`` also trains c+ad with its SAM term on the best half of the adapted round's
 pseudo-labels (ranked by the records' student-masker agreement, ``--select-by``; keys
-``c+ad<tag>-top50/``).
+``c+ad<tag>-top50/``); ``--extra-unlabeled 24`` also trains c+ad on the adapted round of the
+training store plus 24 more unlabeled volumes of ``more.list`` (after the ``--more`` held out;
+keys ``c+ad<tag>-x24/``).
 
     .venv/bin/python benchmarks/la_adapt.py --labeled 2 --seeds 0 --workdir bench-out/la-half
 """
@@ -239,6 +241,8 @@ def run_adapted(labeled: int, seed: int, args: argparse.Namespace, stores: dict[
             "seconds": round(time.perf_counter() - t0, 1),
             "adapted": per_volume_round(store, student0),
             "frozen": per_volume_round(frozen_store, student0)}
+    if args.extra_unlabeled:
+        more_unlabeled(work, key, name, cfg, student0, cfgs["c+"], args, stores, results)
     ckpt = work / f"c+ad{name}.pt"
     seconds = train(store, ckpt, cfgs["c+"], 1, init=student0)
     results[f"c+ad{name}/{key}"] = {**evaluate_both(ckpt, stores, results.get(f"c+ad{name}/{key}")),
@@ -281,6 +285,42 @@ def selected(work: Path, key: str, setting: str, store: Path, student0: Path, cf
                                 "seconds": round(seconds, 1), "kept": kept, "left_out": left}
 
 
+def more_unlabeled(work: Path, key: str, name: str, cfg: RoundConfig, student0: Path,
+                   train_cfg: TrainConfig, args: argparse.Namespace, stores: dict[str, Path],
+                   results: SavedResults) -> None:
+    """c+ad with ``--extra-unlabeled N`` more unlabeled volumes: the training store plus
+    ``more.list`` volumes ``--more .. --more + N`` (never the held-out ``more`` set), the adapted
+    round on all of them (``adapted<name>-x<N>.zarr``, prompted by b), c+'s recipe on it; keys
+    ``round<name>-x<N>/``, ``c+ad<name>-x<N>/``."""
+    count = args.extra_unlabeled
+    every = [x.strip() for x in (args.data / "more.list").read_text().split() if x.strip()]
+    ids = every[args.more:args.more + count]
+    if len(ids) < count:
+        raise SystemExit(f"--extra-unlabeled {count}: more.list has only {len(ids)} volumes "
+                         f"after the {args.more} held out")
+    small = downsampled(args.data, args.workdir / "data-x0.5", ids, 0.5)
+    store = work / f"adapted{name}-x{count}.zarr"
+    if not (store / "zarr.json").is_file():
+        partial = store.with_name(store.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(stores["train"], partial)
+        report = ingest(partial, [small / f"{i}.h5" for i in ids], labeled=set())
+        if not report.ok:
+            raise SystemExit(f"ingest into {partial} failed: {report.failed[0].reason}")
+        partial.rename(store)
+    t0 = time.perf_counter()
+    run_round(store, 1, student0, cfg, show_progress=False)
+    if f"round{name}-x{count}/{key}" not in results:
+        results[f"round{name}-x{count}/{key}"] = {
+            "seconds": round(time.perf_counter() - t0, 1), "extra": ids,
+            "adapted": per_volume_round(store, student0)}
+    ckpt = work / f"c+ad{name}-x{count}.pt"
+    seconds = train(store, ckpt, train_cfg, 1, init=student0)
+    results[f"c+ad{name}-x{count}/{key}"] = {
+        **evaluate_both(ckpt, stores, results.get(f"c+ad{name}-x{count}/{key}")),
+        "seconds": round(seconds, 1)}
+
+
 def round_config(args: argparse.Namespace) -> RoundConfig:
     """The round of ``--mpr`` (la.py's c+mpr: masks along slice axes 2, 0 and 1, averaged
     where they overlap; the prompter's probability averaged over flips of axes 0 and 1) or the
@@ -316,7 +356,9 @@ def summary_lines(results: dict) -> list[str]:
         rnd, diag = results[f"{head}/{key}"], results.get(f"diag{name}/{key}", {})
         lines.append(f"## {key} round 1{name}")
         for masker in ("frozen", "adapted"):
-            vols = rnd[masker]
+            vols = rnd.get(masker)
+            if not vols:
+                continue
             pl = [v["pl_dice"] for v in vols.values()]
             better = sum(v["pl_dice"] > v["student_dice"] for v in vols.values())
             hd = [v["pl_hd95"] for v in vols.values() if v["pl_hd95"] is not None]
@@ -325,8 +367,8 @@ def summary_lines(results: dict) -> list[str]:
                          f"better than student b on {better}/{len(vols)}; reference-box "
                          f"diagnostic {np.mean(ref) if ref else float('nan'):.3f}")
         seed = key.split("/")[1]
-        chosen = sorted(k.split("/", 1)[0] for k in results
-                          if k.startswith(f"c+ad{name}-top") and k.endswith(f"/{key}"))
+        chosen = sorted(k.split("/", 1)[0] for k in results if k.endswith(f"/{key}") and (
+            k.startswith(f"c+ad{name}-top") or k.startswith(f"c+ad{name}-x")))
         for setting in ("a", "b", "c", "c+", "c+mpr", f"c+ad{name}", *chosen, "d"):
             row = results.get(f"{setting}/{key}") or (results.get(f"d/all/{seed}")
                                                       if setting == "d" else None)
@@ -375,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
                         "c+ad<tag>-top<percent>/)")
     parser.add_argument("--select-by", choices=[r.value for r in PseudoLabelRank],
                         default="agreement", help="what ranks the pseudo-labels for --select")
+    parser.add_argument("--extra-unlabeled", type=int, default=0, metavar="N",
+                        help="also train c+ad on the adapted round of N more unlabeled volumes "
+                        "(more.list after the --more held out; keys c+ad<tag>-x<N>/)")
     args = parser.parse_args(argv)
     args.schedule, args.scale, args.smoke, args.rounds = "cpu", 0.5, False, 1
     args.unlabeled, args.masker, args.sam_checkpoint, args.no_embedding_cache = None, None, None, False
