@@ -20,7 +20,7 @@ from semisam.store import read_output, read_record
 
 log = logging.getLogger(__name__)
 
-__all__ = ["rank_round_volumes", "select_round_volumes"]
+__all__ = ["kept_count", "rank_round_volumes", "select_round_volumes"]
 
 UNRANKED = -1.0  # the score of a volume without the figure it is ranked by
 
@@ -56,11 +56,17 @@ def rank_round_volumes(root: zarr.Group, round_index: int, volume_ids: Iterable[
     return sorted(scored, key=lambda s: (-s[0], s[1]))
 
 
+def kept_count(total: int, fraction: float) -> int:
+    """How many of ``total`` ranked volumes a share ``fraction`` keeps: rounded to the nearest
+    whole volume, at least one (0 of none)."""
+    return max(1, int(round(fraction * total))) if total else 0
+
+
 def select_round_volumes(root: zarr.Group, round_index: int, volume_ids: Iterable[str],
                          selection: RoundVolumeSelection) -> tuple[list[str], list[str]]:
     """``(kept, left out)``: the best ``selection.top_fraction`` of the ranked volumes (at least
     one; rounded to the nearest whole volume) and the rest, both best first. Volumes without a
     done record are in neither list."""
     ranked = rank_round_volumes(root, round_index, volume_ids, selection.rank_by)
-    keep = max(1, int(round(selection.top_fraction * len(ranked)))) if ranked else 0
+    keep = kept_count(len(ranked), selection.top_fraction)
     return [vid for _, vid in ranked[:keep]], [vid for _, vid in ranked[keep:]]

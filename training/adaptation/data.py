@@ -16,7 +16,7 @@ from semisam.workers.maskers.adaptable import Adaptable
 from semisam.workers.maskers.base import SlicePrompt
 
 from ..dataset import store_fingerprint
-from ..selection import rank_round_volumes
+from ..selection import kept_count, rank_round_volumes
 from .boxes import sample_box, validation_boxes
 from .examples import Example, Track, build_tracks, hold_out, slice_variants
 from .objective import hard_overlap
@@ -130,7 +130,7 @@ def _pseudo_volumes(root, config: AdaptConfig, metas) -> list[str]:
     if not scored:
         raise ConfigError(f"field 'pseudo_labels.round': round {selection.round} has no done "
                           "pseudo-label with foreground")
-    keep = max(1, int(round(selection.top_fraction * len(scored))))
+    keep = kept_count(len(scored), selection.top_fraction)
     return [vid for _, vid in scored[:keep]]
 
 
