@@ -29,7 +29,9 @@ multi-planar (la.py's c+mpr round; keys ``round<tag>-mpr/``, ``c+ad<tag>-mpr/``,
 pseudo-labels (ranked by the records' student-masker agreement, ``--select-by``; keys
 ``c+ad<tag>-top50/``); ``--extra-unlabeled 24`` also trains c+ad on the adapted round of the
 training store plus 24 more unlabeled volumes of ``more.list`` (after the ``--more`` held out;
-keys ``c+ad<tag>-x24/``).
+keys ``c+ad<tag>-x24/``); ``--round2`` runs round 2 with the same adapted masker prompted by that
+c+ad student instead of b and trains c+ad on it from b (keys ``round<tag>[-x24]-r2/``,
+``c+ad<tag>[-x24]-r2/``).
 
     .venv/bin/python benchmarks/la_adapt.py --labeled 2 --seeds 0 --workdir bench-out/la-half
 """
@@ -161,9 +163,9 @@ def reference_box_diagnostic(store: Path, maskers: dict[str, LiteMedSamMasker],
     return out
 
 
-def per_volume_round(store: Path, student: Path) -> dict[str, dict]:
-    """Round 1's pseudo-label and its student's Dice / 95HD per volume."""
-    ev = evaluate_round(store, 1, student)
+def per_volume_round(store: Path, student: Path, round_index: int = 1) -> dict[str, dict]:
+    """A round's pseudo-label and its prompting student's Dice / 95HD per volume."""
+    ev = evaluate_round(store, round_index, student)
     own = {c.volume_id: c for c in ev.student.cases}
     return {c.volume_id: {"pl_dice": c.dice, "pl_hd95": c.hd95_voxels,
                           "student_dice": own[c.volume_id].dice,
@@ -247,6 +249,8 @@ def run_adapted(labeled: int, seed: int, args: argparse.Namespace, stores: dict[
     seconds = train(store, ckpt, cfgs["c+"], 1, init=student0)
     results[f"c+ad{name}/{key}"] = {**evaluate_both(ckpt, stores, results.get(f"c+ad{name}/{key}")),
                                     "seconds": round(seconds, 1)}
+    if args.round2 and not args.extra_unlabeled:
+        second_round(work, key, name, store, ckpt, student0, cfg, cfgs["c+"], stores, results)
     for fraction in args.select:
         selected(work, key, f"c+ad{name}", store, student0, cfgs["c+"], fraction, args, stores,
                  results)
@@ -318,6 +322,28 @@ def more_unlabeled(work: Path, key: str, name: str, cfg: RoundConfig, student0: 
     seconds = train(store, ckpt, train_cfg, 1, init=student0)
     results[f"c+ad{name}-x{count}/{key}"] = {
         **evaluate_both(ckpt, stores, results.get(f"c+ad{name}-x{count}/{key}")),
+        "seconds": round(seconds, 1)}
+    if args.round2:
+        second_round(work, key, f"{name}-x{count}", store, ckpt, student0, cfg, train_cfg,
+                     stores, results)
+
+
+def second_round(work: Path, key: str, name: str, store: Path, prompter: Path, student0: Path,
+                 cfg: RoundConfig, train_cfg: TrainConfig, stores: dict[str, Path],
+                 results: SavedResults) -> None:
+    """Round 2 on ``store`` with the same adapted masker, prompted by ``prompter`` (the c+ad
+    student of round 1) instead of b, and c+'s recipe on it, warm-started from b like round 1's
+    c+ad so that only the pseudo-labels differ; keys ``round<name>-r2/``, ``c+ad<name>-r2/``."""
+    t0 = time.perf_counter()
+    run_round(store, 2, prompter, cfg, show_progress=False)
+    if f"round{name}-r2/{key}" not in results:
+        results[f"round{name}-r2/{key}"] = {
+            "seconds": round(time.perf_counter() - t0, 1), "prompter": prompter.name,
+            "adapted": per_volume_round(store, prompter, 2)}
+    ckpt = work / f"c+ad{name}-r2.pt"
+    seconds = train(store, ckpt, train_cfg, 2, init=student0)
+    results[f"c+ad{name}-r2/{key}"] = {
+        **evaluate_both(ckpt, stores, results.get(f"c+ad{name}-r2/{key}")),
         "seconds": round(seconds, 1)}
 
 
@@ -420,6 +446,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra-unlabeled", type=int, default=0, metavar="N",
                         help="also train c+ad on the adapted round of N more unlabeled volumes "
                         "(more.list after the --more held out; keys c+ad<tag>-x<N>/)")
+    parser.add_argument("--round2", action="store_true",
+                        help="round 2 with the same adapted masker prompted by the round-1 c+ad "
+                        "student (of --extra-unlabeled when given), then c+ad on it from b "
+                        "(keys round<tag>[-x<N>]-r2/, c+ad<tag>[-x<N>]-r2/)")
     args = parser.parse_args(argv)
     args.schedule, args.scale, args.smoke, args.rounds = "cpu", 0.5, False, 1
     args.unlabeled, args.masker, args.sam_checkpoint, args.no_embedding_cache = None, None, None, False
