@@ -95,7 +95,9 @@ class AdaptConfig(StrictModel):
     seed: int = 0
     iterations: int = Field(400, ge=1, description="optimizer steps (upper bound: early "
                             "stopping keeps the best held-out state)")
-    batch_size: int = Field(8, ge=1, le=256, description="slices per step")
+    batch_size: int = Field(4, ge=1, le=256, description="slices per step. 4 measured on LA "
+                            "with 2 labeled volumes (docs/benchmarks.md, three seeds): the "
+                            "reference-box diagnostic as with 8, in half the time per step")
     lr: float = Field(2.5e-6, gt=0, description="AdamW learning rate. 2.5e-6 measured best on "
                       "LA (docs/benchmarks.md, reference-box diagnostic): with 1 labeled volume "
                       "0.829 vs 0.813 at 1e-5 (frozen 0.803), with 2 volumes 0.847 vs 0.846 in "
