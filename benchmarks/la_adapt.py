@@ -374,10 +374,10 @@ def summary_lines(results: dict) -> list[str]:
                      f"{adapt.get('held_out_dice_base')} -> {adapt.get('held_out_dice')} (step "
                      f"{adapt.get('best_iteration')}); reference-box diagnostic along axes "
                      f"{axes} on {len(tuned)} unlabeled volumes: adapted "
-                     f"{np.mean([x['dice'] for x in tuned.values()]):.3f}, frozen "
-                     f"{np.mean([x['dice'] for x in frozen.values()]) if frozen else float('nan'):.3f}"
-                     + (f" (adapted better on {better}/{len(tuned)})" if frozen else
-                        " (no frozen diagnostic in this results file)"))
+                     f"{np.mean([x['dice'] for x in tuned.values()]):.3f}, "
+                     + (f"frozen {np.mean([x['dice'] for x in frozen.values()]):.3f} (adapted "
+                        f"better on {better}/{len(tuned)})" if frozen else
+                        "no frozen diagnostic in this results file"))
     for head, key in sorted(k.split("/", 1) for k in results if k.startswith("round")):
         name = head.removeprefix("round")
         rnd, diag = results[f"{head}/{key}"], results.get(f"diag{name}/{key}", {})
