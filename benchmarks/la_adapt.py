@@ -44,6 +44,8 @@ import logging
 import shutil
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -207,6 +209,38 @@ def adapt_and_diagnose(work: Path, key: str, stores: dict[str, Path],
     return adapted
 
 
+@dataclass(frozen=True)
+class Run:
+    """One (L, seed) of the benchmark: its work directory, result key ('L2/0'), the held-out
+    stores (`evaluate_both`) and the results file."""
+
+    work: Path
+    key: str
+    stores: dict[str, Path]
+    results: SavedResults
+
+
+def round_and_student(run: Run, name: str, store: Path, round_index: int, prompter: Path,
+                      init: Path, cfg: RoundConfig, train_cfg: TrainConfig,
+                      extra: Callable[[], dict] = dict) -> Path:
+    """Round ``round_index`` on ``store`` prompted by ``prompter`` (reused when done), its
+    per-volume pseudo-labels (key ``round<name>/``, with ``extra()`` beside them), then c+'s
+    recipe on it warm-started from ``init`` and evaluated on both held-out sets (key
+    ``c+ad<name>/``); returns that student's checkpoint."""
+    t0 = time.perf_counter()
+    run_round(store, round_index, prompter, cfg, show_progress=False)
+    if f"round{name}/{run.key}" not in run.results:
+        run.results[f"round{name}/{run.key}"] = {
+            "seconds": round(time.perf_counter() - t0, 1), **extra(),
+            "adapted": per_volume_round(store, prompter, round_index)}
+    ckpt = run.work / f"c+ad{name}.pt"
+    seconds = train(store, ckpt, train_cfg, round_index, init=init)
+    run.results[f"c+ad{name}/{run.key}"] = {
+        **evaluate_both(ckpt, run.stores, run.results.get(f"c+ad{name}/{run.key}")),
+        "seconds": round(seconds, 1)}
+    return ckpt
+
+
 def run_adapted(labeled: int, seed: int, args: argparse.Namespace, stores: dict[str, Path],
                 results: SavedResults) -> None:
     """Steps 2-5 for one (L, seed) after la.py's settings."""
@@ -236,24 +270,16 @@ def run_adapted(labeled: int, seed: int, args: argparse.Namespace, stores: dict[
     if not store.exists():
         shutil.copytree(stores["train"], store)
     cfg.masker.litemedsam.checkpoint = adapted
-    t0 = time.perf_counter()
-    run_round(store, 1, student0, cfg, show_progress=False)
-    if f"round{name}/{key}" not in results:
-        results[f"round{name}/{key}"] = {
-            "seconds": round(time.perf_counter() - t0, 1),
-            "adapted": per_volume_round(store, student0),
-            "frozen": per_volume_round(frozen_store, student0)}
+    cfg.prompts.mask_prompt = args.mask_prompt
+    run = Run(work, key, stores, results)
+    ckpt = round_and_student(run, name, store, 1, student0, student0, cfg, cfgs["c+"],
+                             lambda: {"frozen": per_volume_round(frozen_store, student0)})
     if args.extra_unlabeled:
-        more_unlabeled(work, key, name, cfg, student0, cfgs["c+"], args, stores, results)
-    ckpt = work / f"c+ad{name}.pt"
-    seconds = train(store, ckpt, cfgs["c+"], 1, init=student0)
-    results[f"c+ad{name}/{key}"] = {**evaluate_both(ckpt, stores, results.get(f"c+ad{name}/{key}")),
-                                    "seconds": round(seconds, 1)}
+        more_unlabeled(run, name, cfg, student0, cfgs["c+"], args)
     if args.round2 and not args.extra_unlabeled:
-        second_round(work, key, name, store, ckpt, student0, cfg, cfgs["c+"], stores, results)
+        second_round(run, name, store, ckpt, student0, cfg, cfgs["c+"])
     for fraction in args.select:
-        selected(work, key, f"c+ad{name}", store, student0, cfgs["c+"], fraction, args, stores,
-                 results)
+        selected(run, f"c+ad{name}", store, student0, cfgs["c+"], fraction, args)
     results[f"b/{key}"] = evaluate_both(student0, stores, results.get(f"b/{key}"))
     if "c+" in args.settings:
         train(frozen_store, work / f"{plus}.pt", cfgs["c+"], 1, init=student0)
@@ -270,9 +296,8 @@ def run_adapted(labeled: int, seed: int, args: argparse.Namespace, stores: dict[
         results[f"d/all/{seed}"] = evaluate_both(d, stores, results.get(f"d/all/{seed}"))
 
 
-def selected(work: Path, key: str, setting: str, store: Path, student0: Path, cfg: TrainConfig,
-             fraction: float, args: argparse.Namespace, stores: dict[str, Path],
-             results: SavedResults) -> None:
+def selected(run: Run, setting: str, store: Path, student0: Path, cfg: TrainConfig,
+             fraction: float, args: argparse.Namespace) -> None:
     """``setting`` (c+'s recipe on ``store``'s round 1) with its SAM term on the best
     ``fraction`` of the pseudo-labeled volumes only (`SamConsistencyConfig.volumes`, ranked by
     ``--select-by``); key ``<setting>-top<percent><by>/``."""
@@ -283,15 +308,15 @@ def selected(work: Path, key: str, setting: str, store: Path, student0: Path, cf
     root = open_store(store, read_only=True)
     kept, left = select_round_volumes(root, 1, [m.volume_id for m in list_metas(root)
                                                 if not m.labeled], variant.sam.volumes)
-    ckpt = work / f"{name}.pt"
+    ckpt = run.work / f"{name}.pt"
     seconds = train(store, ckpt, variant, 1, init=student0)
-    results[f"{name}/{key}"] = {**evaluate_both(ckpt, stores, results.get(f"{name}/{key}")),
-                                "seconds": round(seconds, 1), "kept": kept, "left_out": left}
+    run.results[f"{name}/{run.key}"] = {
+        **evaluate_both(ckpt, run.stores, run.results.get(f"{name}/{run.key}")),
+        "seconds": round(seconds, 1), "kept": kept, "left_out": left}
 
 
-def more_unlabeled(work: Path, key: str, name: str, cfg: RoundConfig, student0: Path,
-                   train_cfg: TrainConfig, args: argparse.Namespace, stores: dict[str, Path],
-                   results: SavedResults) -> None:
+def more_unlabeled(run: Run, name: str, cfg: RoundConfig, student0: Path,
+                   train_cfg: TrainConfig, args: argparse.Namespace) -> None:
     """c+ad with ``--extra-unlabeled N`` more unlabeled volumes: the training store plus
     ``more.list`` volumes ``--more .. --more + N`` (never the held-out ``more`` set), the adapted
     round on all of them (``adapted<name>-x<N>.zarr``, prompted by b), c+'s recipe on it; keys
@@ -303,48 +328,28 @@ def more_unlabeled(work: Path, key: str, name: str, cfg: RoundConfig, student0: 
         raise SystemExit(f"--extra-unlabeled {count}: more.list has only {len(ids)} volumes "
                          f"after the {args.more} held out")
     small = downsampled(args.data, args.workdir / "data-x0.5", ids, 0.5)
-    store = work / f"adapted{name}-x{count}.zarr"
+    store = run.work / f"adapted{name}-x{count}.zarr"
     if not (store / "zarr.json").is_file():
         partial = store.with_name(store.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(stores["train"], partial)
+        shutil.copytree(run.stores["train"], partial)
         report = ingest(partial, [small / f"{i}.h5" for i in ids], labeled=set())
         if not report.ok:
             raise SystemExit(f"ingest into {partial} failed: {report.failed[0].reason}")
         partial.rename(store)
-    t0 = time.perf_counter()
-    run_round(store, 1, student0, cfg, show_progress=False)
-    if f"round{name}-x{count}/{key}" not in results:
-        results[f"round{name}-x{count}/{key}"] = {
-            "seconds": round(time.perf_counter() - t0, 1), "extra": ids,
-            "adapted": per_volume_round(store, student0)}
-    ckpt = work / f"c+ad{name}-x{count}.pt"
-    seconds = train(store, ckpt, train_cfg, 1, init=student0)
-    results[f"c+ad{name}-x{count}/{key}"] = {
-        **evaluate_both(ckpt, stores, results.get(f"c+ad{name}-x{count}/{key}")),
-        "seconds": round(seconds, 1)}
+    ckpt = round_and_student(run, f"{name}-x{count}", store, 1, student0, student0, cfg,
+                             train_cfg, lambda: {"extra": ids})
     if args.round2:
-        second_round(work, key, f"{name}-x{count}", store, ckpt, student0, cfg, train_cfg,
-                     stores, results)
+        second_round(run, f"{name}-x{count}", store, ckpt, student0, cfg, train_cfg)
 
 
-def second_round(work: Path, key: str, name: str, store: Path, prompter: Path, student0: Path,
-                 cfg: RoundConfig, train_cfg: TrainConfig, stores: dict[str, Path],
-                 results: SavedResults) -> None:
+def second_round(run: Run, name: str, store: Path, prompter: Path, student0: Path,
+                 cfg: RoundConfig, train_cfg: TrainConfig) -> None:
     """Round 2 on ``store`` with the same adapted masker, prompted by ``prompter`` (the c+ad
     student of round 1) instead of b, and c+'s recipe on it, warm-started from b like round 1's
     c+ad so that only the pseudo-labels differ; keys ``round<name>-r2/``, ``c+ad<name>-r2/``."""
-    t0 = time.perf_counter()
-    run_round(store, 2, prompter, cfg, show_progress=False)
-    if f"round{name}-r2/{key}" not in results:
-        results[f"round{name}-r2/{key}"] = {
-            "seconds": round(time.perf_counter() - t0, 1), "prompter": prompter.name,
-            "adapted": per_volume_round(store, prompter, 2)}
-    ckpt = work / f"c+ad{name}-r2.pt"
-    seconds = train(store, ckpt, train_cfg, 2, init=student0)
-    results[f"c+ad{name}-r2/{key}"] = {
-        **evaluate_both(ckpt, stores, results.get(f"c+ad{name}-r2/{key}")),
-        "seconds": round(seconds, 1)}
+    round_and_student(run, f"{name}-r2", store, 2, prompter, student0, cfg, train_cfg,
+                      lambda: {"prompter": prompter.name})
 
 
 def round_config(args: argparse.Namespace) -> RoundConfig:
@@ -451,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="round 2 with the same adapted masker prompted by the round-1 c+ad "
                         "student (of --extra-unlabeled when given), then c+ad on it from b "
                         "(keys round<tag>[-x<N>]-r2/, c+ad<tag>[-x<N>]-r2/)")
+    parser.add_argument("--mask-prompt", action="store_true",
+                        help="the adapted round passes the student's slice logits as SAM's mask "
+                        "prompt (prompts.mask_prompt; for maskers adapted with mask_prompt)")
     args = parser.parse_args(argv)
     args.schedule, args.scale, args.smoke, args.rounds = "cpu", 0.5, False, 1
     args.unlabeled, args.masker, args.sam_checkpoint, args.no_embedding_cache = None, None, None, False

@@ -92,13 +92,14 @@ from .adaptation import (  # noqa: E402  (kept apart: masker adaptation)
     AdaptAugmentConfig,
     AdaptBoxConfig,
     AdaptConfig,
+    AdaptMaskPromptConfig,
     AdaptTarget,
     PseudoLabelSelection,
     load_adapt_config,
 )
 
-__all__ += ["AdaptationMeta", "AdaptAugmentConfig", "AdaptBoxConfig", "AdaptConfig", "AdaptTarget",
-            "PseudoLabelSelection", "load_adapt_config"]
+__all__ += ["AdaptationMeta", "AdaptAugmentConfig", "AdaptBoxConfig", "AdaptConfig",
+            "AdaptMaskPromptConfig", "AdaptTarget", "PseudoLabelSelection", "load_adapt_config"]
 from .pseudo_labels import PseudoLabelRank, RoundVolumeSelection  # noqa: E402
 
 __all__ += ["PseudoLabelRank", "RoundVolumeSelection"]

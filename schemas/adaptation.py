@@ -77,6 +77,30 @@ class AdaptAugmentConfig(StrictModel):
         return value
 
 
+class AdaptMaskPromptConfig(StrictModel):
+    """Dense mask prompts in training: a share of the examples also carry, as SAM's mask input,
+    the logits of a perturbed copy of their reference (what the student's probability looks
+    like: too large or small, shifted, with a blob gained or lost, soft at the edge), so the
+    decoder learns to refine a rough mask rather than copy it. For rounds run with
+    ``prompts.mask_prompt`` (the student's slice logits go with its boxes); the propagation
+    chain's boxes carry none, hence a share below 1. Sizes are fractions of the reference's
+    equivalent diameter on that slice (``2 sqrt(area / pi)``)."""
+
+    share: float = Field(0.5, ge=0, le=1, description="share of examples with a mask prompt "
+                         "(held-out checks too, seeded)")
+    grow: float = Field(0.1, ge=0, le=1, description="mask eroded or dilated by up to this "
+                        "times the diameter (uniform, sign at random). With the defaults, the "
+                        "perturbed LA labeled slices' Dice to their references is 0.83 mean, "
+                        "0.72-0.93 (10th-90th percentile); a 2-label student's slices on "
+                        "unlabeled volumes: 0.80, 0.56-0.95")
+    shift: float = Field(0.05, ge=0, le=1, description="mask moved by N(0, shift x diameter) "
+                         "px along each in-plane axis")
+    blob_prob: float = Field(0.4, ge=0, le=1, description="share of masks that gain or lose "
+                             "a disk of 0.15-0.4 x diameter radius centred on their edge")
+    blur_sigma: float = Field(1.0, ge=0, description="Gaussian blur (px) of the perturbed mask "
+                              "before it becomes a probability and logits")
+
+
 class PseudoLabelSelection(StrictModel):
     """Round r-1's most confident pseudo-labels as extra adaptation examples (SFR+-style)."""
 
@@ -122,6 +146,9 @@ class AdaptConfig(StrictModel):
                                    "masker_score meaningful)")
     box: AdaptBoxConfig = Field(default_factory=AdaptBoxConfig)
     augment: AdaptAugmentConfig = Field(default_factory=AdaptAugmentConfig)
+    mask_prompt: AdaptMaskPromptConfig | None = Field(None, description="train with dense "
+                                                      "mask prompts as well (`AdaptMaskPromptConfig`"
+                                                      "); None = boxes only")
     pseudo_labels: PseudoLabelSelection | None = None
     encoder_batch_size: int = Field(4, ge=1, le=512, description="slices per encoder batch")
     embedding_cache: Path | None = Field(None, description="directory of the masker's image "

@@ -37,6 +37,7 @@ __all__ = [
     "foreground_mask",
     "negative_points",
     "positive_points",
+    "mask_logits",
     "put_slices",
     "slice_box",
     "slice_image",
@@ -316,7 +317,9 @@ def _cleared(foreground: np.ndarray, away: np.ndarray) -> np.ndarray:
     return ~ndimage.binary_dilation(foreground, iterations=NEGATIVE_CLEARANCE)
 
 
-def _mask_logits(prob: np.ndarray) -> np.ndarray:
+def mask_logits(prob: np.ndarray) -> np.ndarray:
+    """Probabilities in [0, 1] -> float32 logits, clipped at +-logit(1 - 1e-4) (about 9.2): the
+    dense mask prompt a round passes with ``prompts.mask_prompt``."""
     p = np.clip(prob.astype(np.float64), _LOGIT_CLIP, 1.0 - _LOGIT_CLIP)
     return np.log(p / (1.0 - p)).astype(np.float32)
 
@@ -360,7 +363,7 @@ def slice_prompts(mask: np.ndarray, prob: np.ndarray, config: PromptConfig) -> l
             inside = (slice(r0, r1 + 1), slice(c0, c1 + 1))
             positive = _positive_points(fg[inside], p[inside], config.positive_points, r0, c0)
         points = np.concatenate([positive, negative_points(fg, p, box, config.negative_points)])
-        logits = _mask_logits(p) if config.mask_prompt else None
+        logits = mask_logits(p) if config.mask_prompt else None
         prompts.append(SlicePrompt(index, box, points, labels.copy(), logits))
     logger.debug("%d of %d slices prompted along axis %d", len(prompts), mask.shape[axis], axis)
     return prompts

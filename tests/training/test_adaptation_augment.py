@@ -80,7 +80,7 @@ def test_held_out_slices_are_neither_trained_on_nor_checked_twice(store, tmp_pat
         e = augmented.examples[k]
         assert e.index not in augmented.tracks[e.track].held_out
     assert all(augmented.tracks[augmented.examples[k].track].origin is None
-               for k, _ in augmented.checks)
+               for k, _, _ in augmented.checks)
     # the stored slices' embeddings are the plain run's (same cache, same rows first)
     first = augmented.examples[0]
     assert torch.equal(augmented.embeddings[first.row], plain.embeddings[plain.examples[0].row])

@@ -19,6 +19,7 @@ from ..dataset import store_fingerprint
 from ..selection import kept_count, rank_round_volumes
 from .boxes import sample_box, validation_boxes
 from .examples import Example, Track, build_tracks, hold_out, slice_variants
+from .mask_prompts import perturbed_mask_logits
 from .objective import hard_overlap
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,8 @@ class AdaptationData:
         targets / valid: ``NxSxS`` float32 / bool in the masker's low-res frame, one per example.
         train / pseudo / beyond: positions in ``examples`` to draw from (labels, pseudo-labels,
             slices past the structure's ends).
-        checks: held-out ``(example position, box)`` pairs scored by `validate`.
+        checks: held-out ``(example position, box, mask logits or None)`` prompts scored by
+            `validate` (mask prompts only with ``AdaptConfig.mask_prompt``, drawn once, seeded).
     """
 
     tracks: list[Track]
@@ -49,7 +51,7 @@ class AdaptationData:
     train: list[int]
     pseudo: list[int]
     beyond: list[int]
-    checks: list[tuple[int, np.ndarray]]
+    checks: list[tuple[int, np.ndarray, np.ndarray | None]]
     fingerprint: str
     labeled: list[str]
     pseudo_labeled: list[str] = field(default_factory=list)
@@ -79,8 +81,9 @@ class AdaptationData:
     def sample(self, config: AdaptConfig, rng: np.random.Generator
                ) -> tuple[torch.Tensor, list[SlicePrompt], list[tuple[int, int]], torch.Tensor,
                           torch.Tensor]:
-        """``config.batch_size`` examples with round-like boxes: (rows, prompts, slice shapes,
-        targets ``BxSxS``, valid ``BxSxS``)."""
+        """``config.batch_size`` examples with round-like boxes (and, with
+        ``config.mask_prompt``, a share with perturbed-reference mask prompts): (rows, prompts,
+        slice shapes, targets ``BxSxS``, valid ``BxSxS``)."""
         rows, picked, prompts, hws = [], [], [], []
         while len(rows) < config.batch_size:
             pool = self._pool(config, rng)
@@ -92,7 +95,8 @@ class AdaptationData:
                 continue
             rows.append(example.row)
             picked.append(k)
-            prompts.append(SlicePrompt(index=example.index, box=box))
+            prompts.append(SlicePrompt(index=example.index, box=box,
+                                       mask_logits=_mask_prompt(track, example.index, config, rng)))
             hws.append(track.hw)
         at = torch.as_tensor(picked, dtype=torch.long)
         return torch.as_tensor(rows, dtype=torch.long), prompts, hws, self.targets[at], self.valid[at]
@@ -100,15 +104,16 @@ class AdaptationData:
     @torch.no_grad()
     def validate(self, masker: Adaptable) -> float:
         """Dice of the held-out slices (pooled over them, in the low-res frame) with their fixed
-        boxes (`validation_boxes`)."""
+        prompts (`validation_boxes`, and mask prompts where `checks` has them)."""
         masker.set_training(False)
         inter = total = 0.0
         for start in range(0, len(self.checks), 32):
             chunk = self.checks[start:start + 32]
-            examples = [self.examples[k] for k, _ in chunk]
+            examples = [self.examples[k] for k, _, _ in chunk]
             rows = torch.as_tensor([e.row for e in examples], dtype=torch.long)
-            at = torch.as_tensor([k for k, _ in chunk], dtype=torch.long)
-            prompts = [SlicePrompt(index=e.index, box=box) for e, (_, box) in zip(examples, chunk)]
+            at = torch.as_tensor([k for k, _, _ in chunk], dtype=torch.long)
+            prompts = [SlicePrompt(index=e.index, box=box, mask_logits=mask)
+                       for e, (_, box, mask) in zip(examples, chunk)]
             logits, _ = masker.decode_lowres(masker.embed(self.embeddings[rows], self.target),
                                              prompts,
                                              [self.tracks[e.track].hw for e in examples])
@@ -116,6 +121,19 @@ class AdaptationData:
             inter += float(i.sum())
             total += float((p + r).sum())
         return 2.0 * inter / total if total else 1.0
+
+
+def _mask_prompt(track: Track, index: int, config: AdaptConfig, rng: np.random.Generator
+                 ) -> np.ndarray | None:
+    """Perturbed-reference logits for slice ``index`` of ``track`` (past the structure: of the
+    nearest structure slice, as a student's mask running past the end), for a share
+    ``config.mask_prompt.share`` of the calls; else None. Draws from ``rng`` only with a mask
+    prompt config, so box-only runs keep their random sequence."""
+    settings = config.mask_prompt
+    if settings is None or rng.random() >= settings.share:
+        return None
+    source = index if index in track.masks else track.nearest_structure(index)
+    return perturbed_mask_logits(track.masks[source], settings, rng)
 
 
 def _pseudo_volumes(root, config: AdaptConfig, metas) -> list[str]:
@@ -186,7 +204,10 @@ def load_adaptation_data(store: str | Path, masker: Adaptable, config: AdaptConf
     train = where(lambda t, i: i in t.masks and i not in t.held_out and t.source == "label")
     pseudo = where(lambda t, i: i in t.masks and t.source != "label")
     beyond = where(lambda t, i: i not in t.masks)
-    checks = [(k, box) for k in where(lambda t, i: i in t.held_out and t.origin is None)
+    check_rng = np.random.default_rng([config.seed, 1])
+    checks = [(k, box, _mask_prompt(tracks[examples[k].track], examples[k].index, config,
+                                    check_rng))
+              for k in where(lambda t, i: i in t.held_out and t.origin is None)
               for box in validation_boxes(tracks[examples[k].track], examples[k].index)]
     logger.info("adaptation: %d training, %d pseudo-label, %d past-the-end examples; %d "
                 "held-out checks", len(train), len(pseudo), len(beyond), len(checks))
