@@ -31,7 +31,8 @@ pseudo-labels (ranked by the records' student-masker agreement, ``--select-by``;
 training store plus 24 more unlabeled volumes of ``more.list`` (after the ``--more`` held out;
 keys ``c+ad<tag>-x24/``); ``--round2`` runs round 2 with the same adapted masker prompted by that
 c+ad student instead of b and trains c+ad on it from b (keys ``round<tag>[-x24]-r2/``,
-``c+ad<tag>[-x24]-r2/``).
+``c+ad<tag>[-x24]-r2/``); ``--mask-prompt`` passes the student's slice logits to the adapted
+masker in its rounds (``prompts.mask_prompt``; for a masker adapted with ``mask_prompt``).
 
     .venv/bin/python benchmarks/la_adapt.py --labeled 2 --seeds 0 --workdir bench-out/la-half
 """
