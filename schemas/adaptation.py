@@ -19,6 +19,11 @@ from .base import StrictModel
 from .loading import load_json_model
 from .pseudo_labels import PseudoLabelRank
 
+LR_ONE_LABELED = 2.5e-6
+"""`AdaptConfig.lr_for` with one labeled volume (LA: the best reference-box diagnostic)."""
+LR_SEVERAL_LABELED = 1e-5
+"""`AdaptConfig.lr_for` with two or more (LA, batches of 4: the best rounds on three seeds)."""
+
 
 class AdaptTarget(str, Enum):
     """Which parameters the adaptation trains. The decoder targets keep the image encoder frozen
@@ -122,12 +127,13 @@ class AdaptConfig(StrictModel):
     batch_size: int = Field(4, ge=1, le=256, description="slices per step. 4 measured on LA "
                             "with 2 labeled volumes (docs/benchmarks.md, three seeds): the "
                             "reference-box diagnostic as with 8, in half the time per step")
-    lr: float = Field(2.5e-6, gt=0, description="AdamW learning rate. 2.5e-6 measured best on "
-                      "LA (docs/benchmarks.md, reference-box diagnostic): with 1 labeled volume "
-                      "0.829 vs 0.813 at 1e-5 (frozen 0.803), with 2 volumes 0.847 vs 0.846 in "
-                      "477 s instead of 1622 s; larger rates fit the labeled slices and "
-                      "generalise worse. With 2 volumes and batches of 4, 1e-5 gave better "
-                      "rounds (pseudo-label Dice 0.801 vs 0.788, three seeds)")
+    lr: float | None = Field(None, gt=0, description="AdamW learning rate; None = by the "
+                             "number of labeled volumes (`AdaptConfig.lr_for`): 1e-5 with 2 or "
+                             "more, 2.5e-6 with one. Measured on LA (docs/benchmarks.md): with 1 "
+                             "volume the reference-box diagnostic is 0.829 at 2.5e-6 vs 0.822 at "
+                             "1e-5 (frozen 0.803; larger rates fit the one volume and generalise "
+                             "worse); with 2 volumes and batches of 4, 1e-5 gives better rounds "
+                             "(pseudo-label Dice 0.801 vs 0.788, three seeds)")
     weight_decay: float = Field(0.01, ge=0)
     target: AdaptTarget = AdaptTarget.decoder
     axes: tuple[int, ...] | None = Field(None, description="slice axes of the examples; None = "
@@ -155,6 +161,13 @@ class AdaptConfig(StrictModel):
     embedding_cache: Path | None = Field(None, description="directory of the masker's image "
                                          "embeddings (shared with rounds: the encoder is frozen)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch's own")
+
+    def lr_for(self, labeled: int) -> float:
+        """The learning rate for ``labeled`` labeled volumes: ``lr`` when set, else
+        `LR_SEVERAL_LABELED` with 2 or more and `LR_ONE_LABELED` with one."""
+        if self.lr is not None:
+            return self.lr
+        return LR_SEVERAL_LABELED if labeled >= 2 else LR_ONE_LABELED
 
     @field_validator("axes")
     @classmethod

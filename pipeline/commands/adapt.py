@@ -54,7 +54,7 @@ def adapt(
     meta = result.meta
     typer.echo(f"{result.checkpoint}  (held-out Dice {_fmt(meta.held_out_dice_base)} -> "
                f"{_fmt(meta.held_out_dice)}, step {meta.best_iteration} of {meta.iterations}, "
-               f"{meta.seconds:.0f} s)")
+               f"{meta.seconds:.0f} s, lr {meta.config.lr:g})")
 
 
 def _validated(data: dict):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from semisam.schemas import AdaptConfig, CheckpointError, ConfigError, LiteMedSamConfig, RoundConfig
+from semisam.schemas.adaptation import LR_ONE_LABELED, LR_SEVERAL_LABELED
 from semisam.store import open_store, read_image, read_reference
 from semisam.training.adaptation import adapt_masker
 from semisam.training.adaptation.state import config_changes, resume_path
@@ -125,6 +126,23 @@ def test_a_resume_state_names_what_changed_and_ignores_runtime_fields():
     older = {k: v for k, v in saved.items() if k != "augment"}  # before the field existed
     assert config_changes(older, cfg) == []
     assert config_changes(older, AdaptConfig(lr=1e-4, seed=5, augment={"flips": [0]})) != []
+
+
+@pytest.mark.parametrize("labeled", [1, 2])
+def test_an_unset_learning_rate_follows_the_number_of_labeled_volumes(adapted, tmp_path, labeled):
+    """lr None: 2.5e-6 with one labeled volume, 1e-5 with more; the rate used is what the
+    checkpoint's meta records (a set rate is kept as it is)."""
+    cache = adapted[1]
+    store = build_phantom_store(tmp_path / "s.zarr", count=3, labeled=labeled, seed=3)
+    cfg = AdaptConfig(**{**SMALL, "iterations": 1, "lr": None}, embedding_cache=cache)
+    result = adapt_masker(store, tmp_path / "a.pth", cfg)
+    expected = LR_ONE_LABELED if labeled == 1 else LR_SEVERAL_LABELED
+    assert len(result.meta.labeled) == labeled
+    assert result.meta.config.lr == expected
+    assert read_adaptation_meta(tmp_path / "a.pth")["config"]["lr"] == expected
+    assert LR_ONE_LABELED < LR_SEVERAL_LABELED
+    assert AdaptConfig(lr=3e-6).lr_for(labeled) == 3e-6
+    assert adapted[3].meta.config.lr == SMALL["lr"]
 
 
 def test_adaptation_refuses_a_masker_it_cannot_tune_and_a_store_without_labels(tmp_path):

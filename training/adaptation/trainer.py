@@ -108,6 +108,16 @@ def _with_cache(config: AdaptConfig, round_config: RoundConfig) -> RoundConfig:
     return round_config
 
 
+def _with_lr(config: AdaptConfig, labeled: int) -> AdaptConfig:
+    """``config`` with its learning rate for ``labeled`` volumes (`AdaptConfig.lr_for`) written
+    in, so that the resume state and the checkpoint's meta record the rate that was used."""
+    if config.lr is not None:
+        return config
+    lr = config.lr_for(labeled)
+    logger.info("adaptation lr %g (none set; %d labeled volume(s))", lr, labeled)
+    return config.model_copy(update={"lr": lr})
+
+
 def _optimizer(masker: Adaptable, config: AdaptConfig) -> torch.optim.Optimizer:
     """AdamW over the parameters ``config.target`` trains; every other parameter frozen."""
     params = masker.trainable_parameters(config.target.value)
@@ -115,6 +125,7 @@ def _optimizer(masker: Adaptable, config: AdaptConfig) -> torch.optim.Optimizer:
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
+    assert config.lr is not None, "resolved by _with_lr"
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
@@ -202,6 +213,7 @@ def adapt_masker(store: str | Path, out: Path, config: AdaptConfig | None = None
     torch.manual_seed(config.seed)
     masker = _masker(round_config, torch.device(device))
     data = load_adaptation_data(store, masker, config, round_config)
+    config = _with_lr(config, len(data.labeled))
     optimizer = _optimizer(masker, config)
     base = data.validate(masker) if data.has_validation else None
     state = _initial_state(masker, data, config, base, start)
