@@ -11,6 +11,10 @@ checkpoint shares its base's image encoder and so its embeddings).
     .venv/bin/python benchmarks/la_rounds.py --workdir /work/bench/la-half --labeled 2 \\
         --student WORK/L2/seed0/loop/student_0.pt --adapted WORK/L2/seed0/adapted_litemedsam.pth \\
         --volumes 10 --out docs/bench/la-rounds-L2-seed0.json
+
+``--variant NAME=KEY=VALUE[,KEY=VALUE...]`` adds a recipe: the adapted one with fields of the
+round config changed (``KEY`` a dotted path such as ``prompts.propagate_end``, ``VALUE`` JSON
+or a plain string); ``--store`` names the round store (one per prompting student).
 """
 
 from __future__ import annotations
@@ -36,9 +40,39 @@ log = logging.getLogger("benchmarks.la_rounds")
 RECIPES = ("frozen", "frozen+prior", "adapted", "adapted+prior")
 
 
+def parse_variant(text: str) -> tuple[str, dict[str, object]]:
+    """``NAME=KEY=VALUE[,KEY=VALUE...]`` -> (name, {dotted key: value}); values are JSON where
+    they parse as JSON, else strings."""
+    name, _, rest = text.partition("=")
+    if not name or not rest:
+        raise argparse.ArgumentTypeError(f"--variant {text!r}: expected NAME=KEY=VALUE[,...]")
+    fields: dict[str, object] = {}
+    for item in rest.split(","):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"--variant {text!r}: {item!r} is not KEY=VALUE")
+        try:
+            fields[key] = json.loads(value)
+        except json.JSONDecodeError:
+            fields[key] = value
+    return name, fields
+
+
 def recipe_config(args: argparse.Namespace, recipe: str) -> RoundConfig:
-    """la.py's LiteMedSAM round, with the adapted checkpoint and/or the component prior."""
+    """la.py's LiteMedSAM round, with the adapted checkpoint and/or the component prior, or a
+    ``--variant`` of the adapted round."""
     cfg = args_round_config(args)
+    if recipe in args.variants:
+        cfg.masker.litemedsam.checkpoint = args.adapted
+        for key, value in args.variants[recipe].items():
+            *path, field = key.split(".")
+            section = cfg
+            for part in path:
+                section = getattr(section, part)
+            if field not in type(section).model_fields:
+                raise SystemExit(f"--variant {recipe}: {key} is not a round config field")
+            setattr(section, field, value)
+        return cfg
     if recipe.startswith("adapted"):
         cfg.masker.litemedsam.checkpoint = args.adapted
     if recipe.endswith("+prior"):
@@ -51,7 +85,7 @@ def subset_store(args: argparse.Namespace) -> Path:
     ids = [x.strip() for x in (args.data / "volumes.list").read_text().split() if x.strip()]
     split = split_ids(ids, args.labeled, 8, args.volumes)
     data = downsampled(args.data, args.workdir / "data-x0.5", ids, 0.5)
-    store = args.workdir / f"rounds-L{args.labeled}-N{args.volumes}.zarr"
+    store = args.store or args.workdir / f"rounds-L{args.labeled}-N{args.volumes}.zarr"
     if not (store / "zarr.json").is_file():
         report = ingest(store, [data / f"{i}.h5" for i in split["labeled"] + split["unlabeled"]],
                         labeled=set(split["labeled"]))
@@ -69,10 +103,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--student", type=Path, required=True, help="the prompting student")
     parser.add_argument("--adapted", type=Path, default=None, help="adapted LiteMedSAM")
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES)
+    parser.add_argument("--variant", action="append", default=[], type=parse_variant,
+                        help="NAME=KEY=VALUE[,KEY=VALUE...]: the adapted round with those "
+                        "round config fields (dotted keys) changed; runs after --recipes")
+    parser.add_argument("--store", type=Path, default=None,
+                        help="the round store (default WORKDIR/rounds-L<L>-N<N>.zarr)")
     parser.add_argument("--out", type=Path, default=Path("la-rounds.json"))
     args = parser.parse_args(argv)
     args.masker, args.sam_checkpoint, args.no_embedding_cache = MaskerKind.litemedsam, None, False
-    if any(r.startswith("adapted") for r in args.recipes) and args.adapted is None:
+    args.variants = dict(args.variant)
+    args.recipes = [*args.recipes, *args.variants]
+    if any(r.startswith("adapted") or r in args.variants for r in args.recipes) \
+            and args.adapted is None:
         parser.error("the adapted recipes need --adapted")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(2)

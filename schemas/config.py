@@ -103,6 +103,13 @@ class PromptConfig(StrictModel):
         True, description="clip each propagated box to the student's box of that slice (the "
         "masker can trim the student's box, not drift beyond it)",
     )
+    propagate_end: str = Field(
+        "student", pattern="^(student|background)$",
+        description="where a chain stops because the masker's mask vanished (or its box left "
+        "the student's), the student's remaining slices that way: 'student' = keep the "
+        "student's answer, 'background' = that chain votes 0 there (the masker ended the "
+        "structure)",
+    )
     extra_axes: tuple[int, ...] = Field(
         (), description="more slice axes to prompt and mask (multi-planar): where several axes "
         "cover a voxel, their masker probabilities are averaged before fusion",

@@ -157,5 +157,6 @@ def mask_axis(target: ClassSlices, prompts: list[SlicePrompt], student: np.ndarr
     else:
         starts = largest_starts(prompts, areas, cfg.propagate_chains, cfg.propagate_chain_spacing)
     positions, probs, score = propagate_chains(session, prompts, areas, cfg.propagate_margin,
-                                               starts, within_student=cfg.propagate_within_student)
+                                               starts, within_student=cfg.propagate_within_student,
+                                               end=cfg.propagate_end)
     return MaskerView(axis, [prompts[i].index for i in positions], probs, score)

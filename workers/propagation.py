@@ -94,7 +94,7 @@ def choose_start(session: MaskerSession, prompts: Sequence[SlicePrompt], student
 
 def propagate_chains(session: MaskerSession, prompts: Sequence[SlicePrompt], areas: Sequence[int],
                      margin: int, starts: Sequence[int], threshold: float = 0.5,
-                     within_student: bool = True
+                     within_student: bool = True, end: str = "student"
                      ) -> tuple[list[int], np.ndarray, np.ndarray | None]:
     """`propagate` from each of ``starts`` (several chains), then per slice the mean of the
     chains' probabilities, a chain that did not reach the slice counting 0 there: a soft vote,
@@ -107,13 +107,13 @@ def propagate_chains(session: MaskerSession, prompts: Sequence[SlicePrompt], are
     """
     if len(starts) <= 1:
         return propagate(session, prompts, areas, margin, threshold, within_student,
-                         start=starts[0] if starts else None)
+                         start=starts[0] if starts else None, end=end)
     total: dict[int, np.ndarray] = {}
     chain_scores: dict[int, list[float]] = {}
     have_scores = True
     for start in starts:
         positions, probs, scores = propagate(session, prompts, areas, margin, threshold,
-                                             within_student, start=start)
+                                             within_student, start=start, end=end)
         have_scores = have_scores and scores is not None
         for k, pos in enumerate(positions):
             total[pos] = total[pos] + probs[k] if pos in total else probs[k].astype(np.float32)
@@ -128,7 +128,7 @@ def propagate_chains(session: MaskerSession, prompts: Sequence[SlicePrompt], are
 def propagate(session: MaskerSession, prompts: Sequence[SlicePrompt], areas: Sequence[int],
               margin: int, threshold: float = 0.5, within_student: bool = True,
               start: int | None = None, student: np.ndarray | None = None,
-              min_agreement: float = 0.0
+              min_agreement: float = 0.0, end: str = "student"
               ) -> tuple[list[int], np.ndarray, np.ndarray | None]:
     """Mask the prompted slices by propagation from the student's largest slice.
 
@@ -146,6 +146,11 @@ def propagate(session: MaskerSession, prompts: Sequence[SlicePrompt], areas: Seq
         min_agreement: a propagated mask whose Dice with the student's slice is below this
             stops that direction (the slice goes back to the student): the chain has left the
             structure the student sees.
+        end: where a direction stops because the masker's mask vanished (or, with
+            ``within_student``, its box left the student's), the student's remaining prompted
+            slices that way: 'student' = not visited (they keep the student's answer),
+            'background' = visited with probability 0 and score 0 (the masker has said the
+            structure ended there; `prompts.propagate_end`).
 
     Returns:
         ``(positions, probs, scores)``: the stack positions visited (increasing), their
@@ -169,6 +174,8 @@ def propagate(session: MaskerSession, prompts: Sequence[SlicePrompt], areas: Seq
             if box is not None and within_student:
                 box = clip_box(box, np.asarray(prompts[pos].box, np.float32))
             if box is None:
+                if end == "background":
+                    _end_as_background(out, prompts, index_at, z, step, prev.shape)
                 break
             p, s = session.mask([pos], [SlicePrompt(z, box)])
             if min_agreement > 0 and student is not None and \
@@ -183,3 +190,14 @@ def propagate(session: MaskerSession, prompts: Sequence[SlicePrompt], areas: Seq
     have_scores = all(out[i][1] is not None for i in positions)
     return positions, stacked, (np.array([out[i][1] for i in positions], np.float32)
                                 if have_scores else None)
+
+
+def _end_as_background(out: dict[int, tuple[np.ndarray, float | None]],
+                       prompts: Sequence[SlicePrompt], index_at: dict[int, int], z: int,
+                       step: int, shape: tuple[int, ...]) -> None:
+    """`propagate` with ``end`` 'background': the prompted slices from slice index ``z`` on in
+    direction ``step`` (while the student prompts them) enter ``out`` with an ``shape`` zero
+    probability and score 0, unless a slice is already there."""
+    while z in index_at:
+        out.setdefault(index_at[z], (np.zeros(shape, np.float32), 0.0))
+        z += step

@@ -52,9 +52,10 @@ def adapt(
         result = adapt_masker(store, out, cfg, load_round_config(round_config), resume=resume,
                               on_step=bar)
     meta = result.meta
-    typer.echo(f"{result.checkpoint}  (held-out Dice {_fmt(meta.held_out_dice_base)} -> "
-               f"{_fmt(meta.held_out_dice)}, step {meta.best_iteration} of {meta.iterations}, "
-               f"{meta.seconds:.0f} s, lr {meta.config.lr:g})")
+    checked = (f"held-out Dice {_fmt(meta.held_out_dice_base)} -> {_fmt(meta.held_out_dice)}, "
+               f"step {meta.best_iteration} of {meta.iterations}" if meta.held_out else
+               f"no held-out slices: the last of {meta.iterations} steps kept")
+    typer.echo(f"{result.checkpoint}  ({checked}, {meta.seconds:.0f} s, lr {meta.config.lr:g})")
 
 
 def _validated(data: dict):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from semisam.schemas import AdaptConfig, CheckpointError, ConfigError, LiteMedSamConfig, RoundConfig
-from semisam.schemas.adaptation import LR_ONE_LABELED, LR_SEVERAL_LABELED
+from semisam.schemas.adaptation import HOLDOUT_SEVERAL_LABELED, LR_ONE_LABELED, LR_SEVERAL_LABELED
 from semisam.store import open_store, read_image, read_reference
 from semisam.training.adaptation import adapt_masker
 from semisam.training.adaptation.state import config_changes, resume_path
@@ -130,8 +130,9 @@ def test_a_resume_state_names_what_changed_and_ignores_runtime_fields():
 
 @pytest.mark.parametrize("labeled", [1, 2])
 def test_an_unset_learning_rate_follows_the_number_of_labeled_volumes(adapted, tmp_path, labeled):
-    """lr None: 2.5e-6 with one labeled volume, 1e-5 with more; the rate used is what the
-    checkpoint's meta records (a set rate is kept as it is)."""
+    """lr None: 2.5e-6 with one labeled volume, 1e-5 with more, and holdout_fraction None: 0
+    with one, 0.2 with more; what was used is what the checkpoint's meta records (a set value is
+    kept as it is)."""
     cache = adapted[1]
     store = build_phantom_store(tmp_path / "s.zarr", count=3, labeled=labeled, seed=3)
     cfg = AdaptConfig(**{**SMALL, "iterations": 1, "lr": None}, embedding_cache=cache)
@@ -140,6 +141,11 @@ def test_an_unset_learning_rate_follows_the_number_of_labeled_volumes(adapted, t
     assert len(result.meta.labeled) == labeled
     assert result.meta.config.lr == expected
     assert read_adaptation_meta(tmp_path / "a.pth")["config"]["lr"] == expected
+    # the held-out share too: none with one labeled volume (no early stopping), 0.2 with more
+    share = 0.0 if labeled == 1 else HOLDOUT_SEVERAL_LABELED
+    assert result.meta.config.holdout_fraction == share
+    assert (result.meta.held_out == 0) == (labeled == 1)
+    assert AdaptConfig(holdout_fraction=0.3).holdout_for(labeled) == 0.3
     assert LR_ONE_LABELED < LR_SEVERAL_LABELED
     assert AdaptConfig(lr=3e-6).lr_for(labeled) == 3e-6
     assert adapted[3].meta.config.lr == SMALL["lr"]

@@ -70,8 +70,10 @@ def test_each_copy_is_the_transformed_slice_with_its_reference_moved_alike(store
 
 def test_held_out_slices_are_neither_trained_on_nor_checked_twice(store, tmp_path):
     masker = LiteMedSamMasker(LiteMedSamConfig(embedding_cache=tmp_path / "emb"), "cpu")
-    plain = load_adaptation_data(store, masker, AdaptConfig(), RoundConfig())
-    augmented = load_adaptation_data(store, masker, AdaptConfig(augment=AUGMENT), RoundConfig())
+    held = {"holdout_fraction": 0.2}  # one labeled volume holds out nothing unless told
+    plain = load_adaptation_data(store, masker, AdaptConfig(**held), RoundConfig())
+    augmented = load_adaptation_data(store, masker, AdaptConfig(**held, augment=AUGMENT),
+                                     RoundConfig())
     assert len(augmented.examples) == 3 * len(plain.examples)
     assert len(augmented.train) == 3 * len(plain.train) and augmented.train_count > plain.train_count
     assert len(augmented.checks) == len(plain.checks) > 0

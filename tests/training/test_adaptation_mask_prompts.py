@@ -62,8 +62,9 @@ def store(tmp_path_factory):
 
 def test_a_share_of_examples_and_checks_carry_a_mask_prompt(store, tmp_path):
     masker = LiteMedSamMasker(LiteMedSamConfig(embedding_cache=tmp_path / "emb"), "cpu")
-    plain = load_adaptation_data(store, masker, AdaptConfig(), RoundConfig())
-    half = AdaptConfig(batch_size=64, mask_prompt={"share": 0.5})
+    # one labeled volume holds out nothing unless told; the checks need held-out slices
+    plain = load_adaptation_data(store, masker, AdaptConfig(holdout_fraction=0.2), RoundConfig())
+    half = AdaptConfig(batch_size=64, mask_prompt={"share": 0.5}, holdout_fraction=0.2)
     data = load_adaptation_data(store, masker, half, RoundConfig())
     assert all(mask is None for _, _, mask in plain.checks)
     with_mask = [mask for _, _, mask in data.checks if mask is not None]

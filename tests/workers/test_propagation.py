@@ -82,6 +82,34 @@ def test_stops_where_the_mask_vanishes():
     assert not (probs[[0, 4]] > 0.5).any()
 
 
+class RecordedVanishing(Vanishing):
+    """`Vanishing`, remembering each call's positions."""
+
+    def __init__(self, masker, slices):
+        super().__init__(masker, slices)
+        self.calls: list[tuple[list[int], None]] = []
+
+    def mask(self, positions, prompts):
+        self.calls.append((list(positions), None))
+        return super().mask(positions, prompts)
+
+
+def test_an_ended_chain_can_vote_background_on_the_students_remaining_slices():
+    radii = [0, 0, 8, 10, 8, 0, 9]  # as above: the masker ends the structure at slices 1 and 5
+    slices = _stack(len(radii), lambda z: radii[z])
+    prompts = [SlicePrompt(z, np.array([4, 4, 44, 44], np.float32)) for z in range(7)]
+    session = RecordedVanishing(RandomWalkerMasker(RandomWalkerConfig()), slices)
+    kept, p_kept, _ = propagate(session, prompts, areas=[1, 1, 5, 9, 5, 1, 1], margin=2)
+    calls = len(session.calls)
+    positions, probs, _ = propagate(session, prompts, areas=[1, 1, 5, 9, 5, 1, 1], margin=2,
+                                    end="background")
+    assert kept == [1, 2, 3, 4, 5] and positions == list(range(7))
+    assert not probs[[0, 6]].any()  # slice 6 holds a disk, but the chain had ended before it
+    np.testing.assert_array_equal(probs[1:6], p_kept)
+    visited = sorted(p for c in session.calls[calls:] for p in c[0])
+    assert visited == [1, 2, 3, 4, 5]  # the ended slices cost no masker call
+
+
 def test_start_is_where_masker_and_student_agree_not_the_largest_slice():
     from semisam.workers.propagation import choose_start
 

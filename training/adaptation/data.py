@@ -192,7 +192,7 @@ def load_adaptation_data(store: str | Path, masker: Adaptable, config: AdaptConf
         root, volumes, classes.values, axes, round_config.intensity, config.min_slice_pixels,
         config.box.beyond_reach, _encoder(masker, config.encoder_batch_size, config.target.value),
         slice_variants(config.augment))
-    hold_out(tracks, config.holdout_fraction, np.random.default_rng(config.seed))
+    hold_out(tracks, config.holdout_for(len(labeled)), np.random.default_rng(config.seed))
     frames = [masker.target_frame(tracks[e.track].masks.get(
         e.index, np.zeros(tracks[e.track].hw, bool))) for e in examples]
     targets = torch.from_numpy(np.stack([f[0] for f in frames]))

@@ -108,14 +108,17 @@ def _with_cache(config: AdaptConfig, round_config: RoundConfig) -> RoundConfig:
     return round_config
 
 
-def _with_lr(config: AdaptConfig, labeled: int) -> AdaptConfig:
-    """``config`` with its learning rate for ``labeled`` volumes (`AdaptConfig.lr_for`) written
-    in, so that the resume state and the checkpoint's meta record the rate that was used."""
-    if config.lr is not None:
-        return config
-    lr = config.lr_for(labeled)
-    logger.info("adaptation lr %g (none set; %d labeled volume(s))", lr, labeled)
-    return config.model_copy(update={"lr": lr})
+def _resolved(config: AdaptConfig, labeled: int) -> AdaptConfig:
+    """``config`` with its learning rate and held-out share for ``labeled`` volumes
+    (`AdaptConfig.resolved`) written in, so that the resume state and the checkpoint's meta
+    record what was used."""
+    if config.lr is None or config.holdout_fraction is None:
+        resolved = config.resolved(labeled)
+        logger.info("adaptation lr %g, held-out share %g (%d labeled volume(s)%s)", resolved.lr,
+                    resolved.holdout_fraction, labeled,
+                    "; no early stopping" if not resolved.holdout_fraction else "")
+        return resolved
+    return config
 
 
 def _optimizer(masker: Adaptable, config: AdaptConfig) -> torch.optim.Optimizer:
@@ -125,7 +128,7 @@ def _optimizer(masker: Adaptable, config: AdaptConfig) -> torch.optim.Optimizer:
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    assert config.lr is not None, "resolved by _with_lr"
+    assert config.lr is not None, "resolved by _resolved"
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
@@ -213,7 +216,7 @@ def adapt_masker(store: str | Path, out: Path, config: AdaptConfig | None = None
     torch.manual_seed(config.seed)
     masker = _masker(round_config, torch.device(device))
     data = load_adaptation_data(store, masker, config, round_config)
-    config = _with_lr(config, len(data.labeled))
+    config = _resolved(config, len(data.labeled))
     optimizer = _optimizer(masker, config)
     base = data.validate(masker) if data.has_validation else None
     state = _initial_state(masker, data, config, base, start)
