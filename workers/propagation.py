@@ -175,7 +175,7 @@ def propagate(session: MaskerSession, prompts: Sequence[SlicePrompt], areas: Seq
                 box = clip_box(box, np.asarray(prompts[pos].box, np.float32))
             if box is None:
                 if end == "background":
-                    _end_as_background(out, prompts, index_at, z, step, prev.shape)
+                    _end_as_background(out, index_at, z, step, prev.shape)
                 break
             p, s = session.mask([pos], [SlicePrompt(z, box)])
             if min_agreement > 0 and student is not None and \
@@ -193,11 +193,12 @@ def propagate(session: MaskerSession, prompts: Sequence[SlicePrompt], areas: Seq
 
 
 def _end_as_background(out: dict[int, tuple[np.ndarray, float | None]],
-                       prompts: Sequence[SlicePrompt], index_at: dict[int, int], z: int,
-                       step: int, shape: tuple[int, ...]) -> None:
+                       index_at: dict[int, int], z: int, step: int,
+                       shape: tuple[int, ...]) -> None:
     """`propagate` with ``end`` 'background': the prompted slices from slice index ``z`` on in
-    direction ``step`` (while the student prompts them) enter ``out`` with an ``shape`` zero
-    probability and score 0, unless a slice is already there."""
+    direction ``step`` (while the student prompts them; ``index_at``: slice index -> stack
+    position) enter ``out`` with an all-zero ``HxW`` probability of ``shape`` and score 0,
+    unless a slice is already there."""
     while z in index_at:
         out.setdefault(index_at[z], (np.zeros(shape, np.float32), 0.0))
         z += step
