@@ -30,19 +30,14 @@ from semisam.training.metrics import dice
 def extent_row(label: np.ndarray, reference: np.ndarray, axis: int) -> dict:
     """One volume's figures (module docstring) for ``XxYxZ`` bool ``label`` and ``reference``
     along slice ``axis``."""
-    other = tuple(a for a in range(3) if a != axis)
-    has_label, has_ref = label.any(axis=other), reference.any(axis=other)
+    label, reference = np.moveaxis(label, axis, -1), np.moveaxis(reference, axis, -1)
+    has_label, has_ref = label.any(axis=(0, 1)), reference.any(axis=(0, 1))
     missed, extra = has_ref & ~has_label, has_label & ~has_ref
     fixed = label.copy()
-    index: list[slice | np.ndarray] = [slice(None)] * 3
-    index[axis] = missed
-    fixed[tuple(index)] = reference[tuple(index)]
-    index[axis] = extra
-    fixed[tuple(index)] = False
-    index[axis] = missed
-    missed_share = reference[tuple(index)].sum() / max(int(reference.sum()), 1)
-    index[axis] = extra
-    extra_share = label[tuple(index)].sum() / max(int(label.sum()), 1)
+    fixed[..., missed] = reference[..., missed]
+    fixed[..., extra] = False
+    missed_share = reference[..., missed].sum() / max(int(reference.sum()), 1)
+    extra_share = label[..., extra].sum() / max(int(label.sum()), 1)
     return {"dice": float(dice(label, reference)), "extent_fixed_dice": float(dice(fixed, reference)),
             "missed_slices": int(missed.sum()), "missed_share": float(missed_share),
             "extra_slices": int(extra.sum()), "extra_share": float(extra_share)}

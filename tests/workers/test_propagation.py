@@ -82,16 +82,8 @@ def test_stops_where_the_mask_vanishes():
     assert not (probs[[0, 4]] > 0.5).any()
 
 
-class RecordedVanishing(Vanishing):
-    """`Vanishing`, remembering each call's positions."""
-
-    def __init__(self, masker, slices):
-        super().__init__(masker, slices)
-        self.calls: list[tuple[list[int], None]] = []
-
-    def mask(self, positions, prompts):
-        self.calls.append((list(positions), None))
-        return super().mask(positions, prompts)
+class RecordedVanishing(Recording, Vanishing):
+    """`Vanishing`, remembering every call as `Recording` does."""
 
 
 def test_an_ended_chain_can_vote_background_on_the_students_remaining_slices():

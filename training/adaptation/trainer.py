@@ -112,13 +112,12 @@ def _resolved(config: AdaptConfig, labeled: int) -> AdaptConfig:
     """``config`` with its learning rate and held-out share for ``labeled`` volumes
     (`AdaptConfig.resolved`) written in, so that the resume state and the checkpoint's meta
     record what was used."""
-    if config.lr is None or config.holdout_fraction is None:
-        resolved = config.resolved(labeled)
+    resolved = config.resolved(labeled)
+    if resolved != config:
         logger.info("adaptation lr %g, held-out share %g (%d labeled volume(s)%s)", resolved.lr,
                     resolved.holdout_fraction, labeled,
                     "; no early stopping" if not resolved.holdout_fraction else "")
-        return resolved
-    return config
+    return resolved
 
 
 def _optimizer(masker: Adaptable, config: AdaptConfig) -> torch.optim.Optimizer:
