@@ -32,7 +32,10 @@ training store plus 24 more unlabeled volumes of ``more.list`` (after the ``--mo
 keys ``c+ad<tag>-x24/``); ``--round2`` runs round 2 with the same adapted masker prompted by that
 c+ad student instead of b and trains c+ad on it from b (keys ``round<tag>[-x24]-r2/``,
 ``c+ad<tag>[-x24]-r2/``); ``--mask-prompt`` passes the student's slice logits to the adapted
-masker in its rounds (``prompts.mask_prompt``; for a masker adapted with ``mask_prompt``).
+masker in its rounds (``prompts.mask_prompt``; for a masker adapted with ``mask_prompt``);
+``--prior-box`` lets the adapted round replace a student that disagrees with the masker
+prompted by the labeled volumes' box (``prompts.prior_box``; for a masker adapted with
+``box.loose_prob``; keys ``round<tag>-pbox/``, ``c+ad<tag>-pbox/``).
 
     .venv/bin/python benchmarks/la_adapt.py --labeled 2 --seeds 0 --workdir bench-out/la-half
 """
@@ -266,12 +269,13 @@ def run_adapted(labeled: int, seed: int, args: argparse.Namespace, stores: dict[
     cfg = round_config(args)
     run_round(frozen_store, 1, student0, cfg, show_progress=False)
     adapted = adapt_and_diagnose(work, key, stores, args, results)
-    name = f"{args.tag}{variant}"
+    name = f"{args.tag}{variant}{'-pbox' if args.prior_box else ''}"
     store = work / f"adapted{name}.zarr"
     if not store.exists():
         shutil.copytree(stores["train"], store)
     cfg.masker.litemedsam.checkpoint = adapted
     cfg.prompts.mask_prompt = args.mask_prompt
+    cfg.prompts.prior_box = args.prior_box
     run = Run(work, key, stores, results)
     ckpt = round_and_student(run, name, store, 1, student0, student0, cfg, cfgs["c+"],
                              lambda: {"frozen": per_volume_round(frozen_store, student0)})
@@ -460,6 +464,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mask-prompt", action="store_true",
                         help="the adapted round passes the student's slice logits as SAM's mask "
                         "prompt (prompts.mask_prompt; for maskers adapted with mask_prompt)")
+    parser.add_argument("--prior-box", action="store_true",
+                        help="the adapted round checks the student against the masker prompted "
+                        "by the labeled volumes' box (prompts.prior_box; for maskers adapted "
+                        "with box.loose_prob; keys round<tag>-pbox/, c+ad<tag>-pbox/)")
     args = parser.parse_args(argv)
     args.schedule, args.scale, args.smoke, args.rounds = "cpu", 0.5, False, 1
     args.unlabeled, args.masker, args.sam_checkpoint, args.no_embedding_cache = None, None, None, False

@@ -58,6 +58,12 @@ class AdaptBoxConfig(StrictModel):
                                "the nearest structure slice's box; the target is empty (the "
                                "student's boxes run past the structure)")
     beyond_reach: int = Field(6, ge=1, description="such slices are at most this far outside")
+    loose_prob: float = Field(0.0, ge=0, le=1, description="share of boxes that are the "
+                              "structure's box over all its slices (the same on every slice, "
+                              "past-the-end slices too), grown by U(0, loose_grow) of its size "
+                              "per side: what a location prior (an atlas box) gives instead of "
+                              "a student")
+    loose_grow: float = Field(0.3, ge=0, le=2, description="see loose_prob")
 
 
 class AdaptAugmentConfig(StrictModel):

@@ -125,6 +125,26 @@ class PromptConfig(StrictModel):
         None, description="class value -> prior, filled by the round from the store's labeled "
         "volumes when component is 'prior' (kept in the round's config for the record)",
     )
+    prior_box: bool = Field(
+        False, description="check the student's structure against the masker prompted with the "
+        "prior's box alone (the labeled volumes' box, normalised, on every slice it spans; "
+        "needs component 'prior'); where they agree less than prior_box_min_agreement, the "
+        "masker's answer replaces the student's map of that structure for the rest of the "
+        "round (prompts and fusion). For a masker adapted with box.loose_prob > 0 (trained on "
+        "such boxes); measured on LA with one labeled volume (docs/benchmarks.md)",
+    )
+    prior_box_grow: float = Field(
+        0.1, ge=0, le=1, description="the prior's box grown by this share of its size per side")
+    prior_box_min_agreement: float = Field(
+        0.45, ge=0, le=1, description="Dice between the student's kept component and the "
+        "prior-box answer below which the student's map is replaced")
+
+    @model_validator(mode="after")
+    def _check_prior_box(self) -> PromptConfig:
+        if self.prior_box and self.component != "prior":
+            raise ValueError("prompts.prior_box needs prompts.component 'prior' (the box is the "
+                             f"prior's), got component {self.component!r}")
+        return self
 
     @model_validator(mode="after")
     def _check_extra_axes(self) -> PromptConfig:
@@ -247,6 +267,11 @@ class RoundConfig(StrictModel):
         if self.prompts.component == "largest":  # as rounds from before the choice existed
             data["prompts"].pop("component", None)
             data["prompts"].pop("component_prior", None)
+        if not self.prompts.prior_box:  # the prior's box and its settings change nothing then
+            for name in ("prior_box", "prior_box_grow", "prior_box_min_agreement"):
+                data["prompts"].pop(name, None)
+            for prior in (data["prompts"].get("component_prior") or {}).values():
+                prior.pop("box", None)
         return data
 
     def with_overrides(self, overrides: dict[str, object]) -> RoundConfig:

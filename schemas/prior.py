@@ -32,3 +32,7 @@ class StructurePrior(StrictModel):
     log_volume: float = Field(description="mean of ln(structure volume in mm^3)")
     log_volume_std: float = Field(
         ge=0, description="spread of ln(volume) (floored at LOG_VOLUME_STD_FLOOR)")
+    box: tuple[tuple[float, float, float], tuple[float, float, float]] | None = Field(
+        None, description="(low, high) corners of the union of the labeled volumes' boxes, as "
+        "fractions of the array's extent per axis (voxel i spans [i/n, (i+1)/n)); None in "
+        "priors fitted before it existed")

@@ -110,6 +110,12 @@ class VolumeStats(StrictModel):
         False, description="the fused label agreed with the student less than "
         "fusion.min_student_agreement: the student's answer was stored instead",
     )
+    prior_box_agreement: dict[int, float] | None = Field(
+        None, description="prompts.prior_box: per class value checked, the Dice of the "
+        "student's structure and the masker's prior-box answer")
+    prior_box_replaced: list[int] = Field(
+        default_factory=list, description="prompts.prior_box: the class values whose student "
+        "map the masker's prior-box answer replaced (agreement below the minimum)")
     classes: dict[int, ClassStats] | None = Field(
         None, description="multi-class rounds: per class value, that class's statistics (the "
         "volume-level masker figures are then means over classes, masker_rejected any class)")

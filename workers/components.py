@@ -26,7 +26,7 @@ from semisam.schemas.prior import CENTROID_STD_FLOOR, LOG_VOLUME_STD_FLOOR, Stru
 
 from .metrics import largest_component
 
-__all__ = ["COMPONENT_PRIOR_META_KEY", "PLAUSIBLE_SCORE", "choose_component", "fit_prior", "keep_component", "normalised_centroid", "prior_score",
+__all__ = ["COMPONENT_PRIOR_META_KEY", "PLAUSIBLE_SCORE", "choose_component", "fit_prior", "keep_component", "normalised_box", "normalised_centroid", "prior_score",
            "checkpoint_priors", "keep_prior_components", "store_priors", "with_store_priors"]
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,16 @@ def normalised_centroid(mask: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(np.mean(c)) / max(n - 1, 1) for c, n in zip(coords, mask.shape))  # type: ignore[return-value]
 
 
+def normalised_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) corners of a non-empty ``XxYxZ`` bool mask's box as fractions of the array's
+    extent per axis: voxel ``i`` of ``n`` spans ``[i/n, (i+1)/n)``."""
+    coords = np.nonzero(mask)
+    shape = np.asarray(mask.shape, np.float64)
+    low = np.array([c.min() for c in coords], np.float64) / shape
+    high = np.array([c.max() + 1 for c in coords], np.float64) / shape
+    return low, high
+
+
 def fit_prior(masks: Iterable[tuple[np.ndarray, Sequence[float]]]) -> StructurePrior | None:
     """The prior of one structure from labeled volumes.
 
@@ -58,13 +68,16 @@ def fit_prior(masks: Iterable[tuple[np.ndarray, Sequence[float]]]) -> StructureP
     Returns:
         The prior, or None when no mask holds the structure.
     """
-    centroids, log_volumes = [], []
+    centroids, log_volumes, lows, highs = [], [], [], []
     for mask, spacing in masks:
         count = int(np.count_nonzero(mask))
         if count == 0:
             continue
         centroids.append(normalised_centroid(mask))
         log_volumes.append(float(np.log(count * float(np.prod(spacing)))))
+        low, high = normalised_box(mask)
+        lows.append(low)
+        highs.append(high)
     if not centroids:
         return None
     c = np.asarray(centroids, dtype=np.float64)
@@ -74,6 +87,8 @@ def fit_prior(masks: Iterable[tuple[np.ndarray, Sequence[float]]]) -> StructureP
         centroid_std=tuple(float(max(v, CENTROID_STD_FLOOR)) for v in c.std(axis=0)),
         log_volume=float(np.mean(log_volumes)),
         log_volume_std=float(max(np.std(log_volumes), LOG_VOLUME_STD_FLOOR)),
+        box=(tuple(float(v) for v in np.min(lows, axis=0)),
+             tuple(float(v) for v in np.max(highs, axis=0))),
     )
 
 

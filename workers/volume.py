@@ -1,7 +1,8 @@
 """One volume, end to end, inside a worker: the README's per-volume steps.
 
 `VolumeProcessor._run` is the steps, one call each: read the volume, run the student (1), keep
-each structure's component and build its prompts (2), window the image and run the masker on
+each structure's component (with ``prompts.prior_box``, check it against the masker prompted by
+the labeled volumes' box) and build its prompts (2), window the image and run the masker on
 the prompted slices (3), fuse (4), write the arrays and the record (5). A store of one
 structure is the case ``K = 1``: the same calls, with the combination of classes left out.
 Stage times go into the record through a `StageClock`.
@@ -57,6 +58,7 @@ from .intensity import window_volume
 from .localization import foreground_mask, slice_prompts
 from .maskers import Masker, build_masker
 from .masking import AxisStack, ClassPrompts, axis_stacks, class_slices, mask_axis, share_stacks
+from .prior_box import PriorBoxCheck, check_with_prior_box
 from .stage_clock import StageClock
 from .student import safe_flip_axes
 from .student_model import Student
@@ -193,11 +195,16 @@ class VolumeProcessor:
             maps = self._student(volume.image)
         with clock("prompts"):
             self._localize(maps, volume.meta.spacing)
+        checks = self._check_prior_box(maps, volume, clock)
+        with clock("prompts"):
             classes = [self._prompts(prob) for prob in maps.foreground]
             stacks = axis_stacks(self._window(volume.image, classes), classes)
         answers = self._mask(stacks, classes, clock)
         with clock("fuse"):
             result = self._fuse(classes, answers, maps)
+            if checks:
+                result.stats.prior_box_agreement = {v: c.agreement for v, c in checks.items()}
+                result.stats.prior_box_replaced = [v for v, c in checks.items() if c.replaced]
         with clock("write"):
             checksums = self._write(volume, result)
         rss_mb, device_mb = peak_memory_mb(self.device)
@@ -233,6 +240,32 @@ class VolumeProcessor:
             kept = keep_component(prob, cfg.threshold, spacing, priors.get(value))
             if kept is not prob:
                 prob[...] = kept
+
+    def _check_prior_box(self, maps: StudentMaps, volume: VolumeInput, clock: StageClock
+                         ) -> dict[int, PriorBoxCheck]:
+        """Step 2a' (``prompts.prior_box``): each structure with a prior box checked against
+        the masker prompted by that box alone (`check_with_prior_box`); where they disagree the
+        masker's answer replaces the structure's map in place. Per class value, the checks."""
+        cfg = self.config.prompts
+        priors = cfg.component_prior or {}
+        if not cfg.prior_box or not any(p.box is not None for p in priors.values()):
+            return {}
+        windowed = window_volume(volume.image, self.config.intensity)
+        checks = {}
+        for value, prob in zip(self.classes.values, maps.foreground):
+            if (prior := priors.get(value)) is None:
+                continue
+            with self._device_lock, clock("masker"):
+                check = check_with_prior_box(prob, windowed, prior, volume.meta.spacing,
+                                             self.masker, cfg)
+            if check is not None:
+                checks[value] = check
+                if check.replaced:
+                    log.info("volume %s, class %d: the student's map replaced by the masker's "
+                             "prior-box answer (agreement %.2f < %.2f)", volume.volume_id, value,
+                             check.agreement, cfg.prior_box_min_agreement)
+                    prob[...] = check.prob
+        return checks
 
     def _prompts(self, prob: np.ndarray) -> ClassPrompts:
         """Step 2b: a structure's foreground (``XxYxZ`` bool, `foreground_mask`) of its map

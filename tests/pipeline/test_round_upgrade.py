@@ -97,3 +97,27 @@ def test_a_round_begun_before_a_new_default_keeps_its_behaviour(begun, trained_s
     assert explicit.prompts.component == "prior"
     with pytest.raises(RoundError, match="--force"):
         plan_round(root, 1, explicit, trained_student)
+
+
+def test_a_round_whose_prior_had_no_box_resumes_unless_the_box_is_used(phantom_store,
+                                                                         trained_student):
+    """The prior's box (`StructurePrior.box`) and `prompts.prior_box` came later: a round begun
+    before them resumes, since without `prior_box` the box changes nothing; with it, it is
+    another round."""
+    from semisam.workers.components import with_store_priors
+
+    root = open_store(phantom_store)
+    config = with_store_priors(RoundConfig(masker={"kind": "random_walker"}), root)
+    priors = config.prompts.component_prior
+    assert priors and all(p.box is not None for p in priors.values())
+    plan = plan_round(root, 1, config, trained_student)
+    write_record(root, 1, VolumeRecord(volume_id=plan.todo[0], status=VolumeStatus.done))
+    _as_if_older(root, 1, drop=("prompts.prior_box", "prompts.prior_box_grow",
+                                "prompts.prior_box_min_agreement",
+                                *(f"prompts.component_prior.{v}.box" for v in priors)))
+    plan = plan_round(root, 1, config, trained_student)
+    assert plan.resumed and len(plan.done) == 1
+    boxed = config.model_copy(update={"prompts": config.prompts.model_copy(
+        update={"prior_box": True})})
+    with pytest.raises(RoundError, match="--force"):
+        plan_round(root, 1, boxed, trained_student)

@@ -50,6 +50,8 @@ def sample_box(track: Track, example: Example, config: AdaptBoxConfig,
     neighbours, default all but the held-out ones).
     """
     index = example.index
+    if config.loose_prob > 0 and rng.random() < config.loose_prob:
+        return _loose(track, config, rng)
     if index not in track.masks:
         source = track.nearest_structure(index)
     else:
@@ -62,6 +64,17 @@ def sample_box(track: Track, example: Example, config: AdaptBoxConfig,
                 source = int(rng.choice(near))
     tight = slice_box(track.masks[source], 0)
     return _perturbed(tight, track.hw, config, rng)
+
+
+def _loose(track: Track, config: AdaptBoxConfig, rng: np.random.Generator) -> np.ndarray:
+    """The track's box over all its structure slices, grown by U(0, ``config.loose_grow``) of
+    its size per side, clipped to the slice (`AdaptBoxConfig.loose_prob`)."""
+    union = np.any([track.masks[i] for i in track.structure], axis=0)
+    box = slice_box(union, 0).astype(np.float64)
+    size = np.array([box[2] - box[0] + 1, box[3] - box[1] + 1] * 2)
+    box = box + np.array([-1, -1, 1, 1]) * rng.uniform(0.0, config.loose_grow, 4) * size
+    h, w = track.hw
+    return np.clip(box, 0, [w - 1, h - 1, w - 1, h - 1]).astype(np.float32)
 
 
 def validation_boxes(track: Track, index: int) -> list[np.ndarray]:
