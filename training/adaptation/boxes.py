@@ -50,7 +50,7 @@ def sample_box(track: Track, example: Example, config: AdaptBoxConfig,
     neighbours, default all but the held-out ones).
     """
     index = example.index
-    if config.loose_prob > 0 and rng.random() < config.loose_prob:
+    if config.loose_prob and rng.random() < config.loose_prob:  # None: 0 (`AdaptConfig.box_for`)
         return _loose(track, config, rng)
     if index not in track.masks:
         source = track.nearest_structure(index)

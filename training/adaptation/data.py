@@ -181,6 +181,7 @@ def load_adaptation_data(store: str | Path, masker: Adaptable, config: AdaptConf
     labeled = [m.volume_id for m in metas if m.labeled]
     if not labeled:
         raise ConfigError(f"{store}: no labeled volume to adapt the masker on")
+    config = config.resolved(len(labeled))  # rate, held-out share, boxes by the labeled count
     classes = read_class_map(root)
     volumes = [(vid, "label") for vid in labeled]
     pseudo_ids: list[str] = []
@@ -192,7 +193,7 @@ def load_adaptation_data(store: str | Path, masker: Adaptable, config: AdaptConf
         root, volumes, classes.values, axes, round_config.intensity, config.min_slice_pixels,
         config.box.beyond_reach, _encoder(masker, config.encoder_batch_size, config.target.value),
         slice_variants(config.augment))
-    hold_out(tracks, config.holdout_for(len(labeled)), np.random.default_rng(config.seed))
+    hold_out(tracks, config.holdout_fraction or 0.0, np.random.default_rng(config.seed))
     frames = [masker.target_frame(tracks[e.track].masks.get(
         e.index, np.zeros(tracks[e.track].hw, bool))) for e in examples]
     targets = torch.from_numpy(np.stack([f[0] for f in frames]))

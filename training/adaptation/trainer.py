@@ -114,8 +114,8 @@ def _resolved(config: AdaptConfig, labeled: int) -> AdaptConfig:
     record what was used."""
     resolved = config.resolved(labeled)
     if resolved != config:
-        logger.info("adaptation lr %g, held-out share %g (%d labeled volume(s)%s)", resolved.lr,
-                    resolved.holdout_fraction, labeled,
+        logger.info("adaptation lr %g, held-out share %g, loose boxes %g (%d labeled volume(s)%s)",
+                    resolved.lr, resolved.holdout_fraction, resolved.box.loose_prob, labeled,
                     "; no early stopping" if not resolved.holdout_fraction else "")
     return resolved
 
