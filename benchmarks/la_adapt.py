@@ -275,7 +275,7 @@ def run_adapted(labeled: int, seed: int, args: argparse.Namespace, stores: dict[
         shutil.copytree(stores["train"], store)
     cfg.masker.litemedsam.checkpoint = adapted
     cfg.prompts.mask_prompt = args.mask_prompt
-    cfg.prompts.prior_box = args.prior_box
+    cfg.prompts.prior_box = True if args.prior_box else None  # unset: the product default
     run = Run(work, key, stores, results)
     ckpt = round_and_student(run, name, store, 1, student0, student0, cfg, cfgs["c+"],
                              lambda: {"frozen": per_volume_round(frozen_store, student0)})

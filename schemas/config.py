@@ -132,8 +132,9 @@ class PromptConfig(StrictModel):
         "masker's answer replaces the student's map of that structure for the rest of the "
         "round (prompts and fusion). None = on when the round's masker checkpoint was adapted "
         "with box.loose_prob > 0 (trained on such boxes: `semisam adapt` with one labeled "
-        "volume), else off; the round records the value it used. Measured on LA with one "
-        "labeled volume (docs/benchmarks.md)",
+        "volume), else off (the masker's bytes are in the round's fingerprint, so the round "
+        "does one or the other throughout). Measured on LA with one labeled volume "
+        "(docs/benchmarks.md)",
     )
     prior_box_grow: float = Field(
         0.1, ge=0, le=1, description="the prior's box grown by this share of its size per side")
@@ -269,9 +270,11 @@ class RoundConfig(StrictModel):
         if self.prompts.component == "largest":  # as rounds from before the choice existed
             data["prompts"].pop("component", None)
             data["prompts"].pop("component_prior", None)
-        if not self.prompts.prior_box:  # the prior's box and its settings change nothing then
-            for name in ("prior_box", "prior_box_grow", "prior_box_min_agreement"):
-                data["prompts"].pop(name, None)
+        if self.prompts.prior_box is not True:
+            # the prior's box came later: a round begun before recorded priors without it. Off,
+            # it changes nothing; auto (None), it acts only with a masker adapted on loose
+            # boxes, whose bytes are in the fingerprint, and it is fitted from the same labeled
+            # volumes as the prior's centroid and volume, which stay in the payload
             for prior in (data["prompts"].get("component_prior") or {}).values():
                 prior.pop("box", None)
         return data

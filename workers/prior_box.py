@@ -18,19 +18,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from semisam.schemas import PromptConfig, RoundConfig
+from semisam.schemas import PromptConfig
 from semisam.schemas.prior import StructurePrior
 
 from .components import keep_component
 from .localization import put_slices, stack_slices
-from .maskers import Masker, SlicePrompt, masker_spec
-from .maskers.adaptable import read_adaptation_meta
+from .maskers import Masker, SlicePrompt
 from .metrics import dice
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PriorBoxCheck", "check_with_prior_box", "prior_box_prompts", "trained_on_loose_boxes",
-           "with_prior_box"]
+__all__ = ["PriorBoxCheck", "check_with_prior_box", "prior_box_on", "prior_box_prompts",
+           "trained_on_loose_boxes"]
 
 
 @dataclass(frozen=True)
@@ -97,30 +96,18 @@ def check_with_prior_box(prob: np.ndarray, windowed: np.ndarray, prior: Structur
     return PriorBoxCheck(agreement, replaced, answer if replaced else prob)
 
 
-def trained_on_loose_boxes(config: RoundConfig) -> bool:
-    """Whether the round's masker checkpoint was adapted with loose boxes (its adaptation meta's
-    ``box.loose_prob`` > 0); False for a masker without a checkpoint or one not adapted here.
 
-    Raises:
-        CheckpointError: the checkpoint cannot be read.
-    """
-    section = getattr(config.masker, masker_spec(config.masker.kind).section, None)
-    checkpoint = getattr(section, "checkpoint", None)
-    if checkpoint is None:
-        return False
-    meta = read_adaptation_meta(checkpoint) or {}
+def trained_on_loose_boxes(masker: Masker) -> bool:
+    """Whether ``masker`` was loaded from a checkpoint adapted with loose boxes (its adaptation
+    meta's ``box.loose_prob`` > 0): what ``prompts.prior_box`` None asks."""
+    meta = getattr(masker, "adaptation", None) or {}
     box = (meta.get("config") or {}).get("box") or {}
     return bool(box.get("loose_prob") or 0.0)
 
 
-def with_prior_box(config: RoundConfig) -> RoundConfig:
-    """``config`` with ``prompts.prior_box`` decided when it is None: on when the component is
-    the prior's and the masker was adapted with loose boxes (`trained_on_loose_boxes`), else
-    off; ``config`` itself when it is set."""
-    prompts = config.prompts
-    if prompts.prior_box is not None:
-        return config
-    on = prompts.component == "prior" and trained_on_loose_boxes(config)
-    if on:
-        log.info("prompts.prior_box on: the masker checkpoint was adapted with loose boxes")
-    return config.model_copy(update={"prompts": prompts.model_copy(update={"prior_box": on})})
+def prior_box_on(cfg: PromptConfig, masker: Masker) -> bool:
+    """``prompts.prior_box`` for a round with ``masker``: its value when set; None = on when the
+    component is the prior's and the masker was adapted with loose boxes."""
+    if cfg.prior_box is not None:
+        return cfg.prior_box
+    return cfg.component == "prior" and trained_on_loose_boxes(masker)

@@ -58,7 +58,7 @@ from .intensity import window_volume
 from .localization import foreground_mask, slice_prompts
 from .maskers import Masker, build_masker
 from .masking import AxisStack, ClassPrompts, axis_stacks, class_slices, mask_axis, share_stacks
-from .prior_box import PriorBoxCheck, check_with_prior_box
+from .prior_box import PriorBoxCheck, check_with_prior_box, prior_box_on
 from .stage_clock import StageClock
 from .student import safe_flip_axes
 from .student_model import Student
@@ -149,6 +149,7 @@ class VolumeProcessor:
                         ", ".join(map(str, dropped)), student_checkpoint)
         self.student_inference = config.student.model_copy(update={"flip_axes": kept})
         self.masker = masker or build_masker(config.masker, self.device)
+        self.prior_box = prior_box_on(config.prompts, self.masker)
         self.root = open_store(self.store, storage=config.runtime.storage)
         self.classes = read_class_map(self.root)
         self.student.check_channels(self.classes)
@@ -243,12 +244,12 @@ class VolumeProcessor:
 
     def _check_prior_box(self, maps: StudentMaps, volume: VolumeInput, clock: StageClock
                          ) -> dict[int, PriorBoxCheck]:
-        """Step 2a' (``prompts.prior_box``): each structure with a prior box checked against
+        """Step 2a' (``prompts.prior_box``, `prior_box_on`): each structure with a prior box checked against
         the masker prompted by that box alone (`check_with_prior_box`); where they disagree the
         masker's answer replaces the structure's map in place. Per class value, the checks."""
         cfg = self.config.prompts
         priors = cfg.component_prior or {}
-        if not cfg.prior_box or not any(p.box is not None for p in priors.values()):
+        if not self.prior_box or not any(p.box is not None for p in priors.values()):
             return {}
         windowed = window_volume(volume.image, self.config.intensity)
         checks = {}

