@@ -196,10 +196,10 @@ class VolumeProcessor:
             maps = self._student(volume.image)
         with clock("prompts"):
             self._localize(maps, volume.meta.spacing)
-        checks = self._check_prior_box(maps, volume, clock)
+        checks, windowed = self._check_prior_box(maps, volume, clock)
         with clock("prompts"):
             classes = [self._prompts(prob) for prob in maps.foreground]
-            stacks = axis_stacks(self._window(volume.image, classes), classes)
+            stacks = axis_stacks(self._window(volume.image, classes, windowed), classes)
         answers = self._mask(stacks, classes, clock)
         with clock("fuse"):
             result = self._fuse(classes, answers, maps)
@@ -243,14 +243,15 @@ class VolumeProcessor:
                 prob[...] = kept
 
     def _check_prior_box(self, maps: StudentMaps, volume: VolumeInput, clock: StageClock
-                         ) -> dict[int, PriorBoxCheck]:
+                         ) -> tuple[dict[int, PriorBoxCheck], np.ndarray | None]:
         """Step 2a' (``prompts.prior_box``, `prior_box_on`): each structure with a prior box checked against
         the masker prompted by that box alone (`check_with_prior_box`); where they disagree the
-        masker's answer replaces the structure's map in place. Per class value, the checks."""
+        masker's answer replaces the structure's map in place. Per class value the checks, and
+        the windowed image when it was made (step 3 reuses it)."""
         cfg = self.config.prompts
         priors = cfg.component_prior or {}
         if not self.prior_box or not any(p.box is not None for p in priors.values()):
-            return {}
+            return {}, None
         windowed = window_volume(volume.image, self.config.intensity)
         checks = {}
         for value, prob in zip(self.classes.values, maps.foreground):
@@ -266,7 +267,7 @@ class VolumeProcessor:
                              "prior-box answer (agreement %.2f < %.2f)", volume.volume_id, value,
                              check.agreement, cfg.prior_box_min_agreement)
                     prob[...] = check.prob
-        return checks
+        return checks, windowed
 
     def _prompts(self, prob: np.ndarray) -> ClassPrompts:
         """Step 2b: a structure's foreground (``XxYxZ`` bool, `foreground_mask`) of its map
@@ -277,12 +278,13 @@ class VolumeProcessor:
             a: slice_prompts(mask, prob, cfg.model_copy(update={"slice_axis": a}))
             for a in (cfg.slice_axis, *cfg.extra_axes)})
 
-    def _window(self, image: np.ndarray, classes: list[ClassPrompts]) -> np.ndarray | None:
-        """Step 3a: the image windowed to uint8 (`window_volume`); None when nothing is
-        prompted (the masker does not run)."""
+    def _window(self, image: np.ndarray, classes: list[ClassPrompts],
+                windowed: np.ndarray | None = None) -> np.ndarray | None:
+        """Step 3a: the image windowed to uint8 (`window_volume`; ``windowed`` when step 2a'
+        made it already); None when nothing is prompted (the masker does not run)."""
         if not any(prompts for c in classes for prompts in c.per_axis.values()):
             return None
-        return window_volume(image, self.config.intensity)
+        return windowed if windowed is not None else window_volume(image, self.config.intensity)
 
     def _mask(self, stacks: list[AxisStack], classes: list[ClassPrompts], clock: StageClock
               ) -> list[dict[int, MaskerView]]:
