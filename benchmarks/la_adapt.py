@@ -35,7 +35,11 @@ c+ad student instead of b and trains c+ad on it from b (keys ``round<tag>[-x24]-
 masker in its rounds (``prompts.mask_prompt``; for a masker adapted with ``mask_prompt``);
 ``--prior-box`` lets the adapted round replace a student that disagrees with the masker
 prompted by the labeled volumes' box (``prompts.prior_box``; for a masker adapted with
-``box.loose_prob``; keys ``round<tag>-pbox/``, ``c+ad<tag>-pbox/``).
+``box.loose_prob``; keys ``round<tag>-pbox/``, ``c+ad<tag>-pbox/``); ``--train-config T.json
+--student-tag=-T`` trains the c+ad students with those `TrainConfig` fields set over c+'s (keys
+``c+ad...-T/``); ``--cold`` trains every
+c+ad student from random weights (the loop's default, ``warm_start`` off) instead of from b
+(keys ``c+ad...-cold/``; not with ``--round2``, whose round would clash with the warm one's).
 
     .venv/bin/python benchmarks/la_adapt.py --labeled 2 --seeds 0 --workdir bench-out/la-half
 """
@@ -222,6 +226,19 @@ class Run:
     key: str
     stores: dict[str, Path]
     results: SavedResults
+    cold: bool = False  # c+ad students start from random weights instead of b (``--cold``)
+    student_tag: str = ""  # ``--student-tag``: c+ad students trained with ``--train-config``
+
+
+def with_fields(cfg: TrainConfig, path: Path | None) -> TrainConfig:
+    """``cfg`` with the `TrainConfig` fields of the JSON file ``path`` (``--train-config``)
+    set over it, section by section; ``cfg`` itself when ``path`` is None."""
+    if path is None:
+        return cfg
+    data = cfg.model_dump(mode="json")
+    for section, value in json.loads(path.read_text()).items():
+        data[section] = {**data[section], **value} if isinstance(value, dict) else value
+    return TrainConfig.model_validate(data)
 
 
 def round_and_student(run: Run, name: str, store: Path, round_index: int, prompter: Path,
@@ -229,18 +246,20 @@ def round_and_student(run: Run, name: str, store: Path, round_index: int, prompt
                       extra: Callable[[], dict] = dict) -> Path:
     """Round ``round_index`` on ``store`` prompted by ``prompter`` (reused when done), its
     per-volume pseudo-labels (key ``round<name>/``, with ``extra()`` beside them), then c+'s
-    recipe on it warm-started from ``init`` and evaluated on both held-out sets (key
-    ``c+ad<name>/``); returns that student's checkpoint."""
+    recipe on it warm-started from ``init`` (from random weights with ``run.cold``) and
+    evaluated on both held-out sets (key ``c+ad<name><student tag>/``, ``-cold`` added when
+    cold); returns that student's checkpoint."""
     t0 = time.perf_counter()
     run_round(store, round_index, prompter, cfg, show_progress=False)
     if f"round{name}/{run.key}" not in run.results:
         run.results[f"round{name}/{run.key}"] = {
             "seconds": round(time.perf_counter() - t0, 1), **extra(),
             "adapted": per_volume_round(store, prompter, round_index)}
-    ckpt = run.work / f"c+ad{name}.pt"
-    seconds = train(store, ckpt, train_cfg, round_index, init=init)
-    run.results[f"c+ad{name}/{run.key}"] = {
-        **evaluate_both(ckpt, run.stores, run.results.get(f"c+ad{name}/{run.key}")),
+    student = f"c+ad{name}{run.student_tag}{'-cold' if run.cold else ''}"
+    ckpt = run.work / f"{student}.pt"
+    seconds = train(store, ckpt, train_cfg, round_index, init=None if run.cold else init)
+    run.results[f"{student}/{run.key}"] = {
+        **evaluate_both(ckpt, run.stores, run.results.get(f"{student}/{run.key}")),
         "seconds": round(seconds, 1)}
     return ckpt
 
@@ -276,13 +295,14 @@ def run_adapted(labeled: int, seed: int, args: argparse.Namespace, stores: dict[
     cfg.masker.litemedsam.checkpoint = adapted
     cfg.prompts.mask_prompt = args.mask_prompt
     cfg.prompts.prior_box = True if args.prior_box else None  # unset: the product default
-    run = Run(work, key, stores, results)
-    ckpt = round_and_student(run, name, store, 1, student0, student0, cfg, cfgs["c+"],
+    run = Run(work, key, stores, results, cold=args.cold, student_tag=args.student_tag)
+    plus_ad = with_fields(cfgs["c+"], args.train_config)
+    ckpt = round_and_student(run, name, store, 1, student0, student0, cfg, plus_ad,
                              lambda: {"frozen": per_volume_round(frozen_store, student0)})
     if args.extra_unlabeled:
-        more_unlabeled(run, name, cfg, student0, cfgs["c+"], args)
+        more_unlabeled(run, name, cfg, student0, plus_ad, args)
     if args.round2 and not args.extra_unlabeled:
-        second_round(run, name, store, ckpt, student0, cfg, cfgs["c+"])
+        second_round(run, name, store, ckpt, student0, cfg, plus_ad)
     for fraction in args.select:
         selected(run, f"c+ad{name}", store, student0, cfgs["c+"], fraction, args)
     results[f"b/{key}"] = evaluate_both(student0, stores, results.get(f"b/{key}"))
@@ -406,7 +426,10 @@ def summary_lines(results: dict) -> list[str]:
         seed = key.split("/")[1]
         chosen = sorted(k.split("/", 1)[0] for k in results if k.endswith(f"/{key}") and (
             k.startswith(f"c+ad{name}-top") or k.startswith(f"c+ad{name}-x")))
-        for setting in ("a", "b", "c", "c+", "c+mpr", f"c+ad{name}", *chosen, "d"):
+        variants = sorted({k.split("/", 1)[0] for k in results if k.endswith(f"/{key}")
+                           and k.startswith(f"c+ad{name}-") and not k.startswith(
+                               (f"c+ad{name}-top", f"c+ad{name}-x", f"c+ad{name}-r2"))})
+        for setting in ("a", "b", "c", "c+", "c+mpr", f"c+ad{name}", *variants, *chosen, "d"):
             row = results.get(f"{setting}/{key}") or (results.get(f"d/all/{seed}")
                                                       if setting == "d" else None)
             if row:
@@ -457,6 +480,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra-unlabeled", type=int, default=0, metavar="N",
                         help="also train c+ad on the adapted round of N more unlabeled volumes "
                         "(more.list after the --more held out; keys c+ad<tag>-x<N>/)")
+    parser.add_argument("--train-config", type=Path, default=None,
+                        help="JSON of TrainConfig fields set over c+'s for the c+ad students "
+                        "(with --student-tag)")
+    parser.add_argument("--student-tag", default="",
+                        help="key suffix of c+ad students trained with --train-config")
+    parser.add_argument("--cold", action="store_true",
+                        help="c+ad students from random weights instead of from b (the loop's "
+                        "default); keys c+ad...-cold/; not with --round2")
     parser.add_argument("--round2", action="store_true",
                         help="round 2 with the same adapted masker prompted by the round-1 c+ad "
                         "student (of --extra-unlabeled when given), then c+ad on it from b "
@@ -469,6 +500,10 @@ def main(argv: list[str] | None = None) -> int:
                         "by the labeled volumes' box (prompts.prior_box; for maskers adapted "
                         "with box.loose_prob; keys round<tag>-pbox/, c+ad<tag>-pbox/)")
     args = parser.parse_args(argv)
+    if (args.cold or args.train_config) and args.round2:
+        parser.error("--cold/--train-config with --round2: round 2 would clash with the plain one's")
+    if bool(args.train_config) != bool(args.student_tag):
+        parser.error("--train-config and --student-tag go together")
     args.schedule, args.scale, args.smoke, args.rounds = "cpu", 0.5, False, 1
     args.unlabeled, args.masker, args.sam_checkpoint, args.no_embedding_cache = None, None, None, False
     from semisam.schemas import MaskerKind

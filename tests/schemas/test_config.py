@@ -89,6 +89,22 @@ def test_example_loop_config_for_the_weight_free_masker_is_valid():
     assert cfg.round.prompts.extra_axes == (0, 1)
 
 
+def test_example_loop_config_for_an_adapted_masker_is_valid():
+    """docs/examples/loop-adapted.json (the README's recipe with `semisam adapt`) validates:
+    the masker adapted before every round, a CE + Dice SAM term of weight 1 on every voxel
+    from the first step (c+'s recipe in benchmarks/la_adapt.py), students from random
+    weights, the round left at its defaults."""
+    from semisam.schemas import LoopConfig, RampSchedule, SamLoss, load_loop_config
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "examples" / "loop-adapted.json"
+    cfg = load_loop_config(path)
+    sam = cfg.train.sam
+    assert cfg.adapt is not None and not cfg.warm_start
+    assert (sam.enabled, sam.loss, sam.weight, sam.schedule, sam.confidence_weighted) == \
+        (True, SamLoss.ce_dice, 1.0, RampSchedule.constant, False)
+    assert cfg.round == LoopConfig().round
+
+
 def test_gpu_recipe_in_the_throughput_guide_is_a_valid_round_config():
     """docs/throughput.md's JSON recipe validates, and asks for what the guide says it does."""
     import re
