@@ -37,9 +37,9 @@ masker in its rounds (``prompts.mask_prompt``; for a masker adapted with ``mask_
 prompted by the labeled volumes' box (``prompts.prior_box``; for a masker adapted with
 ``box.loose_prob``; keys ``round<tag>-pbox/``, ``c+ad<tag>-pbox/``); ``--train-config T.json
 --student-tag=-T`` trains the c+ad students with those `TrainConfig` fields set over c+'s (keys
-``c+ad...-T/``); ``--cold`` trains every
-c+ad student from random weights (the loop's default, ``warm_start`` off) instead of from b
-(keys ``c+ad...-cold/``; not with ``--round2``, whose round would clash with the warm one's).
+``c+ad...-T/``); ``--cold`` trains every c+ad student from random weights (the loop's
+default, ``warm_start`` off) instead of from b (keys ``c+ad...-cold/``; neither option with
+``--round2``, whose round would clash with the plain one's).
 
     .venv/bin/python benchmarks/la_adapt.py --labeled 2 --seeds 0 --workdir bench-out/la-half
 """
