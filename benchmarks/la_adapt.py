@@ -248,7 +248,7 @@ def round_and_student(run: Run, name: str, store: Path, round_index: int, prompt
     per-volume pseudo-labels (key ``round<name>/``, with ``extra()`` beside them), then c+'s
     recipe on it warm-started from ``init`` (from random weights with ``run.cold``) and
     evaluated on both held-out sets (key ``c+ad<name><student tag>/``, ``-cold`` added when
-    cold); returns that student's checkpoint."""
+    cold; its row names the round, ``round<name>``); returns that student's checkpoint."""
     t0 = time.perf_counter()
     run_round(store, round_index, prompter, cfg, show_progress=False)
     if f"round{name}/{run.key}" not in run.results:
@@ -260,7 +260,7 @@ def round_and_student(run: Run, name: str, store: Path, round_index: int, prompt
     seconds = train(store, ckpt, train_cfg, round_index, init=None if run.cold else init)
     run.results[f"{student}/{run.key}"] = {
         **evaluate_both(ckpt, run.stores, run.results.get(f"{student}/{run.key}")),
-        "seconds": round(seconds, 1)}
+        "seconds": round(seconds, 1), "round": f"round{name}"}
     return ckpt
 
 
@@ -426,9 +426,10 @@ def summary_lines(results: dict) -> list[str]:
         seed = key.split("/")[1]
         chosen = sorted(k.split("/", 1)[0] for k in results if k.endswith(f"/{key}") and (
             k.startswith(f"c+ad{name}-top") or k.startswith(f"c+ad{name}-x")))
-        variants = sorted({k.split("/", 1)[0] for k in results if k.endswith(f"/{key}")
-                           and k.startswith(f"c+ad{name}-") and not k.startswith(
-                               (f"c+ad{name}-top", f"c+ad{name}-x", f"c+ad{name}-r2"))})
+        # students trained on this very round with another recipe (--cold, --train-config)
+        variants = sorted(k.split("/", 1)[0] for k, row in results.items()
+                          if k.endswith(f"/{key}") and row.get("round") == head
+                          and k.split("/", 1)[0] != f"c+ad{name}")
         for setting in ("a", "b", "c", "c+", "c+mpr", f"c+ad{name}", *variants, *chosen, "d"):
             row = results.get(f"{setting}/{key}") or (results.get(f"d/all/{seed}")
                                                       if setting == "d" else None)
