@@ -31,7 +31,10 @@ pseudo-labels (ranked by the records' student-masker agreement, ``--select-by``;
 training store plus 24 more unlabeled volumes of ``more.list`` (after the ``--more`` held out;
 keys ``c+ad<tag>-x24/``); ``--round2`` runs round 2 with the same adapted masker prompted by that
 c+ad student instead of b and trains c+ad on it from b (keys ``round<tag>[-x24]-r2/``,
-``c+ad<tag>[-x24]-r2/``); ``--mask-prompt`` passes the student's slice logits to the adapted
+``c+ad<tag>[-x24]-r2/``); ``--self-train`` runs round 2 on a copy of the adapted store
+with the round-1 c+ad student's own masks as pseudo-labels (masker weight 0 in the fusion) and
+trains c+ad on it (keys ``round<tag>-self/``, ``c+ad<tag>-self/``; works with ``--cold``);
+``--mask-prompt`` passes the student's slice logits to the adapted
 masker in its rounds (``prompts.mask_prompt``; for a masker adapted with ``mask_prompt``);
 ``--prior-box`` lets the adapted round replace a student that disagrees with the masker
 prompted by the labeled volumes' box (``prompts.prior_box``; for a masker adapted with
@@ -303,6 +306,8 @@ def run_adapted(labeled: int, seed: int, args: argparse.Namespace, stores: dict[
         more_unlabeled(run, name, cfg, student0, plus_ad, args)
     if args.round2 and not args.extra_unlabeled:
         second_round(run, name, store, ckpt, student0, cfg, plus_ad)
+    if args.self_train:
+        self_training_round(run, name, store, ckpt, student0, cfg, plus_ad)
     for fraction in args.select:
         selected(run, f"c+ad{name}", store, student0, cfgs["c+"], fraction, args)
     results[f"b/{key}"] = evaluate_both(student0, stores, results.get(f"b/{key}"))
@@ -375,6 +380,25 @@ def second_round(run: Run, name: str, store: Path, prompter: Path, student0: Pat
     c+ad so that only the pseudo-labels differ; keys ``round<name>-r2/``, ``c+ad<name>-r2/``."""
     round_and_student(run, f"{name}-r2", store, 2, prompter, student0, cfg, train_cfg,
                       lambda: {"prompter": prompter.name})
+
+
+def self_training_round(run: Run, name: str, store: Path, prompter: Path, student0: Path,
+                        cfg: RoundConfig, train_cfg: TrainConfig) -> None:
+    """Round 2 whose pseudo-labels are ``prompter``'s own masks (the c+ad student of round 1;
+    fusion weight 0 for the masker, so the masker only runs, and the prior's box check still
+    guards the structure), in a copy of ``store`` (``adapted<name>-self.zarr``, so that it
+    never clashes with ``--round2``), and c+'s recipe on it (from random weights with
+    ``--cold``, else from b); keys ``round<name>-self/``, ``c+ad<name>-self.../``."""
+    copy = run.work / f"adapted{name}-self.zarr"
+    if not copy.exists():
+        partial = copy.with_name(copy.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(store, partial)
+        partial.rename(copy)
+    own = cfg.model_copy(deep=True)
+    own.fusion.masker_weight = 0.0
+    round_and_student(run, f"{name}-self", copy, 2, prompter, student0, own, train_cfg,
+                      lambda: {"prompter": prompter.name, "masker_weight": 0.0})
 
 
 def round_config(args: argparse.Namespace) -> RoundConfig:
@@ -493,6 +517,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="round 2 with the same adapted masker prompted by the round-1 c+ad "
                         "student (of --extra-unlabeled when given), then c+ad on it from b "
                         "(keys round<tag>[-x<N>]-r2/, c+ad<tag>[-x<N>]-r2/)")
+    parser.add_argument("--self-train", action="store_true",
+                        help="round 2 of the round-1 c+ad student's own masks (masker weight 0 "
+                        "in the fusion; a copy of the store) and c+ad on it; keys "
+                        "round<tag>-self/, c+ad<tag>-self/")
     parser.add_argument("--mask-prompt", action="store_true",
                         help="the adapted round passes the student's slice logits as SAM's mask "
                         "prompt (prompts.mask_prompt; for maskers adapted with mask_prompt)")
